@@ -1,0 +1,158 @@
+"""Build SAM models from configs, checkpoints or variant names."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import VARIANTS, SamConfig, get_config
+from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from .precision import resolve_device, resolve_precision
+
+
+def build_sam_model(config: SamConfig) -> Sam:
+    """Instantiate an (uninitialized-weights) :class:`Sam` from a config, in fp32, train mode."""
+    enc = config.image_encoder
+    dim = config.prompt_embed_dim
+    grid = enc.grid_size
+    dec = config.mask_decoder
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=enc.img_size,
+            patch_size=enc.patch_size,
+            in_chans=enc.in_chans,
+            embed_dim=enc.embed_dim,
+            depth=enc.depth,
+            num_heads=enc.num_heads,
+            mlp_ratio=enc.mlp_ratio,
+            out_chans=dim,
+            qkv_bias=enc.qkv_bias,
+            use_abs_pos=enc.use_abs_pos,
+            use_rel_pos=enc.use_rel_pos,
+            window_size=enc.window_size,
+            global_attn_indexes=enc.global_attn_indexes,
+            norm_eps=enc.norm_eps,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim,
+            image_embedding_size=(grid, grid),
+            input_image_size=(enc.img_size, enc.img_size),
+            mask_in_chans=config.prompt_encoder.mask_in_chans,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=dim,
+            transformer=TwoWayTransformer(
+                depth=dec.transformer_depth,
+                embedding_dim=dim,
+                num_heads=dec.transformer_num_heads,
+                mlp_dim=dec.transformer_mlp_dim,
+                attention_downsample_rate=dec.attention_downsample_rate,
+            ),
+            num_multimask_outputs=dec.num_multimask_outputs,
+            iou_head_depth=dec.iou_head_depth,
+            iou_head_hidden_dim=dec.iou_head_hidden_dim,
+        ),
+        pixel_mean=config.pixel_mean,
+        pixel_std=config.pixel_std,
+    )
+
+
+def set_precision(model: Sam, precision: str | torch.dtype) -> Sam:
+    """Cast the image encoder and mask decoder to a compute precision (in place).
+
+    The prompt encoder stays in fp32 (its Fourier features need the range); the predictor casts
+    embeddings between the parts. ``precision`` is a name (see :mod:`segany.precision`) or dtype.
+    """
+    dtype = (
+        precision
+        if isinstance(precision, torch.dtype)
+        else resolve_precision(precision, model.device)
+    )
+    model.image_encoder.to(dtype)
+    model.mask_decoder.to(dtype)
+    return model
+
+
+def build_sam(
+    variant: str | SamConfig = "vit_b",
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+) -> Sam:
+    """Build a SAM model ready for inference (eval mode).
+
+    Args:
+        variant: ``"vit_b" | "vit_l" | "vit_h"`` or a :class:`SamConfig`.
+        checkpoint: optional path to an official-format state dict (.pth or .safetensors),
+            loaded strictly.
+        precision: ``"auto"`` (bf16 where native, else fp32), ``"fp32"``, ``"bf16"``, ``"fp16"``.
+        device: ``"cpu"``, ``"cuda"``, ...; default CUDA if available else CPU.
+    """
+    config = variant if isinstance(variant, SamConfig) else get_config(variant)
+    dev = resolve_device(device)
+    dtype = resolve_precision(precision, dev)
+    model = build_sam_model(config)
+    if checkpoint is not None:
+        ckpt.load_into(model, ckpt.read_state_dict(checkpoint), source=str(checkpoint))
+    return set_precision(model.to(dev).eval(), dtype)
+
+
+def load_model(
+    model: str | os.PathLike | None = None,
+    *,
+    precision: str = "auto",
+    device: str | torch.device | None = None,
+) -> Sam:
+    """Load a SAM model by variant name or checkpoint path, inferring the architecture.
+
+    ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into the cache
+    (``$SEGANY_HOME``, default ``~/.cache/segany``) and verified by sha256. A path loads any
+    official-format state dict; the architecture (sizes, depth, heads, windows) is read from it.
+    """
+    if model is None:
+        raise FileNotFoundError(
+            "segany has no bundled model yet: pass a checkpoint path or one of "
+            f"{sorted(VARIANTS)} (official weights, downloaded once into the cache)"
+        )
+    name = str(model)
+    if name in VARIANTS and not Path(name).exists():
+        from .hub import download_checkpoint
+
+        path = download_checkpoint(name)
+        config = get_config(name)
+    else:
+        path = Path(name)
+        config = None
+    sd = ckpt.read_state_dict(path)
+    if config is None:
+        config = ckpt.infer_config(sd, name=Path(path).stem)
+    dev = resolve_device(device)
+    sam = build_sam_model(config)
+    ckpt.load_into(sam, sd, source=str(path))
+    return set_precision(sam.to(dev).eval(), resolve_precision(precision, dev))
+
+
+def _registry_builder(variant: str) -> Callable[..., Sam]:
+    def build(checkpoint: str | os.PathLike | None = None) -> Sam:
+        return build_sam(variant, checkpoint, precision="fp32", device="cpu")
+
+    build.__doc__ = f"Official-compatible builder for {variant} (fp32, CPU, eval mode)."
+    return build
+
+
+build_sam_vit_b = _registry_builder("vit_b")
+build_sam_vit_l = _registry_builder("vit_l")
+build_sam_vit_h = _registry_builder("vit_h")
+build_sam_vit_h.__name__ = "build_sam_vit_h"
+
+sam_model_registry: dict[str, Callable[..., Sam]] = {
+    "default": build_sam_vit_h,
+    "vit_h": build_sam_vit_h,
+    "vit_l": build_sam_vit_l,
+    "vit_b": build_sam_vit_b,
+}

@@ -1,0 +1,519 @@
+"""Promptable prediction: encode an image once, then prompt it many times.
+
+:class:`SamPredictor` is a drop-in for ``segment_anything.SamPredictor`` (same methods, same
+arguments, same outputs) and adds batched images, several prompt sets per call without
+hand-padding, embedding files, and validation with clear errors.
+
+Coordinates given to :meth:`SamPredictor.predict` are **(x, y) pixels in the original image**
+(x along the width); boxes are **XYXY** in the same frame. :meth:`predict_torch` takes them in
+the input frame (after ``predictor.transform.apply_coords``), as the official API does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io.embedding import (
+    EmbeddingRecord,
+    load_embedding_file,
+    model_fingerprint,
+    save_embedding_file,
+)
+from .io.image import to_rgb_uint8
+from .modeling import Sam
+from .transforms import ResizeLongestSide
+
+POINT_LABELS = (-1, 0, 1, 2, 3)
+DECODER_CHUNK = 64  # prompts decoded at once; bounds memory for many boxes
+
+
+@dataclass
+class _PromptSet:
+    """One prompt set in the original frame (numpy)."""
+
+    coords: np.ndarray | None  # (N, 2) float64
+    labels: np.ndarray | None  # (N,) int
+    box: np.ndarray | None  # (4,) float64
+    mask: np.ndarray | None  # (1, L, L) float32
+
+
+def _as_array(value: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be numeric array-like: {e}") from None
+
+
+class SamPredictor:
+    """Predict masks for an image from points, boxes and low-res mask prompts.
+
+    Args:
+        sam_model: a :class:`segany.modeling.Sam` (any precision, any device).
+    """
+
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    # ------------------------------------------------------------------ state
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_image(self) -> None:
+        """Forget the current image(s) and their embeddings."""
+        self.is_image_set = False
+        self.features: torch.Tensor | None = None
+        self.original_sizes: list[tuple[int, int]] = []
+        self.input_sizes: list[tuple[int, int]] = []
+        self._dense_pe: torch.Tensor | None = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the (first) image set."""
+        self._require_image()
+        return self.original_sizes[0]
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the (first) image in the input frame."""
+        self._require_image()
+        return self.input_sizes[0]
+
+    def _require_image(self, single: bool = False) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        if single and len(self.original_sizes) != 1:
+            raise RuntimeError(
+                f"{len(self.original_sizes)} images are set; use predict_batch() for several images"
+            )
+
+    # ------------------------------------------------------------------ encoding
+    def set_image(self, image: Any, image_format: str = "RGB") -> None:
+        """Encode one image.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 array as in the official API, or any array/PIL image
+                accepted by :func:`segany.io.image.to_rgb_uint8` (grayscale, RGBA, 16-bit, float).
+            image_format: ``"RGB"`` or ``"BGR"`` channel order of an array.
+        """
+        self.set_image_batch([image], image_format=image_format)
+
+    def set_image_batch(self, images: Sequence[Any], image_format: str = "RGB") -> None:
+        """Encode several images in one encoder batch; prompt them with :meth:`predict_batch`."""
+        if len(images) == 0:
+            raise ValueError("set_image_batch needs at least one image")
+        arrays = [to_rgb_uint8(im, image_format) for im in images]
+        resized = [
+            torch.as_tensor(self.transform.apply_image(a), device=self.device).permute(2, 0, 1)
+            for a in arrays
+        ]
+        self._encode(resized, [a.shape[:2] for a in arrays])
+
+    def set_torch_image(
+        self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]
+    ) -> None:
+        """Encode an image already resized to the input frame (official API).
+
+        Args:
+            transformed_image: ``(1, 3, h, w)`` with ``max(h, w) == img_size``, 0..255 RGB.
+            original_image_size: ``(H, W)`` of the image before resizing.
+        """
+        img_size = self.model.image_encoder.img_size
+        if (
+            not isinstance(transformed_image, torch.Tensor)
+            or transformed_image.ndim != 4
+            or transformed_image.shape[0] != 1
+            or transformed_image.shape[1] != 3
+            or max(*transformed_image.shape[2:]) != img_size
+        ):
+            shape = getattr(transformed_image, "shape", None)
+            raise ValueError(
+                f"set_torch_image expects a (1, 3, h, w) tensor with max(h, w) == {img_size} "
+                f"(use predictor.transform.apply_image_torch); got {tuple(shape or ())}"
+            )
+        self._encode([transformed_image[0]], [tuple(original_image_size)])
+
+    @torch.no_grad()
+    def _encode(self, resized: list[torch.Tensor], original_sizes: list[tuple[int, ...]]) -> None:
+        self.reset_image()
+        batch = torch.stack([self.model.preprocess(r[None].float())[0] for r in resized])
+        self.features = self.model.image_encoder(batch.to(self.model.dtype))
+        self._finish_set(
+            [tuple(int(v) for v in s) for s in original_sizes],
+            [tuple(int(v) for v in r.shape[-2:]) for r in resized],
+        )
+
+    def _finish_set(
+        self, original_sizes: list[tuple[int, int]], input_sizes: list[tuple[int, int]]
+    ) -> None:
+        self.original_sizes = original_sizes
+        self.input_sizes = input_sizes
+        self.orig_h, self.orig_w = original_sizes[0]
+        self.input_h, self.input_w = input_sizes[0]
+        self._dense_pe = None
+        self.is_image_set = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """Image embedding ``(B, C, He, We)`` (``(1, 256, 64, 64)`` for one image at 1024 px)."""
+        self._require_image()
+        assert self.features is not None
+        return self.features
+
+    def save_embedding(self, path: str | os.PathLike) -> None:
+        """Save the current single-image embedding (safetensors) so it can be re-prompted later
+        without the encoder."""
+        self._require_image(single=True)
+        assert self.features is not None
+        save_embedding_file(
+            path,
+            EmbeddingRecord(
+                features=self.features,
+                original_size=self.original_sizes[0],
+                input_size=self.input_sizes[0],
+                img_size=self.model.image_encoder.img_size,
+                model_fingerprint=model_fingerprint(self.model),
+            ),
+        )
+
+    def load_embedding(self, path: str | os.PathLike, check_model: bool = True) -> None:
+        """Load an embedding saved by :meth:`save_embedding` in place of :meth:`set_image`.
+
+        Raises ValueError when the file was made by a different model (unless
+        ``check_model=False``) or its size does not fit this model.
+        """
+        rec = load_embedding_file(path)
+        expected = (
+            self.model.prompt_encoder.embed_dim,
+            *self.model.prompt_encoder.image_embedding_size,
+        )
+        if (
+            rec.img_size != self.model.image_encoder.img_size
+            or tuple(rec.features.shape[1:]) != expected
+        ):
+            raise ValueError(
+                f"{path}: embedding {tuple(rec.features.shape)} at img_size {rec.img_size} does "
+                f"not fit this model (expects (1, {expected[0]}, {expected[1]}, {expected[2]}) "
+                f"at {self.model.image_encoder.img_size})"
+            )
+        if check_model and rec.model_fingerprint != model_fingerprint(self.model):
+            raise ValueError(
+                f"{path} was computed with a different model (fingerprint "
+                f"{rec.model_fingerprint} vs {model_fingerprint(self.model)}); re-encode the "
+                f"image or pass check_model=False"
+            )
+        self.reset_image()
+        self.features = rec.features.to(self.device, self.model.dtype)
+        self._finish_set([rec.original_size], [rec.input_size])
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        point_coords: Any = None,
+        point_labels: Any = None,
+        box: Any = None,
+        mask_input: Any = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Predict masks for the current image.
+
+        Args:
+            point_coords: ``(N, 2)`` (x, y) pixels in the original image; or ``(B, N, 2)`` /
+                a list of ``(N_i, 2)`` arrays for B prompt sets (no padding needed).
+            point_labels: ``(N,)`` (or ``(B, N)`` / list) with 1 = foreground, 0 = background,
+                -1 = ignore, 2/3 = box top-left/bottom-right corner.
+            box: ``(4,)`` XYXY box; or ``(B, 4)`` for B prompt sets.
+            mask_input: ``(1, 256, 256)`` low-res logits from a previous call (or
+                ``(B, 1, 256, 256)``).
+            multimask_output: return 3 masks for ambiguous prompts instead of 1.
+            return_logits: return float logits instead of boolean masks.
+
+        Returns:
+            ``masks (C, H, W)`` bool (or float logits), ``scores (C,)`` predicted IoU,
+            ``low_res_logits (C, 256, 256)``; with B prompt sets each gets a leading B axis.
+            C is 3 with ``multimask_output`` else 1.
+        """
+        self._require_image(single=True)
+        sets, batched = self._parse_prompts(point_coords, point_labels, box, mask_input, 0)
+        masks, scores, low = self._predict_sets(0, sets, multimask_output, return_logits)
+        if not batched:
+            return masks[0], scores[0], low[0]
+        return masks, scores, low
+
+    def predict_batch(
+        self,
+        point_coords: Sequence[Any] | None = None,
+        point_labels: Sequence[Any] | None = None,
+        boxes: Sequence[Any] | None = None,
+        mask_input: Sequence[Any] | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Predict for every image set by :meth:`set_image_batch`.
+
+        Each argument is a list with one entry per image (or None); an entry takes any form
+        :meth:`predict` accepts. Returns one ``(masks, scores, low_res_logits)`` per image.
+        """
+        self._require_image()
+        n = len(self.original_sizes)
+        args = {
+            "point_coords": point_coords,
+            "point_labels": point_labels,
+            "boxes": boxes,
+            "mask_input": mask_input,
+        }
+        for name, value in args.items():
+            if value is not None and len(value) != n:
+                raise ValueError(f"{name} has {len(value)} entries for {n} images")
+        out = []
+        for i in range(n):
+            entry = {k: (None if v is None else v[i]) for k, v in args.items()}
+            sets, batched = self._parse_prompts(
+                entry["point_coords"],
+                entry["point_labels"],
+                entry["boxes"],
+                entry["mask_input"],
+                i,
+            )
+            m, s, lo = self._predict_sets(i, sets, multimask_output, return_logits)
+            out.append((m, s, lo) if batched else (m[0], s[0], lo[0]))
+        return out
+
+    @torch.no_grad()
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        image_index: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction with prompts already in the input frame (official API).
+
+        Args:
+            point_coords: ``(B, N, 2)`` float, input frame; point_labels ``(B, N)``.
+            boxes: ``(B, 4)`` XYXY, input frame. mask_input: ``(B, 1, 256, 256)``.
+            image_index: which image of a :meth:`set_image_batch` batch to prompt.
+
+        Returns:
+            ``masks (B, C, H, W)`` (bool unless ``return_logits``), ``iou_predictions (B, C)``,
+            ``low_res_masks (B, C, 256, 256)``; float32.
+        """
+        self._require_image()
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_labels must be given with point_coords")
+        if point_coords is None and boxes is None and mask_input is None:
+            raise ValueError("give at least one prompt: point_coords, boxes or mask_input")
+        model = self.model
+        points = None if point_coords is None else (point_coords, point_labels)
+        sparse, dense = model.prompt_encoder(points, boxes, mask_input)
+        dtype = model.mask_decoder.iou_token.weight.dtype
+        if self._dense_pe is None or self._dense_pe.dtype != dtype:
+            self._dense_pe = model.prompt_encoder.get_dense_pe().to(dtype)
+        assert self.features is not None
+        low_res, iou = model.mask_decoder(
+            image_embeddings=self.features[image_index : image_index + 1].to(dtype),
+            image_pe=self._dense_pe,
+            sparse_prompt_embeddings=sparse.to(dtype),
+            dense_prompt_embeddings=dense.to(dtype),
+            multimask_output=multimask_output,
+        )
+        low_res, iou = low_res.float(), iou.float()
+        masks = model.postprocess_masks(
+            low_res, self.input_sizes[image_index], self.original_sizes[image_index]
+        )
+        if not return_logits:
+            masks = masks > model.mask_threshold
+        return masks, iou, low_res
+
+    # ------------------------------------------------------------------ helpers
+    def _parse_prompts(
+        self, point_coords: Any, point_labels: Any, box: Any, mask_input: Any, image_index: int
+    ) -> tuple[list[_PromptSet], bool]:
+        """Validate prompts (original frame) and split them into prompt sets."""
+        h, w = self.original_sizes[image_index]
+        if point_coords is None and point_labels is not None:
+            raise ValueError("point_labels given without point_coords")
+        if point_coords is not None and point_labels is None:
+            raise ValueError("point_coords given without point_labels")
+        if point_coords is None and box is None and mask_input is None:
+            raise ValueError("no prompt given: pass point_coords/point_labels, box, or mask_input")
+        coords_list = labels_list = boxes_list = masks_list = None
+        sizes: list[int] = []
+        if point_coords is not None:
+            if (
+                isinstance(point_coords, (list, tuple))
+                and len(point_coords)
+                and np.ndim(point_coords[0]) == 2
+            ):
+                coords_list = [_as_array(c, "point_coords") for c in point_coords]
+                if not isinstance(point_labels, (list, tuple)) or len(point_labels) != len(
+                    coords_list
+                ):
+                    raise ValueError(
+                        "point_labels must be a list with one entry per point_coords entry"
+                    )
+                labels_list = [_as_array(lab, "point_labels", np.float64) for lab in point_labels]
+            else:
+                c = _as_array(point_coords, "point_coords")
+                lab = _as_array(point_labels, "point_labels", np.float64)
+                if c.ndim == 3:
+                    if lab.ndim != 2 or lab.shape[:1] != c.shape[:1]:
+                        raise ValueError(
+                            f"point_labels must be (B, N) for point_coords {c.shape}; got {lab.shape}"
+                        )
+                    coords_list, labels_list = list(c), list(lab)
+                else:
+                    coords_list, labels_list = [c], [lab]
+            for c, lab in zip(coords_list, labels_list, strict=True):
+                if c.ndim != 2 or c.shape[-1] != 2:
+                    raise ValueError(f"point_coords must have shape (N, 2) (x, y); got {c.shape}")
+                if c.shape[0] == 0:
+                    raise ValueError("point_coords has no points; pass None to give no points")
+                if lab.shape != (c.shape[0],):
+                    raise ValueError(
+                        f"point_labels must have shape ({c.shape[0]},) to match point_coords; "
+                        f"got {lab.shape}"
+                    )
+                if not np.isfinite(c).all():
+                    raise ValueError("point_coords contains NaN or infinite values")
+                if (
+                    (c[:, 0] < 0).any()
+                    or (c[:, 0] > w).any()
+                    or (c[:, 1] < 0).any()
+                    or (c[:, 1] > h).any()
+                ):
+                    raise ValueError(
+                        f"point_coords outside the image: (x, y) must lie in [0, {w}] x [0, {h}] "
+                        f"(image is {w}x{h}); got x in [{c[:, 0].min():g}, {c[:, 0].max():g}], "
+                        f"y in [{c[:, 1].min():g}, {c[:, 1].max():g}]"
+                    )
+                if not np.isin(lab, POINT_LABELS).all():
+                    raise ValueError(
+                        f"point_labels must be in {POINT_LABELS}; got {np.unique(lab)}"
+                    )
+            sizes.append(len(coords_list))
+        batched = coords_list is not None and (
+            len(coords_list) > 1
+            or np.ndim(point_coords) == 3
+            or isinstance(point_coords, (list, tuple))
+            and np.ndim(point_coords[0]) == 2
+        )
+        if box is not None:
+            b = _as_array(box, "box")
+            if b.ndim == 1:
+                b = b[None]
+            if b.ndim != 2 or b.shape[1] != 4 or b.shape[0] == 0:
+                raise ValueError(f"box must have shape (4,) or (B, 4) as XYXY; got {np.shape(box)}")
+            if not np.isfinite(b).all():
+                raise ValueError("box contains NaN or infinite values")
+            if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+                raise ValueError("box must be XYXY with x1 >= x0 and y1 >= y0")
+            if (
+                (b[:, [0, 2]] < 0).any()
+                or (b[:, [0, 2]] > w).any()
+                or (b[:, [1, 3]] < 0).any()
+                or (b[:, [1, 3]] > h).any()
+            ):
+                raise ValueError(
+                    f"box outside the image: coordinates must lie in [0, {w}] x [0, {h}]; clip "
+                    f"boxes to the image first (e.g. np.clip)"
+                )
+            boxes_list = list(b)
+            sizes.append(len(boxes_list))
+            batched = batched or b.shape[0] > 1
+        if mask_input is not None:
+            m = _as_array(mask_input, "mask_input", np.float32)
+            low = self.model.prompt_encoder.mask_input_size
+            if m.ndim == 3:
+                m = m[None]
+            if m.ndim != 4 or tuple(m.shape[1:]) != (1, *low):
+                raise ValueError(
+                    f"mask_input must have shape (1, {low[0]}, {low[1]}) (low-res logits from a "
+                    f"previous call) or (B, 1, {low[0]}, {low[1]}); got {np.shape(mask_input)}"
+                )
+            if not np.isfinite(m).all():
+                raise ValueError("mask_input contains NaN or infinite values")
+            masks_list = list(m)
+            sizes.append(len(masks_list))
+            batched = batched or m.shape[0] > 1
+        n = max(sizes)
+        for s in sizes:
+            if s not in (1, n):
+                raise ValueError(f"prompt batch sizes disagree: {sizes} (each must be 1 or {n})")
+
+        def pick(lst: list | None, i: int) -> Any:
+            return None if lst is None else lst[i if len(lst) > 1 else 0]
+
+        sets = [
+            _PromptSet(
+                pick(coords_list, i), pick(labels_list, i), pick(boxes_list, i), pick(masks_list, i)
+            )
+            for i in range(n)
+        ]
+        return sets, batched
+
+    def _predict_sets(
+        self, image_index: int, sets: list[_PromptSet], multimask_output: bool, return_logits: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Run prompt sets, batching those of the same structure (so results equal one-by-one
+        calls exactly: no padding tokens are added), and return stacked numpy outputs."""
+        size = self.original_sizes[image_index]
+        groups: dict[tuple, list[int]] = {}
+        for i, s in enumerate(sets):
+            key = (
+                None if s.coords is None else len(s.coords),
+                s.box is not None,
+                s.mask is not None,
+            )
+            groups.setdefault(key, []).append(i)
+        results: list[Any] = [None] * len(sets)
+        dev = self.device
+        for idx in groups.values():
+            for start in range(0, len(idx), DECODER_CHUNK):
+                chunk = [sets[i] for i in idx[start : start + DECODER_CHUNK]]
+                first = chunk[0]
+                coords = labels = boxes = masks = None
+                if first.coords is not None:
+                    coords = torch.as_tensor(
+                        np.stack([self.transform.apply_coords(s.coords, size) for s in chunk]),
+                        dtype=torch.float,
+                        device=dev,
+                    )
+                    labels = torch.as_tensor(
+                        np.stack([s.labels for s in chunk]), dtype=torch.int, device=dev
+                    )
+                if first.box is not None:
+                    boxes = torch.as_tensor(
+                        np.stack([self.transform.apply_boxes(s.box, size)[0] for s in chunk]),
+                        dtype=torch.float,
+                        device=dev,
+                    )
+                if first.mask is not None:
+                    masks = torch.as_tensor(
+                        np.stack([s.mask for s in chunk]), dtype=torch.float, device=dev
+                    )
+                m, iou, low = self.predict_torch(
+                    coords, labels, boxes, masks, multimask_output, return_logits, image_index
+                )
+                m, iou, low = m.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy()
+                for j, i in enumerate(idx[start : start + DECODER_CHUNK]):
+                    results[i] = (m[j], iou[j], low[j])
+        return (
+            np.stack([r[0] for r in results]),
+            np.stack([r[1] for r in results]),
+            np.stack([r[2] for r in results]),
+        )
