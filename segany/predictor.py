@@ -27,6 +27,7 @@ from .io.embedding import (
 )
 from .io.image import to_rgb_uint8
 from .modeling import Sam
+from .modeling.fast_decoder import ImageTokens, image_tokens
 from .transforms import ResizeLongestSide
 
 POINT_LABELS = (-1, 0, 1, 2, 3)
@@ -76,6 +77,7 @@ class SamPredictor:
         self.original_sizes: list[tuple[int, int]] = []
         self.input_sizes: list[tuple[int, int]] = []
         self._dense_pe: torch.Tensor | None = None
+        self._image_tokens: dict[int, ImageTokens] = {}
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
 
     @property
@@ -162,6 +164,7 @@ class SamPredictor:
         self.orig_h, self.orig_w = original_sizes[0]
         self.input_h, self.input_w = input_sizes[0]
         self._dense_pe = None
+        self._image_tokens = {}
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -318,19 +321,35 @@ class SamPredictor:
         if point_coords is None and boxes is None and mask_input is None:
             raise ValueError("give at least one prompt: point_coords, boxes or mask_input")
         model = self.model
+        decoder = model.mask_decoder
         points = None if point_coords is None else (point_coords, point_labels)
         sparse, dense = model.prompt_encoder(points, boxes, mask_input)
-        dtype = model.mask_decoder.iou_token.weight.dtype
+        dtype = decoder.iou_token.weight.dtype
         if self._dense_pe is None or self._dense_pe.dtype != dtype:
             self._dense_pe = model.prompt_encoder.get_dense_pe().to(dtype)
         assert self.features is not None
-        low_res, iou = model.mask_decoder(
-            image_embeddings=self.features[image_index : image_index + 1].to(dtype),
-            image_pe=self._dense_pe,
-            sparse_prompt_embeddings=sparse.to(dtype),
-            dense_prompt_embeddings=dense.to(dtype),
-            multimask_output=multimask_output,
-        )
+        features = self.features[image_index : image_index + 1].to(dtype)
+        if dense.shape[0] > 1 and dense.stride(0) == 0:  # broadcast no-mask embedding
+            dense = dense[:1]
+        if decoder.backend == "fast":
+            if mask_input is None:
+                if image_index not in self._image_tokens:
+                    self._image_tokens[image_index] = image_tokens(
+                        features, self._dense_pe, dense.to(dtype)
+                    )
+                tokens = self._image_tokens[image_index]
+            else:
+                tokens = image_tokens(features, self._dense_pe, dense.to(dtype))
+            sl = slice(1, None) if multimask_output else slice(0, 1)
+            low_res, iou = decoder.decode_fast(tokens, sparse.to(dtype), sl)
+        else:
+            low_res, iou = decoder(
+                image_embeddings=features,
+                image_pe=self._dense_pe,
+                sparse_prompt_embeddings=sparse.to(dtype),
+                dense_prompt_embeddings=dense.to(dtype).expand(sparse.shape[0], -1, -1, -1),
+                multimask_output=multimask_output,
+            )
         low_res, iou = low_res.float(), iou.float()
         masks = model.postprocess_masks(
             low_res, self.input_sizes[image_index], self.original_sizes[image_index]

@@ -7,6 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import LayerNorm2d
+from .fast_decoder import ImageTokens, image_tokens, two_way_transformer_fast, upscale_masks_fast
+
+DECODER_BACKENDS = ("fast", "eager")
 
 
 class MLP(nn.Module):
@@ -76,6 +79,7 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(
             transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
         )
+        self.backend = "fast"  # used when autograd is off; see segany.modeling.fast_decoder
 
     def forward(
         self,
@@ -98,11 +102,41 @@ class MaskDecoder(nn.Module):
         Returns:
             low-res mask logits ``(B, M, 4H, 4W)`` and IoU predictions ``(B, M)``, M = 3 or 1.
         """
+        sl = slice(1, None) if multimask_output else slice(0, 1)
+        if self.backend == "fast" and not torch.is_grad_enabled():
+            tokens = image_tokens(image_embeddings, image_pe, dense_prompt_embeddings)
+            return self.decode_fast(tokens, sparse_prompt_embeddings, sl)
         masks, iou_pred = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
-        sl = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, sl], iou_pred[:, sl]
+
+    def decode_fast(
+        self,
+        tokens: ImageTokens,
+        sparse_prompt_embeddings: torch.Tensor,
+        token_slice: slice,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`predict_masks` for the mask tokens in ``token_slice`` only, through the
+        algebraically equivalent fast path (inference). ``tokens`` may be cached per image.
+
+        Returns low-res masks ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``.
+        """
+        b = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        prompt = torch.cat(
+            [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1
+        )
+        hs, keys = two_way_transformer_fast(self.transformer, tokens.src, tokens.pe, prompt)
+        if keys.shape[0] != b:
+            keys = keys.expand(b, -1, -1)
+        idx = range(self.num_mask_tokens)[token_slice]
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in idx], dim=1
+        )
+        masks = upscale_masks_fast(self.output_upscaling, keys, hyper_in, tokens.size)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, token_slice]
+        return masks, iou_pred
 
     def predict_masks(
         self,

@@ -1,0 +1,204 @@
+"""Inference fast path of the mask decoder: the same function, far fewer operations.
+
+The decoder's attention layers always pair a few prompt tokens (T ~ 2..10) with many image
+tokens (N = 4096). Projecting all N image tokens to queries/keys/values (the reference path)
+costs ``N x C x I`` per projection; folding the projections into the T tokens instead costs
+``N x C x H*T`` with ``H*T`` (8 heads x T) well below ``I`` (128). The rewrites are exact in real
+arithmetic:
+
+* token -> image: ``s (W_k x + b_k) . q_h = (s W_k,h^T q_h) . x + const`` — the constant per
+  query is dropped by the softmax; and ``sum_n p_n (W_v x_n + b_v) = W_v (sum_n p_n x_n) + b_v``
+  because the probabilities sum to one.
+* image -> token: ``s (W_q x + b_q) . k_h = x . (s W_q,h^T k_h) + s b_q,h . k_h`` and the output
+  projection is applied to the T values before mixing: ``sum_t p_t (W_o,h v_t)``.
+
+The two stride-2 transposed convolutions of the upscaler are per-pixel linear maps; they run as
+channels-last GEMMs and the pixel shuffle is applied once at the end, after the hypernetwork
+product, and only for the mask tokens that are returned.
+
+``MaskDecoder.forward`` uses this path when autograd is off and ``MaskDecoder.backend ==
+"fast"``; the reference path stays available (``backend = "eager"``) and tests check they agree.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from .transformer import Attention, TwoWayTransformer
+
+
+def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b (+ bias)`` for ``a (Ba, M, K)``, ``b (Bb, K, N)`` with ``Ba, Bb in {1, B}``.
+
+    When ``b`` is a single matrix (batch of one, or shared by the whole batch) this is one 2-D
+    GEMM, which takes the fast BLAS/oneDNN kernels (notably for bf16 with transposed operands)
+    where ``bmm`` would copy its inputs. ``bias`` broadcasts against ``(B, M, N)``.
+    """
+    ba, m, k = a.shape
+    bb, _, n = b.shape
+    if bb == 1:
+        a2 = a.reshape(ba * m, k)
+        if bias is not None and bias.shape[:2] == (1, 1):
+            return torch.addmm(bias.reshape(1, -1), a2, b[0]).reshape(ba, m, n)
+        out = (a2 @ b[0]).reshape(ba, m, n)
+    else:
+        out = torch.bmm(a.expand(bb, m, k), b)
+    return out if bias is None else out + bias
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``(B, T, I) -> (B, H, T, I/H)``."""
+    b, t, i = x.shape
+    return x.reshape(b, t, h, i // h).transpose(1, 2)
+
+
+def attend_tokens_to_image(
+    attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
+) -> torch.Tensor:
+    """``attn(q_in, k_in, v_in)`` for few queries and many keys.
+
+    Args:
+        q_in: ``(B, T, C)`` token queries. k_in, v_in: ``(B or 1, N, C)`` image tokens.
+    Returns:
+        ``(B, T, C)``.
+    """
+    h = attn.num_heads
+    b, t, c = q_in.shape
+    q = _heads(attn.q_proj(q_in), h)  # (B, H, T, d)
+    d = q.shape[-1]
+    wk = attn.k_proj.weight.reshape(h, d, c)  # (H, d, C)
+    q_fold = (q @ wk).reshape(b, h * t, c) * (1.0 / math.sqrt(d))  # (B, H*T, C)
+    scores = _matmul(q_fold, k_in.transpose(1, 2))  # (B, H*T, N)
+    mixed = _matmul(scores.softmax(dim=-1), v_in)  # (B, H*T, C)
+    wv = attn.v_proj.weight.reshape(h, d, c)
+    out = mixed.reshape(b, h, t, c) @ wv.transpose(1, 2)  # (B, H, T, d)
+    out = out + attn.v_proj.bias.reshape(1, h, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+
+
+def attend_image_to_tokens(
+    attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
+) -> torch.Tensor:
+    """``attn(q_in, k_in, v_in)`` for many queries and few keys.
+
+    Args:
+        q_in: ``(B or 1, N, C)`` image tokens. k_in, v_in: ``(B, T, C)`` prompt tokens.
+    Returns:
+        ``(B, N, C)``.
+    """
+    h = attn.num_heads
+    b, t, c = k_in.shape
+    k = _heads(attn.k_proj(k_in), h)  # (B, H, T, d)
+    v = _heads(attn.v_proj(v_in), h)
+    d = k.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    wq = attn.q_proj.weight.reshape(h, d, c)
+    k_fold = (k @ wq).reshape(b, h * t, c) * scale  # (B, H*T, C)
+    bias = (k * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(b, h * t, 1) * scale
+    # scores laid out (B, H*T, N): the softmax over T then runs over a middle axis, vectorized
+    # along N (a last-axis softmax over ~7 values is very slow on CPU).
+    scores = _matmul(k_fold, q_in.transpose(1, 2), bias)
+    n = scores.shape[-1]
+    probs = scores.reshape(b, h, t, n).softmax(dim=2).reshape(b, h * t, n)
+    wo = attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # (H, d, C)
+    v_out = (v @ wo).reshape(b, h * t, c)  # (B, H*T, C)
+    return _matmul(probs.transpose(1, 2), v_out, attn.out_proj.bias.reshape(1, 1, c))
+
+
+class ImageTokens(NamedTuple):
+    """Prompt-independent decoder inputs in channels-last layout, computed once per image.
+
+    ``src`` ``(1 or B, N, C)`` is the image embedding plus the dense prompt embedding,
+    ``pe`` ``(1, N, C)`` the positional encoding, ``size`` the ``(h, w)`` embedding grid.
+    """
+
+    src: torch.Tensor
+    pe: torch.Tensor
+    size: tuple[int, int]
+
+
+def image_tokens(
+    image_embeddings: torch.Tensor, image_pe: torch.Tensor, dense: torch.Tensor
+) -> ImageTokens:
+    """Build :class:`ImageTokens` from ``(1, C, h, w)`` embeddings, ``(1, C, h, w)`` PE and a
+    ``(1 or B, C, h, w)`` dense prompt embedding (an expanded no-mask embedding counts as one)."""
+    if dense.shape[0] > 1 and dense.stride(0) == 0:
+        dense = dense[:1]
+    _, c, h, w = image_embeddings.shape
+    src = (image_embeddings + dense).permute(0, 2, 3, 1).reshape(-1, h * w, c)
+    pe = image_pe.permute(0, 2, 3, 1).reshape(1, h * w, c)
+    return ImageTokens(src.contiguous(), pe.contiguous(), (h, w))
+
+
+def two_way_transformer_fast(
+    tr: TwoWayTransformer,
+    image_tokens: torch.Tensor,
+    pe_tokens: torch.Tensor,
+    point_embedding: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same as ``TwoWayTransformer.forward`` with channels-last image tokens.
+
+    Args:
+        image_tokens: ``(B or 1, N, C)``; pe_tokens ``(1, N, C)``; point_embedding ``(B, T, C)``.
+    Returns:
+        tokens ``(B, T, C)``, image tokens ``(B, N, C)``.
+    """
+    queries, keys, query_pe = point_embedding, image_tokens, point_embedding
+    for layer in tr.layers:
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(queries, queries, queries)
+        else:
+            q = queries + query_pe
+            queries = queries + layer.self_attn(q, q, queries)
+        queries = layer.norm1(queries)
+        k = keys + pe_tokens
+        q = queries + query_pe
+        queries = layer.norm2(
+            queries + attend_tokens_to_image(layer.cross_attn_token_to_image, q, k, keys)
+        )
+        queries = layer.norm3(queries + layer.mlp(queries))
+        q = queries + query_pe
+        keys = layer.norm4(
+            keys + attend_image_to_tokens(layer.cross_attn_image_to_token, k, q, queries)
+        )
+    q = queries + point_embedding
+    k = keys + pe_tokens
+    queries = tr.norm_final_attn(
+        queries + attend_tokens_to_image(tr.final_attn_token_to_image, q, k, keys)
+    )
+    return queries, keys
+
+
+def upscale_masks_fast(
+    upscaling: torch.nn.Sequential,
+    image_tokens: torch.Tensor,
+    hyper_in: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """``(hyper_in @ upscaling(image)).view(B, M, 4h, 4w)`` with channels-last GEMMs.
+
+    Args:
+        upscaling: the decoder's ``output_upscaling`` (ConvT 2x2/2, LayerNorm2d, GELU,
+            ConvT 2x2/2, GELU).
+        image_tokens: ``(B, h*w, C)``; hyper_in ``(B, M, C/8)``; size ``(h, w)``.
+    Returns:
+        ``(B, M, 4h, 4w)`` mask logits.
+    """
+    conv1, norm, act1, conv2, act2 = upscaling
+    b, n, c = image_tokens.shape
+    h, w = size
+    c1, c2 = conv1.weight.shape[1], conv2.weight.shape[1]
+    w1 = conv1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)  # (C, (a, b, c1))
+    y = torch.addmm(conv1.bias.repeat(4), image_tokens.reshape(b * n, c), w1)
+    y = act1(F.layer_norm(y.reshape(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, (a2, b2, c2))
+    y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # (B*N*4*4 / 4, 4*c2)
+    m = hyper_in.shape[1]
+    y = y.reshape(b, n * 16, c2) @ hyper_in.transpose(1, 2)  # (B, N*16, M)
+    # index order (i, j, a, b, a2, b2): row = 4i + 2a + a2, col = 4j + 2b + b2
+    y = y.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return y.reshape(b, m, 4 * h, 4 * w)

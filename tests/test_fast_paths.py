@@ -1,0 +1,163 @@
+"""The fast paths (attention kernels, folded decoder, bf16) agree with the eager reference."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import segany
+from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
+from segany.precision import cpu_has_native_bf16, resolve_precision
+from tests.conftest import TINY, randomize_, random_image
+
+
+def _eager_biased(q, k, v, rel_h, rel_w, scale):
+    b, n, _ = q.shape
+    attn = (q * scale) @ k.transpose(1, 2)
+    attn = attn + (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(b, n, n)
+    return attn.softmax(-1) @ v
+
+
+@pytest.mark.parametrize("grid", [(7, 9), (40, 40)])  # window-sized and global-sized
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_biased_attention_matches_eager(grid, dtype):
+    g = torch.Generator().manual_seed(0)
+    h, w = grid
+    n = h * w
+    assert (n > LONG_SEQUENCE) == (grid == (40, 40))
+    q, k, v = (torch.randn(3, n, 16, generator=g) for _ in range(3))
+    rel_h, rel_w = torch.randn(3, n, h, generator=g), torch.randn(3, n, w, generator=g)
+    ref = _eager_biased(q, k, v, rel_h, rel_w, 0.25)
+    out = biased_attention(*(t.to(dtype) for t in (q, k, v, rel_h, rel_w)), 0.25).float()
+    tol = 1e-5 if dtype == torch.float32 else 6e-2
+    torch.testing.assert_close(out, ref, atol=tol, rtol=tol)
+
+
+def test_encoder_fast_equals_eager(tiny_model):
+    x = torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(1))
+    enc = tiny_model.image_encoder
+    with torch.no_grad():
+        fast = enc(x)
+        enc.set_attention_backend("eager")
+        try:
+            ref = enc(x)
+        finally:
+            enc.set_attention_backend("fast")
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="backend"):
+        enc.set_attention_backend("flash")
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_decoder_fast_equals_eager(tiny_model, multimask, with_mask):
+    g = torch.Generator().manual_seed(2)
+    pe = tiny_model.prompt_encoder
+    dec = tiny_model.mask_decoder
+    emb = torch.randn(1, 32, 16, 16, generator=g)
+    coords = torch.rand(3, 2, 2, generator=g) * 128
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1]])
+    boxes = torch.tensor([[5.0, 5, 60, 70], [0, 0, 127, 127], [30, 10, 90, 40]])
+    masks = torch.randn(3, 1, 64, 64, generator=g) if with_mask else None
+    sparse, dense = pe((coords, labels), boxes, masks)
+    args = dict(
+        image_embeddings=emb,
+        image_pe=pe.get_dense_pe(),
+        sparse_prompt_embeddings=sparse,
+        dense_prompt_embeddings=dense,
+        multimask_output=multimask,
+    )
+    with torch.no_grad():
+        fast_masks, fast_iou = dec(**args)
+    ref_masks, ref_iou = dec(**args)  # autograd on -> reference path
+    assert ref_masks.requires_grad
+    torch.testing.assert_close(fast_masks, ref_masks.detach(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast_iou, ref_iou.detach(), atol=1e-5, rtol=1e-5)
+    # single prompts give the batched result
+    with torch.no_grad():
+        one_masks, _ = dec(**{**args, "sparse_prompt_embeddings": sparse[1:2],
+                              "dense_prompt_embeddings": dense[1:2]})
+    torch.testing.assert_close(one_masks[0], fast_masks[1], atol=1e-5, rtol=1e-5)
+
+
+def test_predictor_fast_equals_eager_decoder(tiny_model):
+    p = segany.SamPredictor(tiny_model)
+    p.set_image(random_image(70, 110, seed=4))
+    kwargs = dict(point_coords=[[20, 30], [80, 40]], point_labels=[1, 0], return_logits=True)
+    fast = p.predict(**kwargs)
+    tiny_model.mask_decoder.backend = "eager"
+    try:
+        ref = p.predict(**kwargs)
+    finally:
+        tiny_model.mask_decoder.backend = "fast"
+    np.testing.assert_allclose(fast[0], ref[0], atol=1e-4)
+    np.testing.assert_allclose(fast[1], ref[1], atol=1e-5)
+
+
+def test_bf16_close_to_fp32():
+    fp32 = randomize_(segany.build_sam_model(TINY), 7).eval()
+    bf16 = segany.set_precision(copy.deepcopy(fp32), "bf16")
+    assert bf16.dtype == torch.bfloat16
+    assert bf16.prompt_encoder.no_mask_embed.weight.dtype == torch.float32
+    img = random_image(100, 128, seed=3)
+    a, b = segany.SamPredictor(fp32), segany.SamPredictor(bf16)
+    a.set_image(img)
+    b.set_image(img)
+    e32, e16 = a.get_image_embedding(), b.get_image_embedding().float()
+    assert (e16 - e32).norm() / e32.norm() < 0.03
+    m32, s32, l32 = a.predict(point_coords=[[60, 50]], point_labels=[1], return_logits=True)
+    m16, s16, l16 = b.predict(point_coords=[[60, 50]], point_labels=[1], return_logits=True)
+    assert m16.dtype == np.float32 and s16.dtype == np.float32
+    np.testing.assert_allclose(s16, s32, atol=0.02)
+    assert np.abs(l16 - l32).mean() < 0.02 * np.abs(l32).mean()
+    agree = ((m16 > 0) == (m32 > 0)).mean()
+    assert agree > 0.995, agree
+
+
+def test_precision_resolution(monkeypatch):
+    import segany.precision as prec
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == torch.float32
+    assert resolve_precision("fp16", cpu) == torch.float16
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: True)
+    assert prec.resolve_precision("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(prec, "cpu_has_native_bf16", lambda: False)
+    assert prec.resolve_precision("auto", cpu) == torch.float32
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", cpu)
+    with pytest.raises(ValueError, match="device"):
+        prec.resolve_device("quantum")
+
+
+def test_auto_default_and_registry_fp32():
+    model = segany.build_sam(TINY, device="cpu")
+    expected = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    assert model.dtype == expected and not model.training
+    with torch.device("meta"):
+        reg = segany.sam_model_registry["vit_b"]()
+    assert reg.dtype == torch.float32
+
+
+def test_gradients_flow_without_nans(tiny_model):
+    model = randomize_(segany.build_sam_model(TINY), 11).train()
+    img = torch.randint(0, 255, (2, 3, 128, 128)).float()
+    emb = model.image_encoder(model.preprocess(img))
+    sparse, dense = model.prompt_encoder(
+        (torch.tensor([[[30.0, 40.0]], [[90.0, 20.0]]]), torch.tensor([[1], [1]])), None, None
+    )
+    masks, iou = model.mask_decoder(emb[:1], model.prompt_encoder.get_dense_pe(), sparse[:1],
+                                    dense[:1], True)
+    loss = masks.sigmoid().mean() + iou.pow(2).mean()
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert torch.isfinite(loss)
+    # every part of the network that this prompt touches receives finite gradients
+    for name in ("image_encoder.blocks.1.attn.rel_pos_h", "image_encoder.patch_embed.proj.weight",
+                 "mask_decoder.transformer.layers.0.cross_attn_image_to_token.q_proj.weight",
+                 "prompt_encoder.point_embeddings.1.weight"):
+        assert grads[name] is not None and torch.isfinite(grads[name]).all(), name
+        assert grads[name].abs().sum() > 0, name
