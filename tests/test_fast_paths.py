@@ -11,7 +11,7 @@ import torch
 import segany
 from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
 from segany.precision import cpu_has_native_bf16, resolve_precision
-from tests.conftest import TINY, randomize_, random_image
+from tests.conftest import TINY, random_image, randomize_
 
 
 def _eager_biased(q, k, v, rel_h, rel_w, scale):

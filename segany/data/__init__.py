@@ -1,0 +1,1 @@
+"""Data we make ourselves: sample images and (later) procedural training scenes."""

@@ -1,0 +1,63 @@
+"""A deterministic sample image for demos and smoke tests (no files, no network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+@dataclass(frozen=True)
+class SampleObject:
+    """One drawn object: its name, a point inside it (x, y) and its XYXY box (pixels)."""
+
+    name: str
+    point: tuple[float, float]
+    box: tuple[float, float, float, float]
+
+
+def sample_image(
+    width: int = 1024, height: int = 768, seed: int = 0
+) -> tuple[np.ndarray, list[SampleObject]]:
+    """Draw a scene of a few solid and nested objects on a textured background.
+
+    Returns ``(image (H, W, 3) uint8 RGB, objects)``; coordinates are (x, y) pixels.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = 90 + 25 * np.sin(xx / 37.0) * np.cos(yy / 53.0) + rng.normal(0, 6, (height, width))
+    bg = np.stack([base * 0.9, base, base * 1.1], axis=-1).clip(0, 255).astype(np.uint8)
+    im = Image.fromarray(bg)
+    d = ImageDraw.Draw(im)
+    s = min(width, height) / 768
+    objects = []
+
+    def box(cx: float, cy: float, rx: float, ry: float) -> tuple[float, float, float, float]:
+        return (cx - rx, cy - ry, cx + rx, cy + ry)
+
+    b = box(0.27 * width, 0.42 * height, 150 * s, 110 * s)
+    d.ellipse(b, fill=(220, 70, 60))
+    inner = box(0.27 * width, 0.42 * height, 60 * s, 45 * s)
+    d.ellipse(inner, fill=(250, 210, 80))
+    objects.append(
+        SampleObject("red disc (with a yellow core)", (0.27 * width - 100 * s, 0.42 * height), b)
+    )
+    objects.append(SampleObject("yellow core", (0.27 * width, 0.42 * height), inner))
+    b = box(0.68 * width, 0.32 * height, 170 * s, 95 * s)
+    d.rectangle(b, fill=(60, 120, 210))
+    objects.append(SampleObject("blue panel", (0.68 * width, 0.32 * height), b))
+    tri = [
+        (0.55 * width, 0.9 * height),
+        (0.8 * width, 0.9 * height),
+        (0.675 * width, 0.58 * height),
+    ]
+    d.polygon(tri, fill=(70, 190, 110))
+    objects.append(
+        SampleObject(
+            "green triangle",
+            (0.675 * width, 0.8 * height),
+            (0.55 * width, 0.58 * height, 0.8 * width, 0.9 * height),
+        )
+    )
+    return np.asarray(im).copy(), objects
