@@ -137,6 +137,17 @@ def load_model(
     return set_precision(sam.to(dev).eval(), resolve_precision(precision, dev))
 
 
+def compile_model(model: Sam, **compile_kwargs: object) -> Sam:
+    """Opt-in ``torch.compile`` of the image encoder (in place; state-dict names unchanged).
+
+    Uses ``nn.Module.compile`` so the module tree and checkpoints stay official. The first
+    ``set_image`` afterwards pays the compilation; keyword arguments go to ``torch.compile``
+    (e.g. ``mode="max-autotune"`` on a GPU).
+    """
+    model.image_encoder.compile(**compile_kwargs)
+    return model
+
+
 def _registry_builder(variant: str) -> Callable[..., Sam]:
     def build(checkpoint: str | os.PathLike | None = None) -> Sam:
         return build_sam(variant, checkpoint, precision="fp32", device="cpu")

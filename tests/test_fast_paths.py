@@ -78,8 +78,13 @@ def test_decoder_fast_equals_eager(tiny_model, multimask, with_mask):
     torch.testing.assert_close(fast_iou, ref_iou.detach(), atol=1e-5, rtol=1e-5)
     # single prompts give the batched result
     with torch.no_grad():
-        one_masks, _ = dec(**{**args, "sparse_prompt_embeddings": sparse[1:2],
-                              "dense_prompt_embeddings": dense[1:2]})
+        one_masks, _ = dec(
+            **{
+                **args,
+                "sparse_prompt_embeddings": sparse[1:2],
+                "dense_prompt_embeddings": dense[1:2],
+            }
+        )
     torch.testing.assert_close(one_masks[0], fast_masks[1], atol=1e-5, rtol=1e-5)
 
 
@@ -148,15 +153,32 @@ def test_gradients_flow_without_nans(tiny_model):
     sparse, dense = model.prompt_encoder(
         (torch.tensor([[[30.0, 40.0]], [[90.0, 20.0]]]), torch.tensor([[1], [1]])), None, None
     )
-    masks, iou = model.mask_decoder(emb[:1], model.prompt_encoder.get_dense_pe(), sparse[:1],
-                                    dense[:1], True)
+    masks, iou = model.mask_decoder(
+        emb[:1], model.prompt_encoder.get_dense_pe(), sparse[:1], dense[:1], True
+    )
     loss = masks.sigmoid().mean() + iou.pow(2).mean()
     loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
     assert torch.isfinite(loss)
     # every part of the network that this prompt touches receives finite gradients
-    for name in ("image_encoder.blocks.1.attn.rel_pos_h", "image_encoder.patch_embed.proj.weight",
-                 "mask_decoder.transformer.layers.0.cross_attn_image_to_token.q_proj.weight",
-                 "prompt_encoder.point_embeddings.1.weight"):
+    for name in (
+        "image_encoder.blocks.1.attn.rel_pos_h",
+        "image_encoder.patch_embed.proj.weight",
+        "mask_decoder.transformer.layers.0.cross_attn_image_to_token.q_proj.weight",
+        "prompt_encoder.point_embeddings.1.weight",
+    ):
         assert grads[name] is not None and torch.isfinite(grads[name]).all(), name
         assert grads[name].abs().sum() > 0, name
+
+
+@pytest.mark.slow
+def test_compile_opt_in_keeps_names_and_results(tiny_model):
+    """torch.compile (CPU inductor here; the same call is the GPU opt-in) changes neither the
+    state-dict names nor the embeddings."""
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = tiny_model.image_encoder(x)
+        compiled = segany.compile_model(copy.deepcopy(tiny_model))
+        out = compiled.image_encoder(x)
+    assert list(compiled.state_dict()) == list(tiny_model.state_dict())
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

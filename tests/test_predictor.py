@@ -74,7 +74,11 @@ def test_image_batch_equals_single(tiny_model):
     )
     single = segany.SamPredictor(tiny_model)
     for img, (m, s, _), pc, pl, bx in zip(
-        imgs, out, [[[5, 5]], [[20, 30], [10, 10]]], [[1], [1, 0]], [None, [0, 0, 30, 60]],
+        imgs,
+        out,
+        [[[5, 5]], [[20, 30], [10, 10]]],
+        [[1], [1, 0]],
+        [None, [0, 0, 30, 60]],
         strict=True,
     ):
         single.set_image(img)
@@ -178,8 +182,14 @@ def test_bad_images(tiny_model, image, match):
         ({"box": [0, 0, W + 50, 20]}, "box outside the image"),
         ({"box": [0, np.inf, 5, 20]}, "NaN or infinite"),
         ({"mask_input": np.zeros((1, 32, 32))}, "mask_input must have shape"),
-        ({"box": np.zeros((3, 4)), "point_coords": np.zeros((2, 1, 2)),
-          "point_labels": np.ones((2, 1))}, "batch sizes disagree"),
+        (
+            {
+                "box": np.zeros((3, 4)),
+                "point_coords": np.zeros((2, 1, 2)),
+                "point_labels": np.ones((2, 1)),
+            },
+            "batch sizes disagree",
+        ),
     ],
 )
 def test_bad_prompts_raise_value_error(predictor, kwargs, match):

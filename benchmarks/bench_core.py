@@ -1,0 +1,243 @@
+"""Core benchmark: official ``segment-anything`` vs segany on the same weights and image.
+
+Measures, for vit_b at 1024 px on a 1024x768 image:
+* ``set_image`` wall time (median of ``--repeats``), official fp32 vs segany fp32 vs segany's
+  default precision (``auto``);
+* ``predict`` for one point (median of 30, after warm-up);
+* peak resident memory added by ``set_image`` (the kernel's high-water mark, reset just before
+  the call through ``/proc/self/clear_refs``), each configuration in its own process.
+
+Run: ``python benchmarks/bench_core.py`` (add ``--device cuda --variant vit_h --compile`` on a GPU).
+Prints a Markdown table and writes JSON to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _rss_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux / not permitted: peak includes earlier allocations
+        pass
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def worker(args: argparse.Namespace) -> dict:
+    import torch
+
+    from segany.data.sample import sample_image
+
+    torch.manual_seed(0)
+    image, objects = sample_image(1024, 768)
+    point = np.array([objects[0].point])
+    if args.impl == "official":
+        from segment_anything import SamPredictor, sam_model_registry
+
+        model = sam_model_registry[args.variant](checkpoint=args.weights).to(args.device).eval()
+        predictor = SamPredictor(model)
+    else:
+        import segany
+
+        model = segany.build_sam(
+            args.variant, args.weights, precision=args.precision, device=args.device
+        )
+        if args.compile:
+            segany.compile_model(model)
+        predictor = segany.SamPredictor(model)
+    if args.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = _rss_kb("VmRSS")
+    _reset_peak()
+    times = []
+    for i in range(args.repeats + (1 if args.device != "cpu" or args.compile else 0)):
+        _sync(args.device)
+        t = time.perf_counter()
+        predictor.set_image(image)
+        _sync(args.device)
+        times.append(time.perf_counter() - t)
+        if i == 0:
+            peak_kb = _rss_kb("VmHWM") - rss_before
+    if len(times) > args.repeats:  # warm-up run (GPU / compile) not counted
+        times = times[1:]
+    for _ in range(5):
+        predictor.predict(point_coords=point, point_labels=np.array([1]))
+    pt = []
+    for _ in range(30):
+        _sync(args.device)
+        t = time.perf_counter()
+        predictor.predict(point_coords=point, point_labels=np.array([1]))
+        _sync(args.device)
+        pt.append(time.perf_counter() - t)
+    out = {
+        "impl": args.impl,
+        "precision": args.precision if args.impl == "segany" else "fp32",
+        "compile": bool(args.compile),
+        "set_image_s": float(np.median(times)),
+        "predict_ms": float(np.median(pt) * 1000),
+        "set_image_peak_mb": peak_kb / 1024,
+    }
+    if args.impl == "segany":
+        from segany.precision import precision_name
+
+        out["dtype"] = precision_name(model.dtype)
+    if args.device.startswith("cuda"):
+        out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from segany.precision import cpu_has_native_bf16
+
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="set_image runs per configuration")
+    p.add_argument("--compile", action="store_true", help="also time segany with torch.compile")
+    p.add_argument("--skip-official", action="store_true")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--impl", default="segany", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return
+
+    import torch
+
+    import segany
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / f"random_{args.variant}.pth"
+        torch.manual_seed(0)
+        model = segany.build_sam_model(segany.get_config(args.variant))
+        torch.save(model.state_dict(), weights)
+        del model
+        runs = [] if args.skip_official else [("official", "fp32", False)]
+        runs += [("segany", "fp32", False), ("segany", "auto", False)]
+        if args.compile:
+            runs.append(("segany", "auto", True))
+        results = []
+        for impl, precision, comp in runs:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--impl",
+                impl,
+                "--precision",
+                precision,
+                "--weights",
+                str(weights),
+                "--variant",
+                args.variant,
+                "--device",
+                args.device,
+                "--repeats",
+                str(args.repeats),
+            ] + (["--compile"] if comp else [])
+            print(f"running {impl} {precision}{' compiled' if comp else ''} ...", file=sys.stderr)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stdout, proc.stderr, file=sys.stderr)
+                raise SystemExit(f"worker {impl}/{precision} failed")
+            results.append(json.loads(line[0][7:]))
+    base = results[0] if not args.skip_official else None
+    m = machine()
+    print(
+        f"\n{args.variant} @1024, image 1024x768, device {args.device}; {m['cpu']}, "
+        f"{m['cores']} cores, torch {m['torch']}\n"
+    )
+    print(
+        "| implementation | precision | set_image (s) | vs official | predict 1 point (ms) "
+        "| vs official | set_image peak memory (MB) | vs official |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        name = r["impl"] + (" + compile" if r["compile"] else "")
+        prec = r.get("dtype", r["precision"])
+        if r["impl"] == "segany" and r["precision"] == "auto":
+            prec = f"default ({prec})"
+        if base:
+            rel = (
+                f"{base['set_image_s'] / r['set_image_s']:.2f}x faster",
+                f"{base['predict_ms'] / r['predict_ms']:.2f}x faster",
+                f"{r['set_image_peak_mb'] / base['set_image_peak_mb']:.2f}x",
+            )
+        else:
+            rel = ("", "", "")
+        print(
+            f"| {name} | {prec} | {r['set_image_s']:.2f} | {rel[0]} | {r['predict_ms']:.1f} | "
+            f"{rel[1]} | {r['set_image_peak_mb']:.0f} | {rel[2]} |"
+        )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"core_{args.variant}_{args.device.replace(':', '')}_{stamp}.json"
+    path.write_text(
+        json.dumps(
+            {"machine": m, "variant": args.variant, "device": args.device, "results": results},
+            indent=2,
+        )
+    )
+    print(f"\nwrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
