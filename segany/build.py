@@ -78,7 +78,7 @@ def set_precision(model: Sam, precision: str | torch.dtype) -> Sam:
 
 
 def build_sam(
-    variant: str | SamConfig = "vit_b",
+    variant: str | SamConfig | None = None,
     checkpoint: str | os.PathLike | None = None,
     *,
     precision: str = "auto",
@@ -87,13 +87,24 @@ def build_sam(
     """Build a SAM model ready for inference (eval mode).
 
     Args:
-        variant: ``"vit_b" | "vit_l" | "vit_h"`` or a :class:`SamConfig`.
+        variant: ``"vit_b" | "vit_l" | "vit_h"`` or a :class:`SamConfig`. ``None`` infers the
+            architecture from ``checkpoint`` (or means ``"vit_h"`` without one, as the official
+            ``build_sam`` does). The official positional form ``build_sam("sam_vit_h.pth")`` is
+            accepted too.
         checkpoint: optional path to an official-format state dict (.pth or .safetensors),
             loaded strictly.
         precision: ``"auto"`` (bf16 where native, else fp32), ``"fp32"``, ``"bf16"``, ``"fp16"``.
         device: ``"cpu"``, ``"cuda"``, ...; default CUDA if available else CPU.
     """
-    config = variant if isinstance(variant, SamConfig) else get_config(variant)
+    if (
+        isinstance(variant, (str, os.PathLike))
+        and str(variant) not in VARIANTS
+        and checkpoint is None
+    ):
+        variant, checkpoint = None, variant  # official build_sam(checkpoint) call
+    if variant is None and checkpoint is not None:
+        return load_model(checkpoint, precision=precision, device=device)
+    config = variant if isinstance(variant, SamConfig) else get_config(variant or "vit_h")
     dev = resolve_device(device)
     dtype = resolve_precision(precision, dev)
     model = build_sam_model(config)

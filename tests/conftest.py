@@ -116,13 +116,17 @@ def tiny_model(tiny_pair):
 
 
 @pytest.fixture(scope="session")
-def vit_b_pair():
+def vit_b_pair(tmp_path_factory):
+    """Official vit_b with random weights, and segany's loaded from the same file through the
+    drop-in ``sam_model_registry["vit_b"](checkpoint=...)``."""
     from segment_anything import sam_model_registry
 
     torch.manual_seed(0)
     official = randomize_(sam_model_registry["vit_b"](), 0).eval()
-    ours = segany.sam_model_registry["vit_b"]()
-    ours.load_state_dict(official.state_dict(), strict=True)
+    path = tmp_path_factory.mktemp("vit_b") / "sam_vit_b_random.pth"
+    torch.save(official.state_dict(), path)
+    ours = segany.sam_model_registry["vit_b"](checkpoint=str(path))
+    path.unlink()
     return official, ours
 
 

@@ -182,3 +182,18 @@ def test_unknown_variant_and_precision():
         segany.build_sam("vit_x")
     with pytest.raises(ValueError, match="precision must be one of"):
         segany.build_sam(TINY, precision="int3")
+
+
+def test_build_sam_official_call_forms(tmp_path, tiny_pair):
+    """``build_sam(path)`` and ``build_sam(checkpoint=path)`` (official forms) infer the
+    architecture from the file."""
+    path = _save(tiny_pair[0].state_dict(), tmp_path / "tiny.pth")
+    for model in (
+        segany.build_sam(str(path), precision="fp32", device="cpu"),
+        segany.build_sam(checkpoint=path, precision="fp32", device="cpu"),
+    ):
+        assert model.image_encoder.img_size == 128
+        assert torch.equal(
+            model.state_dict()["mask_decoder.iou_token.weight"],
+            tiny_pair[0].state_dict()["mask_decoder.iou_token.weight"],
+        )

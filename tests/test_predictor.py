@@ -210,3 +210,33 @@ def test_reset_image(predictor):
     assert not predictor.is_image_set
     with pytest.raises(RuntimeError):
         predictor.get_image_embedding()
+
+
+def test_official_import_paths_exist():
+    """Names official users import, reachable by swapping the package name."""
+    from segany.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segany.utils.transforms import ResizeLongestSide
+
+    assert ResizeLongestSide(1024).get_preprocess_shape(768, 1024, 1024) == (768, 1024)
+    assert all((ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer))
+    for name in (
+        "sam_model_registry",
+        "SamPredictor",
+        "build_sam",
+        "build_sam_vit_b",
+        "build_sam_vit_l",
+        "build_sam_vit_h",
+    ):
+        assert hasattr(segany, name), name
+    assert set(segany.sam_model_registry) == {"default", "vit_h", "vit_l", "vit_b"}
+
+
+def test_fp16_runs(tiny_model):
+    import copy
+
+    m = segany.set_precision(copy.deepcopy(tiny_model), "fp16")
+    p = segany.SamPredictor(m)
+    p.set_image(random_image(H, W, seed=5))
+    masks, scores, low = p.predict(point_coords=[[30, 40]], point_labels=[1])
+    assert p.get_image_embedding().dtype == torch.float16
+    assert masks.shape == (3, H, W) and np.isfinite(scores).all() and np.isfinite(low).all()

@@ -1,0 +1,1 @@
+"""Compatibility namespace mirroring ``segment_anything.utils``."""
