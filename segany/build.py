@@ -13,6 +13,8 @@ from .config import VARIANTS, SamConfig, get_config
 from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from .precision import resolve_device, resolve_precision
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
 
 def build_sam_model(config: SamConfig) -> Sam:
     """Instantiate an (uninitialized-weights) :class:`Sam` from a config, in fp32, train mode."""
@@ -100,6 +102,7 @@ def build_sam(
         isinstance(variant, (str, os.PathLike))
         and str(variant) not in VARIANTS
         and checkpoint is None
+        and (Path(variant).exists() or Path(variant).suffix in CHECKPOINT_SUFFIXES)
     ):
         variant, checkpoint = None, variant  # official build_sam(checkpoint) call
     if variant is None and checkpoint is not None:
