@@ -173,7 +173,7 @@ def _registry_builder(variant: str) -> Callable[..., Sam]:
 build_sam_vit_b = _registry_builder("vit_b")
 build_sam_vit_l = _registry_builder("vit_l")
 build_sam_vit_h = _registry_builder("vit_h")
-build_sam_vit_h.__name__ = "build_sam_vit_h"
+build_sam_default = build_sam_vit_h
 
 sam_model_registry: dict[str, Callable[..., Sam]] = {
     "default": build_sam_vit_h,

@@ -8,16 +8,21 @@ Frames and conventions:
   the aspect ratio: ``(h, w) = get_preprocess_shape(H, W, img_size)``. Prompts are mapped here by
   scaling x by ``w / W`` and y by ``h / H``.
 * **model frame** — the input frame zero-padded at the bottom/right to ``img_size x img_size``.
+
+The numpy functions here need no torch (the ONNX Runtime predictor uses them where torch is not
+installed); the ``*_torch`` functions import it when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 
 def get_preprocess_shape(oldh: int, oldw: int, long_side_length: int) -> tuple[int, int]:
@@ -59,6 +64,8 @@ class ResizeLongestSide:
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` float -> ``(B, 3, h, w)`` (bilinear, antialiased)."""
+        import torch.nn.functional as F
+
         h, w = get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
         return F.interpolate(image, (h, w), mode="bilinear", align_corners=False, antialias=True)
 
@@ -66,6 +73,8 @@ class ResizeLongestSide:
         self, coords: torch.Tensor, original_size: tuple[int, ...]
     ) -> torch.Tensor:
         """Torch version of :meth:`apply_coords` (returns float)."""
+        import torch
+
         old_h, old_w = original_size
         new_h, new_w = get_preprocess_shape(old_h, old_w, self.target_length)
         coords = coords.clone().to(torch.float)
@@ -87,6 +96,8 @@ def normalize_and_pad(
     img_size: int,
 ) -> torch.Tensor:
     """``(B, 3, h, w)`` 0..255 RGB -> normalized and zero-padded ``(B, 3, S, S)``."""
+    import torch.nn.functional as F
+
     x = (x - pixel_mean.view(-1, 1, 1)) / pixel_std.view(-1, 1, 1)
     h, w = x.shape[-2:]
     return F.pad(x, (0, img_size - w, 0, img_size - h))
@@ -114,6 +125,9 @@ def postprocess_masks(
     Returns:
         ``(B, M, H, W)`` logits (float32 if the input was lower precision).
     """
+    import torch
+    import torch.nn.functional as F
+
     if masks.dtype in (torch.bfloat16, torch.float16):
         masks = masks.float()
     low = masks.shape[-1]
