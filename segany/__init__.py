@@ -38,12 +38,14 @@ _EXPORTS = {
     "SamConfig": "config",
     "get_config": "config",
     "SamPredictor": "predictor",
+    "SamAutomaticMaskGenerator": "amg",
     "ResizeLongestSide": "transforms",
 }
 
 __all__ = [
     "CheckpointError",
     "ResizeLongestSide",
+    "SamAutomaticMaskGenerator",
     "SamConfig",
     "SamPredictor",
     "VARIANTS",
@@ -77,6 +79,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from .amg import SamAutomaticMaskGenerator
     from .build import (
         build_sam,
         build_sam_default,

@@ -315,6 +315,31 @@ class SamPredictor:
             ``masks (B, C, H, W)`` (bool unless ``return_logits``), ``iou_predictions (B, C)``,
             ``low_res_masks (B, C, 256, 256)``; float32.
         """
+        low_res, iou = self.predict_low_res(
+            point_coords, point_labels, boxes, mask_input, multimask_output, image_index
+        )
+        masks = self.model.postprocess_masks(
+            low_res, self.input_sizes[image_index], self.original_sizes[image_index]
+        )
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    @torch.no_grad()
+    def predict_low_res(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        image_index: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decoder alone: :meth:`predict_torch` without upscaling to the image.
+
+        Returns ``low_res_masks (B, C, 256, 256)`` logits and ``iou_predictions (B, C)``,
+        float32. Prompts are in the input frame, as for :meth:`predict_torch`.
+        """
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
@@ -350,13 +375,7 @@ class SamPredictor:
                 dense_prompt_embeddings=dense.to(dtype).expand(sparse.shape[0], -1, -1, -1),
                 multimask_output=multimask_output,
             )
-        low_res, iou = low_res.float(), iou.float()
-        masks = model.postprocess_masks(
-            low_res, self.input_sizes[image_index], self.original_sizes[image_index]
-        )
-        if not return_logits:
-            masks = masks > model.mask_threshold
-        return masks, iou, low_res
+        return low_res.float(), iou.float()
 
     # ------------------------------------------------------------------ helpers
     def _parse_prompts(

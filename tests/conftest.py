@@ -105,6 +105,23 @@ def make_pair(cfg: SamConfig, seed: int = 0):
     return official, ours
 
 
+def make_amg_pair(cfg: SamConfig = None, seed: int = 0, gain: float = 30.0):
+    """Model pair whose masks are image-dependent regions with decisive logits (random weights
+    otherwise give near-constant masks): the hypernetwork outputs are centred over channels
+    and scaled by ``gain``, identically in both models."""
+    official, ours = make_pair(cfg or TINY, seed)
+    sd = official.state_dict()
+    for k in sd:
+        if k.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2." in k:
+            # zero-mean over the output channels removes the common mode of the upscaled
+            # features, so logits follow image content; the gain makes them decisive
+            w = sd[k] - sd[k].mean(0, keepdim=True)
+            sd[k] = w * gain
+    official.load_state_dict(sd)
+    ours.load_state_dict(sd)
+    return official, ours
+
+
 @pytest.fixture(scope="session")
 def tiny_pair():
     return make_pair(TINY)
