@@ -340,6 +340,44 @@ class SamPredictor:
         Returns ``low_res_masks (B, C, 256, 256)`` logits and ``iou_predictions (B, C)``,
         float32. Prompts are in the input frame, as for :meth:`predict_torch`.
         """
+        low_res, iou, _ = self._decode(
+            point_coords, point_labels, boxes, mask_input, multimask_output, image_index
+        )
+        return low_res, iou
+
+    @torch.no_grad()
+    def predict_low_res_above(
+        self,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        min_iou: float,
+        multimask_output: bool = True,
+        image_index: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Like :meth:`predict_low_res`, but low-res masks are computed only for prompts with at
+        least one predicted IoU above ``min_iou`` (used by the automatic mask generator).
+
+        Returns ``low_res (S, C, 256, 256)`` for those prompts, ``iou_predictions (B, C)`` for
+        all, and the ``(S,)`` indices of the prompts whose masks were computed.
+        """
+        low_res, iou, rows = self._decode(
+            point_coords, point_labels, None, None, multimask_output, image_index, min_iou
+        )
+        if rows is None:
+            rows = torch.nonzero((iou > min_iou).any(dim=1))[:, 0]
+            low_res = low_res[rows]
+        return low_res, iou, rows
+
+    def _decode(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None,
+        mask_input: torch.Tensor | None,
+        multimask_output: bool,
+        image_index: int,
+        min_iou: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
@@ -366,8 +404,9 @@ class SamPredictor:
             else:
                 tokens = image_tokens(features, self._dense_pe, dense.to(dtype))
             sl = slice(1, None) if multimask_output else slice(0, 1)
-            low_res, iou = decoder.decode_fast(tokens, sparse.to(dtype), sl)
+            low_res, iou, rows = decoder.decode_fast(tokens, sparse.to(dtype), sl, min_iou)
         else:
+            rows = None
             low_res, iou = decoder(
                 image_embeddings=features,
                 image_pe=self._dense_pe,
@@ -375,7 +414,7 @@ class SamPredictor:
                 dense_prompt_embeddings=dense.to(dtype).expand(sparse.shape[0], -1, -1, -1),
                 multimask_output=multimask_output,
             )
-        return low_res.float(), iou.float()
+        return low_res.float(), iou.float(), rows
 
     # ------------------------------------------------------------------ helpers
     def _parse_prompts(

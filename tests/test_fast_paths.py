@@ -11,7 +11,7 @@ import torch
 import segany
 from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
 from segany.precision import cpu_has_native_bf16, resolve_precision
-from tests.conftest import TINY, random_image, randomize_
+from tests.conftest import TINY, make_amg_pair, random_image, randomize_
 
 
 def _eager_biased(q, k, v, rel_h, rel_w, scale):
@@ -182,3 +182,18 @@ def test_compile_opt_in_keeps_names_and_results(tiny_model):
         out = compiled.image_encoder(x)
     assert list(compiled.state_dict()) == list(tiny_model.state_dict())
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_low_res_above_is_the_filtered_subset():
+    _, model = make_amg_pair(TINY, 0, 10.0)
+    p = segany.SamPredictor(model)
+    p.set_image(random_image(90, 120, seed=8))
+    coords = torch.rand(12, 1, 2, generator=torch.Generator().manual_seed(0)) * 120
+    labels = torch.ones(12, 1, dtype=torch.int)
+    low, iou = p.predict_low_res(coords, labels)
+    thresh = float(iou.max(1).values.median())
+    sel_low, sel_iou, rows = p.predict_low_res_above(coords, labels, thresh)
+    expected = torch.nonzero((iou > thresh).any(1))[:, 0]
+    assert 0 < len(rows) < 12 and torch.equal(rows, expected)
+    torch.testing.assert_close(sel_iou, iou)
+    torch.testing.assert_close(sel_low, low[expected], atol=1e-5, rtol=1e-5)

@@ -234,14 +234,24 @@ class SamAutomaticMaskGenerator:
         orig_h, orig_w = orig_size
         coords = torch.as_tensor(p.transform.apply_coords(points, crop_size), device=p.device)
         labels = torch.ones(len(points), dtype=torch.int, device=p.device)
-        low_res, iou_preds = self._decode(coords[:, None, :].float(), labels[:, None])
-        n_masks = low_res.shape[1]
-        low_res = low_res.flatten(0, 1)
-        iou_preds = iou_preds.flatten(0, 1).cpu()
+        thresh = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        if thresh is None:
+            low_res, iou_preds = p.predict_low_res(coords[:, None, :].float(), labels[:, None])
+            rows = torch.arange(len(points))
+        else:
+            low_res, iou_preds, rows = p.predict_low_res_above(
+                coords[:, None, :].float(), labels[:, None], thresh
+            )
+        n_masks = iou_preds.shape[1]
+        iou_preds = iou_preds.flatten().cpu()
         pts = torch.as_tensor(points.repeat(n_masks, axis=0))
+        # flat index (point * n_masks + mask) -> row of the computed low-res masks
+        position = torch.full((len(points),), -1, dtype=torch.int64)
+        position[rows.cpu()] = torch.arange(len(rows))
+        low_res = low_res.flatten(0, 1)
         keep = torch.ones(len(iou_preds), dtype=torch.bool)
-        if self.pred_iou_thresh > 0.0:
-            keep = iou_preds > self.pred_iou_thresh
+        if thresh is not None:
+            keep = iou_preds > thresh
         idx = torch.nonzero(keep)[:, 0]
         out = MaskData(
             rles=[],
@@ -252,8 +262,9 @@ class SamAutomaticMaskGenerator:
         )
         for start in range(0, len(idx), UPSAMPLE_CHUNK):
             sel = idx[start : start + UPSAMPLE_CHUNK]
+            src = position[sel // n_masks] * n_masks + sel % n_masks
             logits = model.postprocess_masks(
-                low_res[sel.to(low_res.device)][None], p.input_size, crop_size
+                low_res[src.to(low_res.device)][None], p.input_size, crop_size
             )[0].cpu()
             stability = calculate_stability_score(
                 logits, model.mask_threshold, self.stability_score_offset
@@ -276,12 +287,6 @@ class SamAutomaticMaskGenerator:
                 )
             )
         return out
-
-    def _decode(
-        self, coords: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res logits ``(B, 3, 256, 256)`` and IoU predictions ``(B, 3)`` for single points."""
-        return self.predictor.predict_low_res(coords, labels, multimask_output=True)
 
     # ------------------------------------------------------------------ postprocessing
     @staticmethod

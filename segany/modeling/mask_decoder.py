@@ -105,7 +105,8 @@ class MaskDecoder(nn.Module):
         sl = slice(1, None) if multimask_output else slice(0, 1)
         if self.backend == "fast" and not torch.is_grad_enabled():
             tokens = image_tokens(image_embeddings, image_pe, dense_prompt_embeddings)
-            return self.decode_fast(tokens, sparse_prompt_embeddings, sl)
+            masks, iou_pred, _ = self.decode_fast(tokens, sparse_prompt_embeddings, sl)
+            return masks, iou_pred
         masks, iou_pred = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
         )
@@ -116,11 +117,16 @@ class MaskDecoder(nn.Module):
         tokens: ImageTokens,
         sparse_prompt_embeddings: torch.Tensor,
         token_slice: slice,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        min_iou: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`predict_masks` for the mask tokens in ``token_slice`` only, through the
         algebraically equivalent fast path (inference). ``tokens`` may be cached per image.
 
-        Returns low-res masks ``(B, M, 4h, 4w)`` and IoU predictions ``(B, M)``.
+        With ``min_iou``, masks are upscaled only for prompts that have at least one mask
+        whose predicted IoU exceeds it (the IoU head runs before the upscaler).
+
+        Returns low-res masks ``(S, M, 4h, 4w)``, IoU predictions ``(B, M)`` for all prompts,
+        and the indices of the ``S`` prompts whose masks were computed (``None`` = all).
         """
         b = sparse_prompt_embeddings.shape[0]
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
@@ -128,15 +134,20 @@ class MaskDecoder(nn.Module):
             [output_tokens.unsqueeze(0).expand(b, -1, -1), sparse_prompt_embeddings], dim=1
         )
         hs, keys = two_way_transformer_fast(self.transformer, tokens.src, tokens.pe, prompt)
-        if keys.shape[0] != b:
-            keys = keys.expand(b, -1, -1)
+        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, token_slice]
+        rows = None
+        if min_iou is not None:
+            rows = torch.nonzero((iou_pred > min_iou).any(dim=1))[:, 0]
+            hs = hs[rows]
+            keys = keys[rows] if keys.shape[0] == b else keys
+        if keys.shape[0] != hs.shape[0]:
+            keys = keys.expand(hs.shape[0], -1, -1)
         idx = range(self.num_mask_tokens)[token_slice]
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in idx], dim=1
         )
         masks = upscale_masks_fast(self.output_upscaling, keys, hyper_in, tokens.size)
-        iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, token_slice]
-        return masks, iou_pred
+        return masks, iou_pred, rows
 
     def predict_masks(
         self,
