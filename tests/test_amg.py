@@ -170,3 +170,25 @@ def test_importable_like_official():
     assert build_point_grid(4).shape == (16, 2)
     boxes, layers = generate_crop_boxes((600, 800), 1, 512 / 1500)
     assert boxes[0] == [0, 0, 800, 600] and layers == [0, 1, 1, 1, 1]
+
+
+def test_utils_rle_helpers_equal_official():
+    from segment_anything.utils import amg as official_amg
+
+    from segany.utils import amg
+
+    rng = np.random.default_rng(0)
+    masks = torch.as_tensor(rng.random((5, 9, 14)) > 0.5)
+    masks[0] = False
+    masks[1] = True
+    ours, theirs = amg.mask_to_rle_pytorch(masks), official_amg.mask_to_rle_pytorch(masks)
+    assert ours == theirs
+    for rle in theirs:
+        np.testing.assert_array_equal(amg.rle_to_mask(rle), official_amg.rle_to_mask(rle))
+        assert amg.area_from_rle(rle) == official_amg.area_from_rle(rle)
+        assert amg.coco_encode_rle(rle) == official_amg.coco_encode_rle(rle)
+    boxes_ours = amg.batched_mask_to_box(masks)
+    torch.testing.assert_close(boxes_ours, official_amg.batched_mask_to_box(masks))
+    crop_ours = amg.generate_crop_boxes((480, 640), 2, 512 / 1500)
+    assert crop_ours == official_amg.generate_crop_boxes((480, 640), 2, 512 / 1500)
+    np.testing.assert_array_equal(amg.build_point_grid(7), official_amg.build_point_grid(7))

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torchvision.ops.boxes import batched_nms, box_area
 
+from ..formats.rle import coco_to_uncompressed_rle, decode_coco_rle, encode_coco_rle, rle_area
 from ..io.image import to_rgb_uint8
 from ..modeling import Sam
 from ..predictor import SamPredictor
@@ -42,20 +43,8 @@ UPSAMPLE_CHUNK = 16  # survivors upsampled to full resolution at once
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
-    """``(N, H, W)`` bool -> COCO compressed RLEs (bytes counts), one C call for the batch."""
-    from pycocotools import mask as mask_utils
-
-    if masks.shape[0] == 0:
-        return []
-    # (N, W, H) C-order is (H, W, N) Fortran-order: what pycocotools wants, in one copy.
-    fortran = masks.transpose(1, 2).contiguous().numpy().view(np.uint8).transpose(2, 1, 0)
-    return mask_utils.encode(fortran)
-
-
-def _decode(rles: list[dict[str, Any]]) -> np.ndarray:
-    from pycocotools import mask as mask_utils
-
-    return mask_utils.decode(rles).transpose(2, 0, 1).astype(bool)
+    """``(N, H, W)`` bool tensor -> COCO RLEs (str counts), one C call for the batch."""
+    return encode_coco_rle(masks.numpy()) if masks.shape[0] else []
 
 
 def _auto_points_per_batch(model: Sam) -> int:
@@ -296,7 +285,7 @@ class SamAutomaticMaskGenerator:
         if len(data) == 0:
             return data
         masks, scores = [], []
-        for mask in _decode(data["rles"]):
+        for mask in decode_coco_rle(data["rles"]):
             mask, changed_holes = remove_small_regions(mask, min_area, mode="holes")
             mask, changed_islands = remove_small_regions(mask, min_area, mode="islands")
             masks.append(torch.as_tensor(mask))
@@ -316,13 +305,11 @@ class SamAutomaticMaskGenerator:
         return data
 
     def _records(self, data: MaskData, image_size: tuple[int, ...]) -> list[dict[str, Any]]:
-        from pycocotools import mask as mask_utils
-
         n = len(data)
         if n == 0:
             return []
         rles = data["rles"]
-        areas = mask_utils.area(rles).astype(int).tolist()
+        areas = [rle_area(r) for r in rles]
         order = list(range(n))
         total = float(image_size[0] * image_size[1])
         order = [
@@ -336,14 +323,10 @@ class SamAutomaticMaskGenerator:
             chosen = set(best)
             order = [i for i in order if i in chosen]
         if self.output_mode == "binary_mask":
-            segs = list(_decode([rles[i] for i in order])) if order else []
+            segs = list(decode_coco_rle([rles[i] for i in order])) if order else []
         elif self.output_mode == "coco_rle":
-            segs = [
-                {"size": list(rles[i]["size"]), "counts": rles[i]["counts"].decode()} for i in order
-            ]
+            segs = [{"size": list(rles[i]["size"]), "counts": rles[i]["counts"]} for i in order]
         else:
-            from ..formats.rle import coco_to_uncompressed_rle
-
             segs = [coco_to_uncompressed_rle(rles[i]) for i in order]
         records = []
         for seg, i in zip(segs, order, strict=True):

@@ -17,6 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..formats.rle import (
+    decode_uncompressed_rle,
+    encode_uncompressed_rle,
+    rle_area,
+    uncompressed_to_coco_rle,
+)
+
 __all__ = [
     "MaskData",
     "area_from_rle",
@@ -214,44 +221,25 @@ def uncrop_masks(
 
 def mask_to_rle_pytorch(tensor: torch.Tensor) -> list[dict[str, Any]]:
     """``(B, H, W)`` bool -> uncompressed RLEs ``{"size": [H, W], "counts": [...]}`` in
-    column-major order, starting with the zeros run (vectorized over the batch)."""
-    b, h, w = tensor.shape
-    flat = tensor.permute(0, 2, 1).reshape(b, h * w)
-    change = torch.nonzero(flat[:, 1:] != flat[:, :-1])
-    per_mask = torch.bincount(change[:, 0], minlength=b).tolist()
-    starts = (change[:, 1] + 1).tolist()
-    first = flat[:, 0].tolist() if h * w else [False] * b
-    out, pos = [], 0
-    for i in range(b):
-        idx = [0, *starts[pos : pos + per_mask[i]], h * w]
-        pos += per_mask[i]
-        counts = [0] if first[i] else []
-        counts.extend(np.diff(idx).tolist())
-        out.append({"size": [h, w], "counts": counts})
-    return out
+    column-major order, starting with the zeros run (see :mod:`segany.formats.rle`)."""
+    if tensor.shape[0] == 0:
+        return []
+    return encode_uncompressed_rle(tensor.detach().cpu().numpy())
 
 
 def rle_to_mask(rle: dict[str, Any]) -> np.ndarray:
     """Uncompressed RLE -> ``(H, W)`` bool."""
-    h, w = rle["size"]
-    counts = np.asarray(rle["counts"], dtype=np.int64)
-    values = np.arange(len(counts)) % 2 == 1
-    return np.repeat(values, counts).reshape(w, h).T
+    return decode_uncompressed_rle(rle)
 
 
 def area_from_rle(rle: dict[str, Any]) -> int:
-    """Foreground pixels of an uncompressed RLE."""
-    return int(sum(rle["counts"][1::2]))
+    """Foreground pixels of an RLE (uncompressed or COCO)."""
+    return rle_area(rle)
 
 
 def coco_encode_rle(uncompressed_rle: dict[str, Any]) -> dict[str, Any]:
     """Uncompressed RLE -> COCO compressed RLE with ``str`` counts (JSON-serialisable)."""
-    from pycocotools import mask as mask_utils
-
-    h, w = uncompressed_rle["size"]
-    rle = mask_utils.frPyObjects(uncompressed_rle, h, w)
-    rle["counts"] = rle["counts"].decode("utf-8")
-    return rle
+    return uncompressed_to_coco_rle(uncompressed_rle)
 
 
 def remove_small_regions(
