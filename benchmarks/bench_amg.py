@@ -5,9 +5,10 @@ total seconds, seconds in the image encoder and the rest, the number of masks, a
 segany's fp32 mask set equals the official one (one-to-one, mask IoU >= 0.99, scores 1e-4).
 
 The weights are random unless ``--weights`` gives a checkpoint. Random weights almost never pass
-the default ``pred_iou_thresh`` (0.88), which would make the benchmark measure an empty
-workload; so the IoU head's output bias is shifted until about ``--pass-rate`` (default 40 %) of
-the (point, mask) candidates pass it, as with a trained model. The same calibrated weights go to
+the default ``pred_iou_thresh`` (0.88) nor the stability filter, which would make the benchmark
+measure an empty workload; so the hypernetwork outputs are centred and scaled (decisive logits)
+and the IoU head's output bias is shifted until about ``--pass-rate`` (default 40 %) of the
+(point, mask) candidates pass it, as with a trained model. The same calibrated weights go to
 both implementations. Run: ``python benchmarks/bench_amg.py [--crop-n-layers 1]``.
 """
 
@@ -88,6 +89,11 @@ def calibrated_random_weights(pass_rate: float) -> dict:
 
     torch.manual_seed(0)
     model = segany.build_sam_model(segany.get_config("vit_b")).eval()
+    sd = model.state_dict()
+    for k in sd:  # decisive, image-dependent logits (as tests/conftest.py make_amg_pair)
+        if k.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2." in k:
+            sd[k] = (sd[k] - sd[k].mean(0, keepdim=True)) * 30.0
+    model.load_state_dict(sd)
     predictor = segany.SamPredictor(model)
     image, _ = sample_image(1024, 768)
     predictor.set_image(image)
