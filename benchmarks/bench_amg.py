@@ -92,7 +92,7 @@ def calibrated_random_weights(pass_rate: float) -> dict:
     sd = model.state_dict()
     for k in sd:  # decisive, image-dependent logits (as tests/conftest.py make_amg_pair)
         if k.startswith("mask_decoder.output_hypernetworks_mlps.") and ".layers.2." in k:
-            sd[k] = (sd[k] - sd[k].mean(0, keepdim=True)) * 30.0
+            sd[k] = (sd[k] - sd[k].mean(0, keepdim=True)) * 1000.0
     model.load_state_dict(sd)
     predictor = segany.SamPredictor(model)
     image, _ = sample_image(1024, 768)
