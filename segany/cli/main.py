@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 from .. import __version__, hub
 from ..checkpoint import CheckpointError
 from ..precision import PRECISIONS
+from . import export_cmd
 
 #: Model used when ``--model`` is not given (a variant name or a checkpoint path).
 DEFAULT_MODEL = "vit_b"
@@ -248,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     _add_model_args(seg)
+    export_cmd.add_backend_arg(seg)
     seg.set_defaults(func=cmd_segment)
 
     emb = sub.add_parser(
@@ -307,12 +309,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Write a generated sample image to OUT/sample.png, then segment one object from a "
             "point prompt (3 masks, OUT/point/) and another from a box (OUT/box/), writing mask "
-            "PNGs, overlays and scores.json like 'segany segment'."
+            "PNGs, overlays and scores.json like 'segany segment', and run the automatic mask "
+            "generator on it (OUT/auto/, like 'segany auto --overlay')."
         ),
     )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     _add_model_args(demo)
     demo.set_defaults(func=cmd_demo)
+
+    from .auto_cmd import add_auto_parser, cmd_auto
+
+    auto = add_auto_parser(sub, _add_model_args)
+    auto.set_defaults(func=lambda a: cmd_auto(a, _load_model, _status))
+    export_cmd.add_export_parser(sub)
     return parser
 
 
@@ -417,8 +426,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _check_in_image(points, boxes, w, h)
     multimask = args.multimask if args.multimask is not None else (len(points) == 1 and not boxes)
 
-    model = _load_model(args)
-    predictor = segany.SamPredictor(model)
+    if getattr(args, "backend", "torch") == "onnx":
+        predictor = export_cmd.load_onnx_predictor(args)
+    else:
+        predictor = segany.SamPredictor(_load_model(args))
     if emb_path is not None and emb_path.exists():
         _status(f"loading embedding {emb_path} ...")
         predictor.load_embedding(emb_path)
@@ -539,7 +550,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
         code = cmd_segment(seg_args)
         if code:
             return code
-    print(f"demo written to {out}/ (open {out}/point/overlay.png and {out}/box/overlay.png)")
+    from .auto_cmd import cmd_auto
+
+    _status("--- automatic masks (segment everything)")
+    auto_args = build_parser().parse_args(
+        [
+            "auto",
+            str(sample),
+            "--out",
+            str(out / "auto"),
+            "--overlay",
+            "--overwrite",
+            "--model",
+            str(args.model),
+            "--precision",
+            args.precision,
+        ]
+        + (["--device", args.device] if args.device else [])
+    )
+    auto_args.preloaded_model = model
+    code = cmd_auto(auto_args, _load_model, _status)
+    if code:
+        return code
+    print(
+        f"demo written to {out}/ (open {out}/point/overlay.png, {out}/box/overlay.png and "
+        f"{out}/auto/sample.overlay.png)"
+    )
     return EXIT_OK
 
 

@@ -1,0 +1,235 @@
+"""ONNX Runtime vs segany's PyTorch path on CPU: image encoder and decoder, fp32 and int8.
+
+vit_b with random weights (seeded) is exported with ``segany.export.export_onnx(...,
+quantize=True)`` (which also writes the int8-vs-fp32 accuracy report), then each configuration
+runs in its own process on the same generated 1024x768 image:
+
+* encoder: ``set_image`` wall time, median of ``--repeats`` after one warm-up run (raw uint8
+  pixels in; resizing, normalization and padding included in both backends);
+* decoder: ``predict`` with one point, 3 masks upscaled to 1024x768 and returned as numpy
+  (median of 30 after 5 warm-up calls);
+* peak resident memory of the process (weights and sessions included).
+
+Run: ``python benchmarks/bench_onnx.py`` (takes a few minutes on 2 cores). Prints a Markdown table
+and writes JSON to ``benchmarks/results/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def worker(args: argparse.Namespace) -> dict:
+    from segany.data.sample import sample_image
+
+    image, objects = sample_image(1024, 768)
+    point = np.array([objects[0].point])
+    if args.backend == "torch":
+        import torch
+
+        import segany
+        from segany.precision import precision_name
+
+        torch.manual_seed(0)
+        model = segany.build_sam("vit_b", args.weights, precision=args.precision, device="cpu")
+        predictor = segany.SamPredictor(model)
+        precision = precision_name(model.dtype)
+    else:
+        from segany.runtime import OnnxPredictor
+
+        predictor = OnnxPredictor(args.export, quantized=args.precision == "int8")
+        precision = args.precision
+    times = []
+    for _ in range(args.repeats + 1):
+        t = time.perf_counter()
+        predictor.set_image(image)
+        times.append(time.perf_counter() - t)
+    labels = np.array([1])
+    for _ in range(5):
+        predictor.predict(point_coords=point, point_labels=labels)
+    pt = []
+    for _ in range(30):
+        t = time.perf_counter()
+        masks, _, _ = predictor.predict(point_coords=point, point_labels=labels)
+        pt.append(time.perf_counter() - t)
+    assert masks.shape == (3, 768, 1024)
+    return {
+        "backend": args.backend,
+        "precision": precision,
+        "set_image_s": float(np.median(times[1:])),
+        "set_image_first_s": times[0],
+        "predict_ms": float(np.median(pt) * 1000),
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def random_weights(path: Path) -> None:
+    """vit_b with every parameter random (the default init leaves some at zero)."""
+    import torch
+
+    import segany
+
+    torch.manual_seed(0)
+    model = segany.build_sam_model(segany.get_config("vit_b"))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            elif p.dim() > 1:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    torch.save(model.state_dict(), path)
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    from segany.precision import cpu_has_native_bf16
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "cpu_native_bf16": cpu_has_native_bf16(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--repeats", type=int, default=2, help="timed set_image runs per configuration")
+    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--export", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(args)), flush=True)
+        return
+
+    import segany
+    from segany.export import export_onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "random_vit_b.pth"
+        random_weights(weights)
+        export_dir = Path(tmp) / "onnx"
+        print("exporting vit_b (fp32 + int8, with the accuracy report) ...", file=sys.stderr)
+        t = time.perf_counter()
+        model = segany.build_sam("vit_b", weights, precision="fp32", device="cpu")
+        export_onnx(model, export_dir, quantize=True, name="vit_b_random", status=print)
+        export_s = time.perf_counter() - t
+        del model
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        report = json.loads((export_dir / "quantization_report.json").read_text())
+        sizes = {k: v["bytes"] / 2**20 for k, v in manifest["files"].items()}
+        runs = [("torch", "fp32"), ("torch", "auto"), ("onnx", "fp32"), ("onnx", "int8")]
+        results = []
+        for backend, precision in runs:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--backend",
+                backend,
+                "--precision",
+                precision,
+                "--weights",
+                str(weights),
+                "--export",
+                str(export_dir),
+                "--repeats",
+                str(args.repeats),
+            ]
+            print(f"running {backend} {precision} ...", file=sys.stderr)
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stdout, proc.stderr, file=sys.stderr)
+                raise SystemExit(f"worker {backend}/{precision} failed")
+            results.append(json.loads(line[0][7:]))
+    m = machine()
+    base = results[0]
+    print(
+        f"\nvit_b (random weights) @1024, image 1024x768, CPU: {m['cpu']}, {m['cores']} cores, "
+        f"torch {m['torch']}, onnxruntime {m['onnxruntime']}\n"
+    )
+    print(
+        "| backend | precision | encoder `set_image` (s) | vs torch fp32 | decoder `predict` "
+        "1 point (ms) | vs torch fp32 | peak RSS (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        name = "PyTorch (segany)" if r["backend"] == "torch" else "ONNX Runtime"
+        print(
+            f"| {name} | {r['precision']} | {r['set_image_s']:.2f} | "
+            f"{base['set_image_s'] / r['set_image_s']:.2f}x | {r['predict_ms']:.1f} | "
+            f"{base['predict_ms'] / r['predict_ms']:.2f}x | {r['peak_rss_mb']:.0f} |"
+        )
+    parts = report["parts"]
+    print(
+        "\nint8 vs fp32 (ONNX, vit_b random weights, "
+        f"{parts['int8']['masks']} masks on {len(report['scenes'])} generated scenes): "
+        + "; ".join(
+            f"{k}: mean mask IoU {v['mean_mask_iou']:.3f} (min {v['min_mask_iou']:.3f}), "
+            f"mean |IoU-score error| {v['mean_abs_iou_score_error']:.4f}"
+            for k, v in parts.items()
+        )
+    )
+    print(
+        f"export {export_s:.0f} s; files (MB): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in sizes.items())
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = out / f"onnx_vit_b_cpu_{stamp}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "machine": m,
+                "results": results,
+                "quantization_report": report,
+                "export_s": export_s,
+                "file_mb": sizes,
+            },
+            indent=2,
+        )
+    )
+    print(f"\nwrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""``nn.Module`` wrappers traced by :mod:`segany.export.onnx`.
+
+:class:`DecoderOnnxModel` implements the decoder interface of the official
+``segment_anything.utils.onnx.SamOnnxModel`` (the one the official web demo and annotation
+tools call), written against segany's modules:
+
+* inputs ``image_embeddings (1, C, He, We)``, ``point_coords (1, N, 2)`` (x, y) in the **input
+  frame** (after ``ResizeLongestSide.apply_coords``), ``point_labels (1, N)`` float (-1 padding,
+  0 background, 1 foreground, 2/3 box corners), ``mask_input (1, 1, 4He, 4We)``,
+  ``has_mask_input (1,)`` (0 or 1) and ``orig_im_size (2,)`` float ``(H, W)``;
+* outputs ``masks (1, M, H, W)`` logits in the original frame, ``iou_predictions (1, M)`` and
+  ``low_res_masks (1, M, 4He, 4We)``. This module computes the last two; the upscaling to
+  ``orig_im_size`` is appended as plain ONNX nodes by the exporter. M is every mask token (4
+  for the official models: index 0 the single-mask output, 1..3 the multimask outputs), or 1
+  with ``return_single_mask`` (chosen as the official model does: the single-mask token for 3
+  or more points, padding included, else the best multimask token).
+
+The mask decoder runs either through segany's fast path (``fast=True``: the same function with
+the image-token projections folded into the prompt tokens, see
+:mod:`segany.modeling.fast_decoder`) or the reference ``predict_masks``.
+
+:class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
+with the reference (eager) attention; resizing of raw pixels is prepended as plain ONNX nodes by
+the exporter (it needs a loop, see :func:`segany.export.onnx.preprocess_nodes`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..modeling import Sam
+from ..modeling.fast_decoder import image_tokens
+
+
+class DecoderOnnxModel(nn.Module):
+    """Prompt encoder + mask decoder behind the official ONNX decoder inputs."""
+
+    def __init__(self, model: Sam, *, return_single_mask: bool = False, fast: bool = True) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+        self.img_size = int(model.image_encoder.img_size)
+        self.return_single_mask = return_single_mask
+        self.fast = fast
+        with torch.no_grad():
+            dense_pe = model.prompt_encoder.get_dense_pe().float()
+        self.register_buffer("dense_pe", dense_pe, persistent=False)
+
+    # ------------------------------------------------------------------ prompts
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder.pe_layer
+        emb = pe._pe_encoding((coords + 0.5) / self.img_size)  # (1, N, C)
+        labels = labels[..., None]
+        emb = emb * (labels != -1).to(emb.dtype)
+        emb = emb + self.prompt_encoder.not_a_point_embed.weight * (labels == -1).to(emb.dtype)
+        for i, table in enumerate(self.prompt_encoder.point_embeddings):
+            emb = emb + table.weight * (labels == i).to(emb.dtype)
+        return emb
+
+    def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        has = has_mask_input.reshape(1, 1, 1, 1)
+        dense = self.prompt_encoder.mask_downscaling(mask_input)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return has * dense + (1 - has) * no_mask
+
+    # ------------------------------------------------------------------ masks
+    def _select(
+        self, masks: torch.Tensor, iou: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official single-mask choice without control flow: with 3 or more points
+        (padding included) the single-mask token wins by a large margin, else the best of the
+        multimask tokens."""
+        num_points = torch.ones_like(labels).sum(dim=1, keepdim=True)  # (1, 1), follows N
+        reweight = torch.zeros_like(iou)
+        reweight[:, 0] = 1000.0
+        best = torch.argmax(iou + (num_points - 2.5) * reweight, dim=1)  # (1,)
+        masks = torch.index_select(masks, 1, best)
+        iou = torch.index_select(iou, 1, best)
+        return masks, iou
+
+    @torch.no_grad()
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res mask logits ``(1, M, 4He, 4We)`` and IoU predictions ``(1, M)``; the
+        exporter appends the upscaling to ``orig_im_size`` as ONNX nodes
+        (:func:`segany.export.onnx.mask_postprocess_nodes`)."""
+        sparse = self._embed_points(point_coords, point_labels)
+        dense = self._embed_mask(mask_input, has_mask_input)
+        decoder = self.mask_decoder
+        if self.fast:
+            tokens = image_tokens(image_embeddings, self.dense_pe, dense)
+            out = decoder.decode_fast(tokens, sparse, slice(0, None))
+            low_res, iou = out[0], out[1]
+        else:
+            low_res, iou = decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
+        if self.return_single_mask:
+            low_res, iou = self._select(low_res, iou, point_labels)
+        return low_res, iou
+
+
+class EncoderOnnxModel(nn.Module):
+    """Image encoder on ``(1, 3, S, S)`` normalized, padded input -> ``(1, C, He, We)``."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.image_encoder = model.image_encoder
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+
+def use_tanh_gelu(module: nn.Module) -> None:
+    """Switch every ``nn.GELU`` in ``module`` to the tanh approximation (for runtimes without
+    ``Erf``), as the official exporter's ``--gelu-approximate`` does."""
+    for m in module.modules():
+        if isinstance(m, nn.GELU):
+            m.approximate = "tanh"
+
+
+def chunked_attention_forward(attn: nn.Module, x: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """The reference (eager) attention of :class:`segany.modeling.image_encoder.Attention`,
+    with queries processed in blocks so that the exported graph never holds a
+    ``(heads, N, N)`` score tensor (805 MB for vit_b's global attention)."""
+    from ..modeling.image_encoder import rel_pos_terms
+
+    b, h, w, _ = x.shape
+    n = h * w
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.reshape(3, b * heads, n, -1).unbind(0)
+    k_t = k.transpose(-2, -1)
+    rel_h = rel_w = None
+    if attn.use_rel_pos:
+        rel_h, rel_w = rel_pos_terms(q, attn.rel_pos_h, attn.rel_pos_w, (h, w), (h, w))
+    outs = []
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        scores = (q[:, rows] * attn.scale) @ k_t
+        if rel_h is not None and rel_w is not None:
+            m = scores.shape[1]
+            scores = (
+                scores.view(-1, m, h, w) + rel_h[:, rows, :, None] + rel_w[:, rows, None, :]
+            ).view(-1, m, n)
+        outs.append(scores.softmax(dim=-1) @ v)
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
+    out = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
+    return attn.proj(out)
