@@ -39,11 +39,14 @@ _EXPORTS = {
     "get_config": "config",
     "SamPredictor": "predictor",
     "SamAutomaticMaskGenerator": "amg",
+    "OnnxPredictor": "runtime",
+    "export_onnx": "export",
     "ResizeLongestSide": "transforms",
 }
 
 __all__ = [
     "CheckpointError",
+    "OnnxPredictor",
     "ResizeLongestSide",
     "SamAutomaticMaskGenerator",
     "SamConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "build_sam_vit_h",
     "build_sam_vit_l",
     "compile_model",
+    "export_onnx",
     "get_config",
     "infer_config",
     "load_model",
@@ -94,5 +98,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     )
     from .checkpoint import CheckpointError, infer_config, read_state_dict
     from .config import VARIANTS, SamConfig, get_config
+    from .export import export_onnx
     from .predictor import SamPredictor
+    from .runtime import OnnxPredictor
     from .transforms import ResizeLongestSide
