@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -28,29 +27,10 @@ from .io.embedding import (
 from .io.image import to_rgb_uint8
 from .modeling import Sam
 from .modeling.fast_decoder import ImageTokens, image_tokens
+from .prompts import PromptSet, parse_prompts
 from .transforms import ResizeLongestSide
 
-POINT_LABELS = (-1, 0, 1, 2, 3)
 DECODER_CHUNK = 64  # prompts decoded at once; bounds memory for many boxes
-
-
-@dataclass
-class _PromptSet:
-    """One prompt set in the original frame (numpy)."""
-
-    coords: np.ndarray | None  # (N, 2) float64
-    labels: np.ndarray | None  # (N,) int
-    box: np.ndarray | None  # (4,) float64
-    mask: np.ndarray | None  # (1, L, L) float32
-
-
-def _as_array(value: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    try:
-        return np.asarray(value, dtype=dtype)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{name} must be numeric array-like: {e}") from None
 
 
 class SamPredictor:
@@ -419,132 +399,19 @@ class SamPredictor:
     # ------------------------------------------------------------------ helpers
     def _parse_prompts(
         self, point_coords: Any, point_labels: Any, box: Any, mask_input: Any, image_index: int
-    ) -> tuple[list[_PromptSet], bool]:
+    ) -> tuple[list[PromptSet], bool]:
         """Validate prompts (original frame) and split them into prompt sets."""
-        h, w = self.original_sizes[image_index]
-        if point_coords is None and point_labels is not None:
-            raise ValueError("point_labels given without point_coords")
-        if point_coords is not None and point_labels is None:
-            raise ValueError("point_coords given without point_labels")
-        if point_coords is None and box is None and mask_input is None:
-            raise ValueError("no prompt given: pass point_coords/point_labels, box, or mask_input")
-        coords_list = labels_list = boxes_list = masks_list = None
-        sizes: list[int] = []
-        if point_coords is not None:
-            if (
-                isinstance(point_coords, (list, tuple))
-                and len(point_coords)
-                and np.ndim(point_coords[0]) == 2
-            ):
-                coords_list = [_as_array(c, "point_coords") for c in point_coords]
-                if not isinstance(point_labels, (list, tuple)) or len(point_labels) != len(
-                    coords_list
-                ):
-                    raise ValueError(
-                        "point_labels must be a list with one entry per point_coords entry"
-                    )
-                labels_list = [_as_array(lab, "point_labels", np.float64) for lab in point_labels]
-            else:
-                c = _as_array(point_coords, "point_coords")
-                lab = _as_array(point_labels, "point_labels", np.float64)
-                if c.ndim == 3:
-                    if lab.ndim != 2 or lab.shape[:1] != c.shape[:1]:
-                        raise ValueError(
-                            f"point_labels must be (B, N) for point_coords {c.shape}; got {lab.shape}"
-                        )
-                    coords_list, labels_list = list(c), list(lab)
-                else:
-                    coords_list, labels_list = [c], [lab]
-            for c, lab in zip(coords_list, labels_list, strict=True):
-                if c.ndim != 2 or c.shape[-1] != 2:
-                    raise ValueError(f"point_coords must have shape (N, 2) (x, y); got {c.shape}")
-                if c.shape[0] == 0:
-                    raise ValueError("point_coords has no points; pass None to give no points")
-                if lab.shape != (c.shape[0],):
-                    raise ValueError(
-                        f"point_labels must have shape ({c.shape[0]},) to match point_coords; "
-                        f"got {lab.shape}"
-                    )
-                if not np.isfinite(c).all():
-                    raise ValueError("point_coords contains NaN or infinite values")
-                if (
-                    (c[:, 0] < 0).any()
-                    or (c[:, 0] > w).any()
-                    or (c[:, 1] < 0).any()
-                    or (c[:, 1] > h).any()
-                ):
-                    raise ValueError(
-                        f"point_coords outside the image: (x, y) must lie in [0, {w}] x [0, {h}] "
-                        f"(image is {w}x{h}); got x in [{c[:, 0].min():g}, {c[:, 0].max():g}], "
-                        f"y in [{c[:, 1].min():g}, {c[:, 1].max():g}]"
-                    )
-                if not np.isin(lab, POINT_LABELS).all():
-                    raise ValueError(
-                        f"point_labels must be in {POINT_LABELS}; got {np.unique(lab)}"
-                    )
-            sizes.append(len(coords_list))
-        batched = coords_list is not None and (
-            len(coords_list) > 1
-            or np.ndim(point_coords) == 3
-            or isinstance(point_coords, (list, tuple))
-            and np.ndim(point_coords[0]) == 2
+        return parse_prompts(
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            self.original_sizes[image_index],
+            self.model.prompt_encoder.mask_input_size,
         )
-        if box is not None:
-            b = _as_array(box, "box")
-            if b.ndim == 1:
-                b = b[None]
-            if b.ndim != 2 or b.shape[1] != 4 or b.shape[0] == 0:
-                raise ValueError(f"box must have shape (4,) or (B, 4) as XYXY; got {np.shape(box)}")
-            if not np.isfinite(b).all():
-                raise ValueError("box contains NaN or infinite values")
-            if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
-                raise ValueError("box must be XYXY with x1 >= x0 and y1 >= y0")
-            if (
-                (b[:, [0, 2]] < 0).any()
-                or (b[:, [0, 2]] > w).any()
-                or (b[:, [1, 3]] < 0).any()
-                or (b[:, [1, 3]] > h).any()
-            ):
-                raise ValueError(
-                    f"box outside the image: coordinates must lie in [0, {w}] x [0, {h}]; clip "
-                    f"boxes to the image first (e.g. np.clip)"
-                )
-            boxes_list = list(b)
-            sizes.append(len(boxes_list))
-            batched = batched or b.shape[0] > 1
-        if mask_input is not None:
-            m = _as_array(mask_input, "mask_input", np.float32)
-            low = self.model.prompt_encoder.mask_input_size
-            if m.ndim == 3:
-                m = m[None]
-            if m.ndim != 4 or tuple(m.shape[1:]) != (1, *low):
-                raise ValueError(
-                    f"mask_input must have shape (1, {low[0]}, {low[1]}) (low-res logits from a "
-                    f"previous call) or (B, 1, {low[0]}, {low[1]}); got {np.shape(mask_input)}"
-                )
-            if not np.isfinite(m).all():
-                raise ValueError("mask_input contains NaN or infinite values")
-            masks_list = list(m)
-            sizes.append(len(masks_list))
-            batched = batched or m.shape[0] > 1
-        n = max(sizes)
-        for s in sizes:
-            if s not in (1, n):
-                raise ValueError(f"prompt batch sizes disagree: {sizes} (each must be 1 or {n})")
-
-        def pick(lst: list | None, i: int) -> Any:
-            return None if lst is None else lst[i if len(lst) > 1 else 0]
-
-        sets = [
-            _PromptSet(
-                pick(coords_list, i), pick(labels_list, i), pick(boxes_list, i), pick(masks_list, i)
-            )
-            for i in range(n)
-        ]
-        return sets, batched
 
     def _predict_sets(
-        self, image_index: int, sets: list[_PromptSet], multimask_output: bool, return_logits: bool
+        self, image_index: int, sets: list[PromptSet], multimask_output: bool, return_logits: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Run prompt sets, batching those of the same structure (so results equal one-by-one
         calls exactly: no padding tokens are added), and return stacked numpy outputs."""
