@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import segany
 from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
@@ -197,3 +198,23 @@ def test_low_res_above_is_the_filtered_subset():
     assert 0 < len(rows) < 12 and torch.equal(rows, expected)
     torch.testing.assert_close(sel_iou, iou)
     torch.testing.assert_close(sel_low, low[expected], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_linear_gelu_matches_plain_ops(dtype):
+    from segany.modeling.fast_decoder import linear_gelu
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(300, 64, generator=g).to(dtype)
+    w = (0.2 * torch.randn(128, 64, generator=g)).to(dtype)
+    b = (0.1 * torch.randn(128, generator=g)).to(dtype)
+    ref = F.gelu(F.linear(x.double(), w.double(), b.double()))
+    with torch.no_grad():
+        out = linear_gelu(x, w, b)
+    assert out.dtype == dtype and out.shape == (300, 128)
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    torch.testing.assert_close(out.double(), ref, atol=tol, rtol=tol)
+    # with autograd on, the plain (differentiable) ops are used
+    xg = x.float().requires_grad_()
+    linear_gelu(xg, w.float(), b.float()).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()

@@ -13,8 +13,9 @@ arithmetic:
   projection is applied to the T values before mixing: ``sum_t p_t (W_o,h v_t)``.
 
 The two stride-2 transposed convolutions of the upscaler are per-pixel linear maps; they run as
-channels-last GEMMs and the pixel shuffle is applied once at the end, after the hypernetwork
-product, and only for the mask tokens that are returned.
+channels-last GEMMs (the second one fused with its GELU in one oneDNN kernel on CPU) and the
+pixel shuffle is applied once at the end, after the hypernetwork product, and only for the mask
+tokens that are returned.
 
 ``MaskDecoder.forward`` uses this path when autograd is off and ``MaskDecoder.backend ==
 "fast"``; the reference path stays available (``backend = "eager"``) and tests check they agree.
@@ -48,6 +49,19 @@ def _matmul(a: torch.Tensor, b: torch.Tensor, bias: torch.Tensor | None = None) 
     else:
         out = torch.bmm(a.expand(bb, m, k), b)
     return out if bias is None else out + bias
+
+
+def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``gelu(x @ weight.T + bias)`` (exact erf GELU) as one oneDNN kernel on CPU when
+    available (inference only: the fused op has no autograd); otherwise the plain ops.
+    ``x (M, K)``, ``weight (N, K)``, ``bias (N,)``."""
+    fused = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    if fused is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
+        try:
+            return fused(x, weight, bias, "gelu", [], "none")
+        except RuntimeError:  # pragma: no cover - build without oneDNN support for this case
+            pass
+    return F.gelu(F.linear(x, weight, bias))
 
 
 def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
@@ -196,7 +210,10 @@ def upscale_masks_fast(
     y = torch.addmm(conv1.bias.repeat(4), image_tokens.reshape(b * n, c), w1)
     y = act1(F.layer_norm(y.reshape(-1, c1), (c1,), norm.weight, norm.bias, norm.eps))
     w2 = conv2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)  # (c1, (a2, b2, c2))
-    y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))  # (B*N*4*4 / 4, 4*c2)
+    if isinstance(act2, torch.nn.GELU) and act2.approximate == "none":
+        y = linear_gelu(y, w2.t().contiguous(), conv2.bias.repeat(4))  # (B*N*4, 4*c2)
+    else:
+        y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))
     m = hyper_in.shape[1]
     y = y.reshape(b, n * 16, c2) @ hyper_in.transpose(1, 2)  # (B, N*16, M)
     # index order (i, j, a, b, a2, b2): row = 4i + 2a + a2, col = 4j + 2b + b2
