@@ -56,7 +56,13 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> to
     available (inference only: the fused op has no autograd); otherwise the plain ops.
     ``x (M, K)``, ``weight (N, K)``, ``bias (N,)``."""
     fused = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
-    if fused is not None and x.device.type == "cpu" and not torch.is_grad_enabled():
+    if (
+        fused is not None
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()  # ONNX export traces this path: keep standard ops
+        and not torch.onnx.is_in_onnx_export()
+    ):
         try:
             return fused(x, weight, bias, "gelu", [], "none")
         except RuntimeError:  # pragma: no cover - build without oneDNN support for this case
