@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -29,14 +27,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+sys.path.insert(0, str(HERE))
+from bench_core import _rss_kb  # noqa: E402
+from bench_core import machine as core_machine  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -79,7 +72,7 @@ def worker(args: argparse.Namespace) -> dict:
         "set_image_s": float(np.median(times[1:])),
         "set_image_first_s": times[0],
         "predict_ms": float(np.median(pt) * 1000),
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
     }
 
 
@@ -105,24 +98,8 @@ def random_weights(path: Path) -> None:
 
 def machine() -> dict:
     import onnxruntime
-    import torch
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    from segany.precision import cpu_has_native_bf16
-
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "python": platform.python_version(),
-    }
+    return {**core_machine(), "onnxruntime": onnxruntime.__version__}
 
 
 def main() -> None:

@@ -108,12 +108,8 @@ def build_sam(
     if variant is None and checkpoint is not None:
         return load_model(checkpoint, precision=precision, device=device)
     config = variant if isinstance(variant, SamConfig) else get_config(variant or "vit_h")
-    dev = resolve_device(device)
-    dtype = resolve_precision(precision, dev)
-    model = build_sam_model(config)
-    if checkpoint is not None:
-        ckpt.load_into(model, ckpt.read_state_dict(checkpoint), source=str(checkpoint))
-    return set_precision(model.to(dev).eval(), dtype)
+    sd = None if checkpoint is None else ckpt.read_state_dict(checkpoint)
+    return _assemble(config, sd, str(checkpoint), precision, device)
 
 
 def load_model(
@@ -145,10 +141,24 @@ def load_model(
     sd = ckpt.read_state_dict(path)
     if config is None:
         config = ckpt.infer_config(sd, name=Path(path).stem)
+    return _assemble(config, sd, str(path), precision, device)
+
+
+def _assemble(
+    config: SamConfig,
+    state_dict: ckpt.StateDict | None,
+    source: str,
+    precision: str,
+    device: str | torch.device | None,
+) -> Sam:
+    """Build ``config``, load ``state_dict`` strictly (if given), move to the device, eval mode,
+    cast to the precision: the common tail of :func:`build_sam` and :func:`load_model`."""
     dev = resolve_device(device)
-    sam = build_sam_model(config)
-    ckpt.load_into(sam, sd, source=str(path))
-    return set_precision(sam.to(dev).eval(), resolve_precision(precision, dev))
+    dtype = resolve_precision(precision, dev)
+    model = build_sam_model(config)
+    if state_dict is not None:
+        ckpt.load_into(model, state_dict, source=source)
+    return set_precision(model.to(dev).eval(), dtype)
 
 
 def compile_model(model: Sam, **compile_kwargs: object) -> Sam:

@@ -375,14 +375,12 @@ class SamPredictor:
         if dense.shape[0] > 1 and dense.stride(0) == 0:  # broadcast no-mask embedding
             dense = dense[:1]
         if decoder.backend == "fast":
-            if mask_input is None:
-                if image_index not in self._image_tokens:
-                    self._image_tokens[image_index] = image_tokens(
-                        features, self._dense_pe, dense.to(dtype)
-                    )
-                tokens = self._image_tokens[image_index]
-            else:
+            # without a mask prompt the image tokens do not depend on the prompt: cache them
+            tokens = self._image_tokens.get(image_index) if mask_input is None else None
+            if tokens is None:
                 tokens = image_tokens(features, self._dense_pe, dense.to(dtype))
+                if mask_input is None:
+                    self._image_tokens[image_index] = tokens
             sl = slice(1, None) if multimask_output else slice(0, 1)
             low_res, iou, rows = decoder.decode_fast(tokens, sparse.to(dtype), sl, min_iou)
         else:

@@ -28,6 +28,7 @@ from ..predictor import SamPredictor
 from ..utils.amg import (
     MaskData,
     batched_mask_to_box,
+    box_xyxy_to_xywh,
     build_all_layer_point_grids,
     calculate_stability_score,
     generate_crop_boxes,
@@ -310,11 +311,10 @@ class SamAutomaticMaskGenerator:
             return []
         rles = data["rles"]
         areas = [rle_area(r) for r in rles]
-        order = list(range(n))
         total = float(image_size[0] * image_size[1])
         order = [
             i
-            for i in order
+            for i in range(n)
             if self.min_area_fraction * total <= areas[i]
             and (self.max_area_fraction >= 1.0 or areas[i] < self.max_area_fraction * total)
         ]
@@ -330,20 +330,15 @@ class SamAutomaticMaskGenerator:
             segs = [coco_to_uncompressed_rle(rles[i]) for i in order]
         records = []
         for seg, i in zip(segs, order, strict=True):
-            box = data["boxes"][i]
-            crop = data["crop_boxes"][i]
             records.append(
                 {
                     "segmentation": seg,
                     "area": areas[i],
-                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "bbox": [int(v) for v in box_xyxy_to_xywh(data["boxes"][i])],
                     "predicted_iou": float(data["iou_preds"][i]),
                     "point_coords": [data["points"][i].tolist()],
                     "stability_score": float(data["stability_score"][i]),
-                    "crop_box": [crop[0], crop[1], crop[2] - crop[0], crop[3] - crop[1]],
+                    "crop_box": [int(v) for v in box_xyxy_to_xywh(data["crop_boxes"][i])],
                 }
             )
-        for r in records:
-            r["bbox"] = [int(v) for v in r["bbox"]]
-            r["crop_box"] = [int(v) for v in r["crop_box"]]
         return records
