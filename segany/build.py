@@ -14,6 +14,12 @@ from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTr
 from .precision import resolve_device, resolve_precision
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+BUNDLED_MODEL = "segany_tiny"  # shipped inside the package; the default of load_model()
+
+
+def bundled_model_path() -> Path:
+    """Path of the bundled model's weights (``segany/models/segany_tiny.safetensors``)."""
+    return Path(__file__).resolve().parent / "models" / f"{BUNDLED_MODEL}.safetensors"
 
 
 def build_sam_model(config: SamConfig) -> Sam:
@@ -118,18 +124,25 @@ def load_model(
     precision: str = "auto",
     device: str | torch.device | None = None,
 ) -> Sam:
-    """Load a SAM model by variant name or checkpoint path, inferring the architecture.
+    """Load a SAM model by name or checkpoint path, inferring the architecture.
 
-    ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into the cache
-    (``$SEGANY_HOME``, default ``~/.cache/segany``) and verified by sha256. A path loads any
-    official-format state dict; the architecture (sizes, depth, heads, windows) is read from it.
+    ``None`` (or ``"segany_tiny"``) loads the bundled model, shipped inside the package (no
+    network). ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into
+    the cache (``$SEGANY_HOME``, default ``~/.cache/segany``) and verified by sha256. A path
+    loads any official-format state dict; the architecture (sizes, depth, heads, windows) is
+    read from it.
     """
-    if model is None:
-        raise FileNotFoundError(
-            "segany has no bundled model yet: pass a checkpoint path or one of "
-            f"{sorted(VARIANTS)} (official weights, downloaded once into the cache)"
-        )
-    name = str(model)
+    name = BUNDLED_MODEL if model is None else str(model)
+    if name == BUNDLED_MODEL and not Path(name).exists():
+        path = bundled_model_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"the bundled model file is missing from this installation ({path}); "
+                "reinstall segany, or pass a checkpoint path or one of "
+                f"{sorted(VARIANTS)} (official weights, downloaded once into the cache)"
+            )
+        sd = ckpt.read_state_dict(path)
+        return _assemble(get_config(BUNDLED_MODEL), sd, str(path), precision, device)
     if name in VARIANTS and not Path(name).exists():
         from .hub import download_checkpoint
 

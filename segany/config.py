@@ -93,14 +93,33 @@ VIT_H = SamConfig(
     ),
 )
 
+# segany's own small model (the bundled default): a 6-block ViT at 256 px with 16 px patches
+# (a 16x16 embedding grid, 64x64 low-res masks) and the standard prompt encoder and decoder.
+SEGANY_TINY = SamConfig(
+    name="segany_tiny",
+    image_encoder=ImageEncoderConfig(
+        img_size=256,
+        patch_size=16,
+        embed_dim=192,
+        depth=6,
+        num_heads=3,
+        window_size=8,
+        global_attn_indexes=(2, 5),
+    ),
+)
+
+# Official variants (weights downloadable from the official release).
 VARIANTS: dict[str, SamConfig] = {"vit_b": VIT_B, "vit_l": VIT_L, "vit_h": VIT_H}
+# Every named architecture, including ones segany trains itself.
+ARCHITECTURES: dict[str, SamConfig] = {**VARIANTS, "segany_tiny": SEGANY_TINY}
 
 
 def get_config(variant: str) -> SamConfig:
-    """Return the config of a named variant (``vit_b``, ``vit_l``, ``vit_h``)."""
+    """Return the config of a named architecture (``vit_b``, ``vit_l``, ``vit_h``,
+    ``segany_tiny``)."""
     try:
-        return VARIANTS[variant]
+        return ARCHITECTURES[variant]
     except KeyError:
         raise ValueError(
-            f"unknown SAM variant {variant!r}; expected one of {sorted(VARIANTS)}"
+            f"unknown SAM architecture {variant!r}; expected one of {sorted(ARCHITECTURES)}"
         ) from None

@@ -178,7 +178,7 @@ def test_load_model_variant_uses_cache_without_network(tmp_path, monkeypatch, ti
 
 
 def test_unknown_variant_and_precision():
-    with pytest.raises(ValueError, match="unknown SAM variant"):
+    with pytest.raises(ValueError, match="unknown SAM architecture"):
         segany.build_sam("vit_x")
     with pytest.raises(ValueError, match="precision must be one of"):
         segany.build_sam(TINY, precision="int3")

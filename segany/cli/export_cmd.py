@@ -34,8 +34,8 @@ def add_export_parser(sub: Any) -> None:
         metavar="M",
         default=DEFAULT_MODEL,
         help=(
-            "checkpoint path (official format, architecture inferred) or an official variant "
-            f"vit_b|vit_l|vit_h (default: {DEFAULT_MODEL})"
+            "checkpoint path (official format, architecture inferred), segany_tiny (bundled) "
+            f"or an official variant vit_b|vit_l|vit_h (default: {DEFAULT_MODEL})"
         ),
     )
     p.add_argument("--out", metavar="DIR", required=True, help="output folder (created if needed)")

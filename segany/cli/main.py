@@ -6,6 +6,8 @@ Subcommands::
     segany embed IMAGE --out FILE.safetensors
     segany download VARIANT [--root DIR]
     segany info
+    segany eval DATA [--clicks 1,2,3,5,9] [--out DIR]
+    segany train CONFIG [--set KEY=VALUE ...] [--out-dir DIR] [--restart]
 
 Exit codes (stable, for scripts):
 
@@ -44,7 +46,7 @@ from ..precision import PRECISIONS
 from . import export_cmd
 
 #: Model used when ``--model`` is not given (a variant name or a checkpoint path).
-DEFAULT_MODEL = "vit_b"
+DEFAULT_MODEL = "segany_tiny"  # the bundled model (no download)
 #: Output folder of ``segany segment`` when ``--out`` is not given.
 DEFAULT_OUT = "segany_out"
 
@@ -134,9 +136,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
         metavar="M",
         default=DEFAULT_MODEL,
         help=(
-            "checkpoint path (.pth or .safetensors, official format; architecture inferred) or "
-            f"an official variant vit_b|vit_l|vit_h, downloaded once into the cache "
-            f"(default: {DEFAULT_MODEL})"
+            "checkpoint path (.pth or .safetensors, official format; architecture inferred), "
+            "segany_tiny (the bundled model) or an official variant vit_b|vit_l|vit_h, "
+            f"downloaded once into the cache (default: {DEFAULT_MODEL})"
         ),
     )
     g.add_argument(
@@ -321,7 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     auto = add_auto_parser(sub, _add_model_args)
     auto.set_defaults(func=lambda a: cmd_auto(a, _load_model, _status))
+    from .eval_cmd import add_eval_parser, cmd_eval
+
+    add_eval_parser(sub, _add_model_args).set_defaults(
+        func=lambda a: cmd_eval(a, _load_model, _status)
+    )
     export_cmd.add_export_parser(sub)
+    from .train_cmd import add_train_parser, cmd_train
+
+    add_train_parser(sub).set_defaults(func=cmd_train)
     return parser
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .common import LayerNorm2d, MLPBlock
 
@@ -248,6 +249,15 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=nn.GELU)
         self.window_size = window_size
+        self.drop_path = 0.0  # stochastic-depth rate, training only (no parameters)
+
+    def _drop_path(self, x: torch.Tensor) -> torch.Tensor:
+        """Stochastic depth: zero a residual branch per sample with prob ``drop_path``."""
+        if self.drop_path == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_path
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -259,8 +269,8 @@ class Block(nn.Module):
             x = window_unpartition(x, self.window_size, pad_hw, (h, w))
         else:
             x = self.attn(x)
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x = shortcut + self._drop_path(x)
+        return x + self._drop_path(self.mlp(self.norm2(x)))
 
 
 class ImageEncoderViT(nn.Module):
@@ -310,14 +320,27 @@ class ImageEncoderViT(nn.Module):
             nn.Conv2d(out_chans, out_chans, kernel_size=3, padding=1, bias=False),
             LayerNorm2d(out_chans),
         )
+        self.grad_checkpointing = False  # recompute block activations in backward (training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
         for blk in self.blocks:
-            x = blk(x)
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
         return self.neck(x.permute(0, 3, 1, 2))
+
+    def set_drop_path(self, rate: float) -> None:
+        """Stochastic depth for training: block ``i`` drops its branches with probability
+        ``rate * i / (depth - 1)`` (linear rule of ViTDet/SAM); 0 disables it."""
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {rate}")
+        n = len(self.blocks)
+        for i, blk in enumerate(self.blocks):
+            blk.drop_path = rate * i / max(n - 1, 1)
 
     def set_attention_backend(self, backend: str) -> None:
         """Select ``"fast"`` (default) or ``"eager"`` (reference) attention."""

@@ -1,0 +1,60 @@
+"""``segany train CONFIG``: train or fine-tune SAM (see :mod:`segany.train`).
+
+Registered by :mod:`segany.cli.main`; exit codes are main's (0 success, 2 bad config or data).
+Multi-GPU / multi-node: ``torchrun --nproc_per_node N -m segany train CONFIG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def add_train_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="train or fine-tune SAM (the paper's recipe) from a TOML/JSON config",
+        description=(
+            "Train SAM with the paper's recipe (focal+dice 20:1 and IoU MSE, min-loss over the "
+            "three masks, 11 rounds of simulated interactive prompting, AdamW with warm-up and "
+            "step decay). CONFIG is a TOML or JSON file of segany.train.TrainConfig fields "
+            "(see configs/). Re-running the same command resumes from OUT_DIR/checkpoints/"
+            "last.pt. Under torchrun each process trains on its own share of every step."
+        ),
+    )
+    p.add_argument("config", metavar="CONFIG", help="TOML or JSON training config")
+    p.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override a config field (TOML value syntax), e.g. --set steps=100 --set lr=1e-4",
+    )
+    p.add_argument("--out-dir", metavar="DIR", help="override out_dir")
+    p.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore an existing checkpoint in out_dir and start from step 0",
+    )
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from ..train import load_train_config, train
+    from ..train.trainer import CURVES_NAME, LOG_NAME, MODEL_NAME
+
+    overrides = list(args.set)
+    if args.out_dir:
+        overrides.append(f"out_dir={json.dumps(args.out_dir)}")
+    config = load_train_config(args.config, overrides)
+    record = train(
+        config, device=args.device, resume=not args.restart, progress=not args.no_progress
+    )
+    out = config.out_dir
+    if record:
+        print(json.dumps(record))
+    print(f"log: {out}/{LOG_NAME}\ncurves: {out}/{CURVES_NAME}\nmodel: {out}/{MODEL_NAME}")
+    return 0

@@ -1,0 +1,244 @@
+"""Procedural training scenes: textured objects with nested parts on cluttered backgrounds.
+
+Each scene is an RGB image plus instance masks at three levels — object (0), part (1) and
+sub-part (2) — so a single point inside a sub-part is genuinely ambiguous (sub-part / part /
+whole object), which is what SAM's three-mask output learns. Objects overlap (later ones occlude
+earlier ones; masks are the *visible* pixels). Everything is numpy + OpenCV, seeded and
+reproducible: scene ``i`` of a :class:`ProceduralScenes` set depends only on ``(seed, i)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+OBJECT, PART, SUBPART = 0, 1, 2
+SHAPES = ("ellipse", "rectangle", "polygon", "star", "blob")
+TEXTURES = ("solid", "stripes", "checker", "gradient", "spots", "noise")
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Knobs of the generator. Sizes are fractions of the image's shorter side."""
+
+    height: int = 256
+    width: int = 256
+    min_objects: int = 3
+    max_objects: int = 7
+    min_radius: float = 0.08
+    max_radius: float = 0.26
+    part_probability: float = 0.5  # an object gets a part with this probability
+    subpart_probability: float = 0.5  # a part gets a sub-part with this probability
+    part_scale: tuple[float, float] = (0.35, 0.6)  # part radius / parent radius
+    min_area_fraction: float = 0.003  # masks smaller than this (visible) are dropped
+    clutter_shapes: tuple[int, int] = (4, 12)  # faint background shapes (not annotated)
+    noise_sigma: tuple[float, float] = (2.0, 8.0)
+    blur_probability: float = 0.5
+
+
+@dataclass
+class Scene:
+    """One generated scene.
+
+    Attributes:
+        image: ``(H, W, 3)`` uint8 RGB.
+        masks: ``(K, H, W)`` bool, visible pixels of each annotated region.
+        levels: ``(K,)`` int, 0 object / 1 part / 2 sub-part.
+        parents: ``(K,)`` int, index of the enclosing region in ``masks`` or -1.
+    """
+
+    image: np.ndarray
+    masks: np.ndarray
+    levels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    parents: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+
+def _random_color(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
+    for _ in range(20):
+        c = rng.uniform(0, 255, 3)
+        if avoid is None or np.abs(c - avoid).sum() > 120:
+            return c
+    return c
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, base: np.ndarray) -> np.ndarray:
+    """A ``(h, w, 3)`` float texture around colour ``base``."""
+    kind = TEXTURES[rng.integers(len(TEXTURES))]
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    other = np.clip(base + rng.uniform(-70, 70, 3), 0, 255)
+    if kind == "solid":
+        t = np.zeros((h, w, 1), np.float32)
+    elif kind == "stripes":
+        a, period = rng.uniform(0, np.pi), rng.uniform(4, 16)
+        t = (np.sin((xx * np.cos(a) + yy * np.sin(a)) * 2 * np.pi / period) > 0)[..., None]
+    elif kind == "checker":
+        s = rng.uniform(4, 14)
+        t = (((xx // s) + (yy // s)) % 2)[..., None]
+    elif kind == "gradient":
+        a = rng.uniform(0, 2 * np.pi)
+        g = xx * np.cos(a) + yy * np.sin(a)
+        t = ((g - g.min()) / max(float(np.ptp(g)), 1.0))[..., None]
+    elif kind == "spots":
+        t = np.zeros((h, w), np.float32)
+        for _ in range(int(rng.integers(5, 25))):
+            cv2.circle(
+                t,
+                (int(rng.integers(w)), int(rng.integers(h))),
+                int(rng.integers(2, 6)),
+                1.0,
+                -1,
+            )
+        t = t[..., None]
+    else:  # noise
+        t = cv2.resize(rng.uniform(0, 1, (h // 6 + 2, w // 6 + 2)).astype(np.float32), (w, h))
+        t = t[..., None]
+    t = t.astype(np.float32)
+    return base * (1 - t) + other * t
+
+
+def _shape_mask(
+    rng: np.random.Generator, h: int, w: int, cx: float, cy: float, r: float
+) -> np.ndarray:
+    """A filled shape of radius ~``r`` centred at ``(cx, cy)`` (pixels) as a uint8 mask."""
+    m = np.zeros((h, w), np.uint8)
+    kind = SHAPES[rng.integers(len(SHAPES))]
+    angle = rng.uniform(0, 2 * np.pi)
+    aspect = rng.uniform(0.5, 1.0)
+    if kind == "ellipse":
+        axes = (max(int(r), 2), max(int(r * aspect), 2))
+        cv2.ellipse(m, (int(cx), int(cy)), axes, float(np.degrees(angle)), 0, 360, 1, -1)
+        return m
+    if kind == "rectangle":
+        ts = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]], np.float32) * [r, r * aspect]
+    elif kind == "polygon":
+        n = int(rng.integers(3, 9))
+        th = np.sort(rng.uniform(0, 2 * np.pi, n)) if n > 4 else np.arange(n) * 2 * np.pi / n
+        ts = np.stack([np.cos(th), np.sin(th) * aspect], 1) * r
+    elif kind == "star":
+        n = int(rng.integers(4, 8))
+        th = np.arange(2 * n) * np.pi / n
+        rad = np.where(np.arange(2 * n) % 2 == 0, r, r * rng.uniform(0.45, 0.7))
+        ts = np.stack([np.cos(th) * rad, np.sin(th) * rad], 1)
+    else:  # blob: smooth random radius
+        th = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        rad = np.ones_like(th)
+        for k in range(1, 4):
+            rad += rng.uniform(0, 0.25 / k) * np.cos(k * th + rng.uniform(0, 2 * np.pi))
+        ts = np.stack([np.cos(th) * rad * r, np.sin(th) * rad * r * aspect], 1)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    pts = ts @ rot.T + [cx, cy]
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+    return m
+
+
+def _inner_shape(
+    rng: np.random.Generator, parent: np.ndarray, r_parent: float, scale: tuple[float, float]
+) -> tuple[np.ndarray, float] | None:
+    """A shape placed inside ``parent`` (clipped to it), or None if the parent is too thin."""
+    dist = cv2.distanceTransform(parent, cv2.DIST_L2, 3)
+    r = r_parent * rng.uniform(*scale)
+    ys, xs = np.nonzero(dist >= max(0.6 * r, 2.0))
+    if len(xs) == 0:
+        return None
+    j = rng.integers(len(xs))
+    m = _shape_mask(rng, *parent.shape, xs[j] + 0.5, ys[j] + 0.5, r) & parent
+    return (m, r) if m.sum() > 0 else None
+
+
+def _background(rng: np.random.Generator, h: int, w: int, cfg: SceneConfig) -> np.ndarray:
+    img = _texture(rng, h, w, rng.uniform(40, 215, 3))
+    low = cv2.resize(rng.normal(0, 1, (h // 32 + 2, w // 32 + 2, 3)).astype(np.float32), (w, h))
+    img = img * 0.7 + (img.mean() + 25 * low) * 0.3
+    for _ in range(int(rng.integers(*cfg.clutter_shapes))):  # faint, unannotated clutter
+        r = rng.uniform(0.03, 0.12) * min(h, w)
+        m = _shape_mask(rng, h, w, rng.uniform(0, w), rng.uniform(0, h), r).astype(bool)
+        img[m] = img[m] * 0.75 + _random_color(rng) * 0.25
+    return img
+
+
+def generate_scene(seed: int | np.random.Generator, config: SceneConfig | None = None) -> Scene:
+    """Generate one scene. ``seed`` is an int or a numpy Generator; same seed, same scene."""
+    cfg = config or SceneConfig()
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    h, w = cfg.height, cfg.width
+    side = min(h, w)
+    img = _background(rng, h, w, cfg)
+    regions: list[tuple[np.ndarray, int, int]] = []  # (full mask, level, parent)
+    for _ in range(int(rng.integers(cfg.min_objects, cfg.max_objects + 1))):
+        r = rng.uniform(cfg.min_radius, cfg.max_radius) * side
+        obj = _shape_mask(rng, h, w, rng.uniform(0, w), rng.uniform(0, h), r)
+        if obj.sum() == 0:
+            continue
+        base = _random_color(rng)
+        tex = _texture(rng, h, w, base)
+        shade = rng.uniform(-25, 25) * (np.mgrid[0:h, 0:w][rng.integers(2)] / max(h, w) - 0.5)
+        draw = [(obj, tex + shade[..., None], OBJECT, -1)]
+        if rng.random() < cfg.part_probability:
+            inner = _inner_shape(rng, obj, r, cfg.part_scale)
+            if inner is not None:
+                part, pr = inner
+                pbase = _random_color(rng, avoid=base)
+                draw.append((part, _texture(rng, h, w, pbase), PART, 0))
+                if rng.random() < cfg.subpart_probability:
+                    sub = _inner_shape(rng, part, pr, cfg.part_scale)
+                    if sub is not None:
+                        sbase = _random_color(rng, avoid=pbase)
+                        draw.append((sub[0], _texture(rng, h, w, sbase), SUBPART, 1))
+        first = len(regions)
+        for m, t, level, parent in draw:
+            mb = m.astype(bool)
+            img[mb] = t[mb]
+            for k in range(first):  # occlusion: earlier regions lose what this covers
+                if level == OBJECT:
+                    regions[k][0][mb] = 0
+            regions.append((m, level, -1 if parent < 0 else first + parent))
+    noise = rng.normal(0, rng.uniform(*cfg.noise_sigma), img.shape)
+    img = np.clip(img + noise, 0, 255).astype(np.uint8)
+    if rng.random() < cfg.blur_probability:
+        img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.5, 1.0))
+    min_area = cfg.min_area_fraction * h * w
+    keep = [i for i, (m, _, _) in enumerate(regions) if m.sum() >= min_area]
+    index = {old: new for new, old in enumerate(keep)}
+    masks = (
+        np.stack([regions[i][0].astype(bool) for i in keep]) if keep else np.zeros((0, h, w), bool)
+    )
+    levels = np.array([regions[i][1] for i in keep], np.int64)
+    parents = np.array([index.get(regions[i][2], -1) for i in keep], np.int64)
+    return Scene(image=img, masks=masks, levels=levels, parents=parents)
+
+
+class ProceduralScenes:
+    """A reproducible, map-style set of ``length`` scenes (a ``torch`` Dataset by duck typing).
+
+    ``scenes[i]`` depends only on ``(seed, i)``; ``sizes`` optionally varies the image size per
+    scene (``(height, width)`` pairs chosen by the scene's own generator).
+    """
+
+    def __init__(
+        self,
+        length: int,
+        seed: int = 0,
+        config: SceneConfig | None = None,
+        sizes: tuple[tuple[int, int], ...] | None = None,
+    ) -> None:
+        if length <= 0:
+            raise ValueError(f"length must be positive, got {length}")
+        self.length = length
+        self.seed = seed
+        self.config = config or SceneConfig()
+        self.sizes = sizes
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> Scene:
+        if not 0 <= i < self.length:
+            raise IndexError(f"scene index {i} out of range [0, {self.length})")
+        rng = np.random.default_rng([self.seed, i])
+        cfg = self.config
+        if self.sizes:
+            hh, ww = self.sizes[rng.integers(len(self.sizes))]
+            cfg = SceneConfig(**{**cfg.__dict__, "height": hh, "width": ww})
+        return generate_scene(rng, cfg)

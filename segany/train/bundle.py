@@ -1,0 +1,69 @@
+"""Turn a trained checkpoint into the bundled model file (``segany/models/*.safetensors``).
+
+``python -m segany.train.bundle SRC [DST]``: reads a SAM state dict (a run's
+``model.safetensors`` or a training checkpoint ``last.pt``), stores it in fp16 (half the size;
+weights are loaded back into fp32) with the architecture and provenance as safetensors
+metadata, and checks that it loads strictly as the bundled architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..build import BUNDLED_MODEL, bundled_model_path
+
+
+def bundle_model(
+    src: str | os.PathLike,
+    dst: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float16,
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``src``'s weights to ``dst`` (default: the package's bundled model path) in
+    ``dtype``; returns ``dst``. Fails if they do not fit the bundled architecture."""
+    from safetensors.torch import save_file
+
+    from ..build import build_sam_model
+    from ..checkpoint import load_into, read_state_dict
+    from ..config import get_config
+
+    src = Path(src)
+    if src.suffix == ".pt":
+        from .trainer import load_checkpoint
+
+        sd = load_checkpoint(src)["model"]
+    else:
+        sd = read_state_dict(src)
+    load_into(build_sam_model(get_config(BUNDLED_MODEL)), sd, source=str(src))  # strict check
+    out = Path(dst) if dst is not None else bundled_model_path()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
+    meta = {"format": "pt", "architecture": BUNDLED_MODEL, **(metadata or {})}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m segany.train.bundle", description=__doc__)
+    p.add_argument("src", help="model.safetensors of a run, or a training checkpoint .pt")
+    p.add_argument("dst", nargs="?", help=f"default: {bundled_model_path()}")
+    p.add_argument("--meta", action="append", default=[], help="KEY=VALUE provenance metadata")
+    args = p.parse_args(argv)
+    meta = dict(item.split("=", 1) for item in args.meta)
+    out = bundle_model(args.src, args.dst, metadata=meta)
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    print(json.dumps({"path": str(out), "bytes": out.stat().st_size, "sha256": digest}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""Training configuration: one frozen dataclass, read from a TOML or JSON file.
+
+A config file holds the fields of :class:`TrainConfig` at top level (see ``configs/*.toml``);
+``overrides`` like ``["steps=100", "lr=1e-4"]`` (``segany train CONFIG --set k=v``) are applied
+on top, parsed as TOML values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on (with the code version and the seed, it fixes the
+    result).
+
+    Model:
+        model: architecture name (``segany_tiny``, ``vit_b``, ...) used when ``init`` is empty.
+        init: optional checkpoint to start from (fine-tuning); its architecture is inferred.
+        freeze_image_encoder / freeze_prompt_encoder: train only the rest (decoder-only
+            fine-tuning is the common cheap case).
+    Data:
+        data: dataset specs (``"procedural:N[:seed]"``, an SA-1B folder, a COCO ``.json``, or
+            dicts, see :func:`segany.data.datasets.open_dataset`), concatenated.
+        images_per_step: images per optimizer step (per process under ``torchrun``).
+        max_masks_per_image: at most this many masks (chosen at random) per image per step.
+        max_mask_fraction: masks covering more than this fraction of the image are dropped.
+    Prompt simulation:
+        rounds: 11 = first prompt + ``point_rounds`` corrective points + mask-only rounds.
+        box_probability: chance that a mask's first prompt is a noisy box (else a point).
+        box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
+    Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.
+    Optimizer: AdamW(lr, betas, weight_decay), linear warm-up over ``warmup_steps``, then the
+        learning rate is multiplied by ``lr_decay_factor`` at each step in ``lr_decay_steps``;
+        ``layer_decay`` scales ViT block ``i``'s lr by ``layer_decay ** (depth - i)``;
+        ``drop_path`` is the stochastic-depth rate of the last ViT block.
+    Run: steps, seed, precision (``auto``/``bf16``/``fp32``: bf16 autocast where supported),
+        grad_checkpointing, grad_clip (0 = off), checkpoint_every, log_every, num_workers, and
+        ``out_dir`` (checkpoints, log, curves and the final model).
+    """
+
+    model: str = "segany_tiny"
+    init: str = ""
+    freeze_image_encoder: bool = False
+    freeze_prompt_encoder: bool = False
+
+    data: tuple[Any, ...] = ("procedural:100000",)
+    images_per_step: int = 4
+    max_masks_per_image: int = 16
+    max_mask_fraction: float = 0.9
+
+    rounds: int = 11
+    point_rounds: int = 8
+    box_probability: float = 0.5
+    box_noise: float = 0.1
+    box_noise_max_px: float = 20.0
+    loss_resolution: str = "input"  # "input" (S x S, the paper) or "low" (low-res logits)
+
+    focal_weight: float = 20.0
+    focal_alpha: float = 0.25  # weight of positives in the focal loss (< 0: no weighting)
+    focal_gamma: float = 2.0
+    dice_weight: float = 1.0
+    iou_weight: float = 1.0
+
+    lr: float = 8e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.1
+    warmup_steps: int = 250
+    lr_decay_steps: tuple[int, ...] = ()
+    lr_decay_factor: float = 0.1
+    layer_decay: float = 1.0
+    drop_path: float = 0.0
+
+    steps: int = 1000
+    seed: int = 0
+    precision: str = "auto"
+    grad_checkpointing: bool = False
+    grad_clip: float = 0.0
+    checkpoint_every: int = 250
+    log_every: int = 10
+    num_workers: int = 0
+    out_dir: str = "runs/train"
+
+    def __post_init__(self) -> None:
+        errors = []
+        if self.steps <= 0:
+            errors.append(f"steps must be positive, got {self.steps}")
+        if self.images_per_step <= 0:
+            errors.append(f"images_per_step must be positive, got {self.images_per_step}")
+        if self.max_masks_per_image <= 0:
+            errors.append(f"max_masks_per_image must be positive, got {self.max_masks_per_image}")
+        if self.rounds < 1:
+            errors.append(f"rounds must be >= 1, got {self.rounds}")
+        if self.rounds > 1 and self.point_rounds > self.rounds - 1:
+            errors.append(
+                f"point_rounds ({self.point_rounds}) must be <= rounds - 1 ({self.rounds - 1})"
+            )
+        if not 0 <= self.box_probability <= 1:
+            errors.append(f"box_probability must be in [0, 1], got {self.box_probability}")
+        if self.loss_resolution not in ("input", "low"):
+            errors.append(f"loss_resolution must be 'input' or 'low', got {self.loss_resolution!r}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            errors.append(f"precision must be auto, bf16, fp16 or fp32, got {self.precision!r}")
+        if not 0 < self.layer_decay <= 1:
+            errors.append(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 <= self.drop_path < 1:
+            errors.append(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if not self.data:
+            errors.append("data must name at least one dataset")
+        if errors:
+            raise ValueError("invalid training config: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **_coerce(changes))
+
+
+def _coerce(values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ValueError(f"unknown training config field(s) {unknown}; allowed: {sorted(names)}")
+    out = {}
+    for k, v in values.items():
+        out[k] = tuple(v) if isinstance(v, list) else v
+        if k == "data" and isinstance(v, (str, dict)):
+            out[k] = (v,)
+    return out
+
+
+def load_train_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> TrainConfig:
+    """Read a TOML (``.toml``) or JSON config, then apply ``key=value`` overrides."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"training config not found: {p}")
+        text = p.read_text()
+        try:
+            values = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ValueError(f"cannot parse training config {p}: {e}") from None
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"override {item!r} must look like key=value")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw  # bare string
+        values[key.strip()] = value
+    return TrainConfig(**_coerce(values))

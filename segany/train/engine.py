@@ -1,0 +1,153 @@
+"""One training step of SAM: encode the images once, then simulate interactive prompting.
+
+Per mask, ``rounds`` (11) rounds: a first prompt (a uniform foreground point or a noisy box),
+``point_rounds`` (8) rounds that each add a point sampled from the previous prediction's error
+region, and the remaining (2) rounds that add no point; every round after the first feeds the
+previous low-res logits back as the mask prompt. A single point asks for the three
+ambiguity-aware masks (the min-loss one is trained); more than one prompt uses the single-mask
+token. Every round's loss counts (mean over rounds).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling import Sam
+from . import clicks
+from .config import TrainConfig
+from .losses import sam_loss
+
+#: What :meth:`InteractiveSam.forward` returns (same keys on every process, for all-reduce).
+STAT_KEYS = ("loss", "focal", "dice", "iou_mse", "iou_first", "iou_last", "num_masks")
+
+
+class InteractiveSam(nn.Module):
+    """Wraps a :class:`~segany.modeling.Sam` so that one ``forward`` is one training step's
+    loss (the unit DistributedDataParallel wraps). State dict: the wrapped model's, under
+    ``sam.``."""
+
+    def __init__(self, sam: Sam, config: TrainConfig) -> None:
+        super().__init__()
+        self.sam = sam
+        self.config = config
+
+    def forward(self, batch: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """Loss for one batch (see :func:`segany.train.data.collate`) with prompts drawn from a
+        generator seeded by ``seed``. Returns ``loss`` (scalar with gradient) and detached
+        logging scalars: ``focal``, ``dice``, ``iou_mse``, ``iou_first`` / ``iou_last`` (mean
+        true IoU after the first and the last round) and ``num_masks``."""
+        cfg = self.config
+        sam = self.sam
+        dev = sam.device
+        gen = torch.Generator(device=dev).manual_seed(seed)
+        images = batch["images"].to(dev)
+        targets = batch["targets"].to(dev)
+        index = batch["image_index"].to(dev)
+        valid_img = batch["valid"].to(dev)
+        n = targets.shape[0]
+        emb = sam.image_encoder(images)
+        if n == 0:  # nothing to supervise: a zero loss that still touches every parameter
+            zero = emb.sum() * 0 + sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
+            return {"loss": zero, **{k: torch.tensor(0.0) for k in STAT_KEYS[1:]}}
+        emb = emb.float()
+        pe = sam.prompt_encoder.get_dense_pe()
+        s = images.shape[-1]
+        valid = valid_img[index]  # (N, S, S)
+        use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
+        skip = (
+            clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if cfg.rounds > 1 else set()
+        )
+
+        groups = []
+        for is_box in (False, True):
+            rows = torch.nonzero(use_box == is_box)[:, 0]
+            if len(rows) == 0:
+                continue
+            g: dict[str, Any] = {"rows": rows, "box": None, "is_box": is_box}
+            t = targets[rows]
+            if is_box:
+                g["box"] = clicks.noisy_boxes(
+                    t,
+                    noise=cfg.box_noise,
+                    max_noise_px=cfg.box_noise_max_px,
+                    frame=None,
+                    generator=gen,
+                )
+                g["points"] = None
+            else:
+                g["points"] = clicks.sample_points_in_masks(t, gen)
+            groups.append(g)
+
+        totals = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
+        iou_first = iou_last = None
+        for r in range(cfg.rounds):
+            round_iou = torch.zeros(n, device=dev)
+            for g in groups:
+                rows = g["rows"]
+                t = targets[rows]
+                v = valid[rows]
+                if r > 0 and r not in skip:
+                    p, lab = clicks.sample_error_points(g["pred"], t, v, gen)
+                    if g["points"] is None:
+                        g["points"] = (p, lab)
+                    else:
+                        g["points"] = (
+                            torch.cat([g["points"][0], p], 1),
+                            torch.cat([g["points"][1], lab], 1),
+                        )
+                mask_in = g.get("logits") if r > 0 else None
+                sparse, dense = sam.prompt_encoder(g["points"], g["box"], mask_in)
+                multimask = r == 0 and not g["is_box"]
+                low, iou_pred = sam.mask_decoder(
+                    image_embeddings=emb[index[rows]],
+                    image_pe=pe,
+                    sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense,
+                    multimask_output=multimask,
+                )
+                low = low.float()
+                if cfg.loss_resolution == "input":
+                    logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
+                    tgt, val = t[:, None], v[:, None]
+                else:
+                    logits = low
+                    size = low.shape[-2:]
+                    tgt = F.interpolate(t[:, None].float(), size, mode="area") > 0.5
+                    val = F.interpolate(v[:, None].float(), size, mode="area") > 0.5
+                out = sam_loss(
+                    logits,
+                    iou_pred,
+                    tgt,
+                    val,
+                    focal_weight=cfg.focal_weight,
+                    dice_weight=cfg.dice_weight,
+                    iou_weight=cfg.iou_weight,
+                    focal_alpha=cfg.focal_alpha,
+                    focal_gamma=cfg.focal_gamma,
+                )
+                share = len(rows) / n
+                totals["loss"] = totals["loss"] + out["loss"] * share / cfg.rounds
+                for k in ("focal", "dice", "iou_mse"):
+                    totals[k] += float(out[k]) * share / cfg.rounds
+                sel = torch.arange(len(rows), device=dev)
+                chosen = low[sel, out["selected"]][:, None].detach()
+                g["logits"] = chosen
+                up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
+                g["pred"] = up[:, 0] > sam.mask_threshold
+                round_iou[rows] = out["iou"]
+            if r == 0:
+                iou_first = round_iou.mean()
+            iou_last = round_iou.mean()
+        return {
+            "loss": totals["loss"],
+            "focal": torch.tensor(totals["focal"]),
+            "dice": torch.tensor(totals["dice"]),
+            "iou_mse": torch.tensor(totals["iou_mse"]),
+            "iou_first": iou_first.detach().cpu(),
+            "iou_last": iou_last.detach().cpu(),
+            "num_masks": torch.tensor(float(n)),
+        }

@@ -1,0 +1,274 @@
+"""Training: losses against hand-computed values, the click simulator, min-loss selection,
+a short run that learns, exact resume, a 2-process torchrun (gloo) run and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import segany
+from segany.train import TrainConfig, clicks, load_train_config, train
+from segany.train.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
+from segany.train.trainer import lr_factor, param_groups, read_log
+from tests.conftest import TINY, randomize_
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def test_focal_and_dice_match_hand_computed_values():
+    logits = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    # p = 0.5 everywhere: ce = ln 2, (1 - p_t)^2 = 1/4; alpha 0.25 on the positive, 0.75 else
+    expected_focal = (0.25 * 0.25 + 3 * 0.75 * 0.25) * math.log(2) / 4
+    assert sigmoid_focal_loss(logits, target).item() == pytest.approx(expected_focal, rel=1e-6)
+    # dice: sum p = 2, sum t = 1, intersection 0.5 -> 1 - (2 * 0.5 + 1) / (3 + 1) = 0.5
+    assert dice_loss(logits, target).item() == pytest.approx(0.5, rel=1e-6)
+    # a confident, correct prediction has near-zero focal loss and small dice loss
+    good = (target * 2 - 1) * 20
+    assert sigmoid_focal_loss(good, target).item() < 1e-12
+    assert dice_loss(good, target).item() < 1e-6
+    # padding (valid = 0) is ignored: the wrong pixel there does not count
+    valid = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])
+    bad_pad = good.clone()
+    bad_pad[..., 1, 1] = 20.0
+    assert sigmoid_focal_loss(bad_pad, target, valid).item() < 1e-12
+    assert mask_iou(bad_pad, target, valid).item() == 1.0
+    assert mask_iou(bad_pad, target).item() == pytest.approx(0.5)
+
+
+def test_sam_loss_combines_20_to_1_plus_iou_mse():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 1, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    iou_pred = torch.tensor([[0.3], [0.9]])
+    out = sam_loss(logits, iou_pred, target)
+    focal = sigmoid_focal_loss(logits, target)[:, 0]
+    dice = dice_loss(logits, target)[:, 0]
+    iou = mask_iou(logits, target)[:, 0]
+    expected = (20 * focal + dice + (iou_pred[:, 0] - iou) ** 2).mean()
+    assert out["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(out["selected"], torch.zeros(2, dtype=torch.long))
+
+
+def test_min_loss_selection_backpropagates_one_mask_only():
+    target = torch.zeros(1, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    logits = torch.randn(1, 3, 8, 8)
+    logits[0, 1] = (target[0, 0] * 2 - 1) * 5  # output 1 is nearly right
+    logits.requires_grad_(True)
+    iou_pred = torch.full((1, 3), 0.5, requires_grad=True)
+    out = sam_loss(logits, iou_pred, target)
+    out["loss"].backward()
+    assert out["selected"].tolist() == [1]
+    assert logits.grad[0, 1].abs().sum() > 0
+    assert logits.grad[0, 0].abs().sum() == 0 and logits.grad[0, 2].abs().sum() == 0
+    assert (iou_pred.grad != 0).all()  # the IoU head learns all three scores
+
+
+# ---------------------------------------------------------------------------- clicks
+
+
+def test_error_points_land_in_the_error_region_with_the_right_label():
+    g = torch.Generator().manual_seed(0)
+    target = torch.zeros(64, 20, 30, dtype=torch.bool)
+    target[:, 5:15, 5:25] = True
+    pred = torch.zeros_like(target)
+    pred[:32, 5:15, 5:15] = True  # false negatives only
+    pred[32:, 0:15, 5:25] = True  # false positives only (rows 0..4)
+    pts, labels = clicks.sample_error_points(pred, target, generator=g)
+    x, y = pts[:, 0, 0].long(), pts[:, 0, 1].long()
+    err = pred ^ target
+    assert err[torch.arange(64), y, x].all()
+    assert (labels[:32, 0] == 1).all() and (labels[32:, 0] == 0).all()
+    assert (x[:32] >= 15).all() and (y[32:] < 5).all()
+    # a perfect prediction gives a "no point" (label -1)
+    _, lab = clicks.sample_error_points(target[:2], target[:2], generator=g)
+    assert lab.tolist() == [[-1], [-1]]
+    # clicks never land outside the valid (unpadded) area
+    valid = torch.zeros_like(target)
+    valid[:, :, :20] = True
+    pts, _ = clicks.sample_error_points(pred, target, valid, generator=g)
+    assert (pts[:, 0, 0] < 20).all()
+
+
+def test_first_points_inside_masks_and_boxes_with_capped_noise():
+    g = torch.Generator().manual_seed(1)
+    masks = torch.zeros(200, 50, 60, dtype=torch.bool)
+    masks[:, 10:30, 20:50] = True
+    pts, labels = clicks.sample_points_in_masks(masks, g)
+    assert masks[torch.arange(200), pts[:, 0, 1].long(), pts[:, 0, 0].long()].all()
+    assert (labels == 1).all()
+    assert clicks.masks_to_boxes(masks[:1]).tolist() == [[20.0, 10.0, 49.0, 29.0]]
+    exact = clicks.noisy_boxes(masks[:1], noise=0.0, generator=g)
+    assert exact.tolist() == [[20.0, 10.0, 49.0, 29.0]]
+    boxes = clicks.noisy_boxes(masks, noise=0.1, max_noise_px=2.0, generator=g)
+    dev = (boxes - clicks.masks_to_boxes(masks)).abs()
+    assert 1.0 < dev.std() < 2.5  # std = min(10% of the side, 2 px) = 2 px (clipping aside)
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+
+
+def test_no_point_rounds_one_random_one_last():
+    seen = set()
+    for s in range(50):
+        r = clicks.no_point_rounds(11, 8, torch.Generator().manual_seed(s))
+        assert len(r) == 2 and 10 in r
+        (other,) = r - {10}
+        assert 1 <= other <= 9
+        seen.add(other)
+    assert len(seen) > 4
+    assert clicks.no_point_rounds(9, 8) == set()
+    with pytest.raises(ValueError, match="at least"):
+        clicks.no_point_rounds(5, 8)
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def test_config_file_overrides_and_errors(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('steps = 7\ndata = ["procedural:3"]\nlr_decay_steps = [5]\n')
+    cfg = load_train_config(p, ["lr=1e-3", "freeze_image_encoder=true"])
+    assert cfg.steps == 7 and cfg.lr == 1e-3 and cfg.freeze_image_encoder
+    assert cfg.data == ("procedural:3",) and cfg.lr_decay_steps == (5,)
+    with pytest.raises(ValueError, match="unknown training config field"):
+        load_train_config(p, ["stepz=3"])
+    with pytest.raises(ValueError, match="point_rounds"):
+        TrainConfig(rounds=3, point_rounds=8)
+    with pytest.raises(FileNotFoundError):
+        load_train_config(tmp_path / "missing.toml")
+
+
+def test_schedule_warmup_then_step_decay():
+    cfg = TrainConfig(lr=1.0, warmup_steps=4, lr_decay_steps=(10, 20), lr_decay_factor=0.1)
+    assert [lr_factor(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(9, cfg) == 1.0
+    assert lr_factor(10, cfg) == pytest.approx(0.1) and lr_factor(25, cfg) == pytest.approx(0.01)
+
+
+def test_layer_decay_and_frozen_encoder(tmp_path):
+    sam = segany.build_sam_model(TINY)
+    groups = param_groups(sam, TrainConfig(layer_decay=0.5))
+    scales = {g["lr_scale"] for g in groups}
+    assert max(scales) == 1.0 and min(scales) == pytest.approx(0.5**4)  # depth 3 + patch embed
+    ckpt = _tiny_checkpoint(tmp_path)
+    from segany.train.trainer import build_training_model
+
+    model = build_training_model(TrainConfig(init=str(ckpt), freeze_image_encoder=True))
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    assert all(p.requires_grad for p in model.mask_decoder.parameters())
+
+
+# ---------------------------------------------------------------------------- runs
+
+
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny_init.pth"
+    if not path.exists():
+        torch.save(randomize_(segany.build_sam_model(TINY), 0).state_dict(), path)
+    return path
+
+
+def _cfg(tmp_path: Path, **kw) -> TrainConfig:
+    base = {
+        "init": str(_tiny_checkpoint(tmp_path)),
+        "data": ("procedural:3:5",),
+        "images_per_step": 1,
+        "max_masks_per_image": 4,
+        "rounds": 3,
+        "point_rounds": 1,
+        "lr": 2e-3,
+        "warmup_steps": 0,
+        "steps": 4,
+        "precision": "fp32",
+        "log_every": 1,
+        "checkpoint_every": 2,
+        "out_dir": str(tmp_path / "run"),
+    }
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_short_training_run_lowers_the_loss(tmp_path):
+    cfg = _cfg(tmp_path, data=("procedural:1:3",), steps=30, max_masks_per_image=3)
+    train(cfg, device="cpu", progress=False)
+    losses = [r["loss"] for r in read_log(Path(cfg.out_dir) / "log.jsonl")]
+    assert len(losses) == 30
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    out = Path(cfg.out_dir)
+    assert (out / "curves.png").stat().st_size > 1000
+    model = segany.load_model(out / "model.safetensors", precision="fp32", device="cpu")
+    assert model.image_encoder.img_size == TINY.image_encoder.img_size
+
+
+def test_resume_gives_the_same_next_step_loss(tmp_path):
+    full = _cfg(tmp_path, out_dir=str(tmp_path / "full"))
+    train(full, device="cpu", progress=False)
+    parts = _cfg(tmp_path, out_dir=str(tmp_path / "parts"))
+    train(parts, device="cpu", progress=False, max_steps=2)  # "interrupted" after step 2
+    assert json.loads((tmp_path / "parts" / "config.json").read_text())["steps"] == 4
+    train(parts, device="cpu", progress=False)  # resumes from checkpoints/last.pt
+    a = read_log(tmp_path / "full" / "log.jsonl")
+    b = read_log(tmp_path / "parts" / "log.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-7)
+    from safetensors.torch import load_file
+
+    wa = load_file(tmp_path / "full" / "model.safetensors")
+    wb = load_file(tmp_path / "parts" / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def test_torchrun_two_processes_gloo(tmp_path):
+    cfg = _cfg(tmp_path, steps=2, out_dir=str(tmp_path / "ddp"))
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(cfg.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "segany",
+        "train",
+        str(path),
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = read_log(tmp_path / "ddp" / "log.jsonl")
+    assert [r["step"] for r in log] == [1, 2]
+    assert (tmp_path / "ddp" / "model.safetensors").exists()
+
+
+def test_train_cli_bad_config_exits_2(tmp_path, capsys):
+    from segany.cli.main import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = -1\n")
+    assert main(["train", str(bad)]) == 2
+    assert "steps must be positive" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "nope.toml")]) == 2
