@@ -1,13 +1,13 @@
 # segany — the two commands that matter:
-#   make demo   set up .venv and run the main job (segment a sample image; MODEL=vit_b|path)
+#   make demo   set up .venv and run the main job (segment a sample image; MODEL=segany_tiny|vit_b|path)
 #   make test   set up .venv and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-MODEL ?= vit_b
+MODEL ?= segany_tiny
 OUT ?= demo_out
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench model eval-model clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ lint: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_core.py
+
+# Reproduce the bundled model from scratch (CPU, ~2 h on 2 cores), bundle it, evaluate it.
+model: $(VENV)/.installed
+	$(VENV)/bin/segany train configs/segany_tiny.toml
+	$(PY) -m segany.train.bundle runs/segany_tiny/model.safetensors
+	$(MAKE) eval-model
+
+eval-model: $(VENV)/.installed
+	$(VENV)/bin/segany eval procedural:300:1 --out runs/segany_tiny/eval
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info

@@ -28,6 +28,16 @@ TINY = SamConfig(
 )
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Pin torch to one thread for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    tiny models gain nothing from threads, and a busy machine makes them much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Give every parameter non-trivial random values (official init leaves rel-pos and
     pos_embed at zero, which would hide bugs)."""

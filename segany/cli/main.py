@@ -47,6 +47,9 @@ from . import export_cmd
 
 #: Model used when ``--model`` is not given (a variant name or a checkpoint path).
 DEFAULT_MODEL = "segany_tiny"  # the bundled model (no download)
+# The demo's automatic-generator filters (predicted IoU, stability) for the bundled model: it is
+# small and its IoU scores and logit margins are lower than SAM's, so the official 0.88 / 0.95 keep nothing.
+DEMO_TINY_THRESHOLDS = (0.3, 0.5)
 #: Output folder of ``segany segment`` when ``--out`` is not given.
 DEFAULT_OUT = "segany_out"
 
@@ -316,6 +319,24 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     demo.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=None,
+        help=(
+            "automatic generator's predicted-IoU filter (default: 0.88, the official value; "
+            f"{DEMO_TINY_THRESHOLDS[0]} for the bundled segany_tiny, whose IoU head scores lower)"
+        ),
+    )
+    demo.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=None,
+        help=(
+            "automatic generator's stability filter (default: 0.95, the official value; "
+            f"{DEMO_TINY_THRESHOLDS[1]} for the bundled segany_tiny)"
+        ),
+    )
     _add_model_args(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -563,6 +584,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .auto_cmd import cmd_auto
 
     _status("--- automatic masks (segment everything)")
+    tiny = str(args.model) == DEFAULT_MODEL
+    iou_t = args.pred_iou_thresh
+    stab_t = args.stability_score_thresh
+    if iou_t is None:
+        iou_t = DEMO_TINY_THRESHOLDS[0] if tiny else 0.88
+    if stab_t is None:
+        stab_t = DEMO_TINY_THRESHOLDS[1] if tiny else 0.95
     auto_args = build_parser().parse_args(
         [
             "auto",
@@ -571,6 +599,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             str(out / "auto"),
             "--overlay",
             "--overwrite",
+            "--pred-iou-thresh",
+            str(iou_t),
+            "--stability-score-thresh",
+            str(stab_t),
             "--model",
             str(args.model),
             "--precision",

@@ -48,6 +48,7 @@ def bundle_model(
     meta = {"format": "pt", "architecture": BUNDLED_MODEL, **(metadata or {})}
     tmp = out.with_name(out.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    os.chmod(tmp, 0o644)  # a package data file: world-readable
     os.replace(tmp, out)
     return out
 

@@ -1,0 +1,65 @@
+"""The bundled model: loads offline as the default, is small, and clears the quality bar on
+a held-out generated set (a fast subset of ``make eval-model``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import segany
+from segany import hub
+from segany.build import bundled_model_path
+from segany.cli.main import main
+from segany.data.datasets import open_dataset
+from segany.eval import evaluate_interactive
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Issue 4's bar is 1-point mIoU >= 0.80 (oracle >= 0.88) and 5-point >= 0.92; the shipped model
+# does NOT reach it yet (README model card). These floors, ~0.05 under what it measures on this
+# subset, guard it against regressions (loading, preprocessing, precision, decoder paths).
+FLOOR_TOP1, FLOOR_ORACLE1, FLOOR_TOP5 = 0.40, 0.55, 0.63
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return segany.load_model(precision="fp32", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the bundled model must not touch the network")
+
+    monkeypatch.setattr(hub, "download_checkpoint", no_network)
+    monkeypatch.setattr(hub, "download", no_network, raising=False)
+
+
+def test_bundled_model_is_small_and_loads_by_default(bundled):
+    path = bundled_model_path()
+    assert path.stat().st_size <= 30 * 2**20
+    assert bundled.image_encoder.img_size == 256
+    again = segany.load_model("segany_tiny", precision="fp32", device="cpu")
+    for (k, a), (_, b) in zip(
+        bundled.state_dict().items(), again.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+
+
+def test_bundled_model_quality_on_held_out_scenes(bundled):
+    # held-out: training used procedural seed 0, this is seed 1 (different scenes)
+    data = open_dataset("procedural:40:1")
+    r = evaluate_interactive(segany.SamPredictor(bundled), data, clicks=(1, 5), progress=False)
+    assert r.num_masks > 150
+    top1, top5 = r.miou_top
+    oracle1 = r.miou_oracle[0]
+    assert top1 >= FLOOR_TOP1, r.table()
+    assert oracle1 >= FLOOR_ORACLE1, r.table()
+    assert top5 >= FLOOR_TOP5, r.table()
+
+
+def test_cli_uses_the_bundled_model_without_model_flag(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "point" / "overlay.png").exists()
+    assert (out / "auto").is_dir()
