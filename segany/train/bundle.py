@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..build import BUNDLED_MODEL, bundled_model_path
+from .trainer import save_state_dict
 
 
 def bundle_model(
@@ -28,28 +29,18 @@ def bundle_model(
 ) -> Path:
     """Write ``src``'s weights to ``dst`` (default: the package's bundled model path) in
     ``dtype``; returns ``dst``. Fails if they do not fit the bundled architecture."""
-    from safetensors.torch import save_file
-
     from ..build import build_sam_model
     from ..checkpoint import load_into, read_state_dict
     from ..config import get_config
 
     src = Path(src)
-    if src.suffix == ".pt":
-        from .trainer import load_checkpoint
-
-        sd = load_checkpoint(src)["model"]
-    else:
-        sd = read_state_dict(src)
+    sd = read_state_dict(src)  # a run's model.safetensors, or a checkpoint's "model" entry
     load_into(build_sam_model(get_config(BUNDLED_MODEL)), sd, source=str(src))  # strict check
     out = Path(dst) if dst is not None else bundled_model_path()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sd.items()}
-    meta = {"format": "pt", "architecture": BUNDLED_MODEL, **(metadata or {})}
-    tmp = out.with_name(out.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.chmod(tmp, 0o644)  # a package data file: world-readable
-    os.replace(tmp, out)
+    save_state_dict(
+        sd, out, dtype=dtype, metadata={"architecture": BUNDLED_MODEL, **(metadata or {})}
+    )
     return out
 
 

@@ -31,7 +31,7 @@ from ..build import build_sam_model
 from ..checkpoint import infer_config, load_into, read_state_dict
 from ..config import get_config
 from ..modeling import Sam
-from ..precision import resolve_device
+from ..precision import resolve_device, resolve_precision
 from .config import TrainConfig
 from .data import StepBatches, open_training_data
 from .engine import STAT_KEYS, InteractiveSam
@@ -125,15 +125,8 @@ def lr_factor(step: int, config: TrainConfig) -> float:
 
 
 def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if config.precision == "fp32":
-        return None
-    if config.precision == "fp16":
-        return torch.float16
-    if config.precision == "bf16":
-        return torch.bfloat16
-    from ..precision import resolve_precision
-
-    dtype = resolve_precision("auto", device)
+    """The autocast dtype for ``config.precision`` on ``device``; None = plain fp32."""
+    dtype = resolve_precision(config.precision, device)
     return None if dtype == torch.float32 else dtype
 
 
@@ -160,14 +153,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise RuntimeError(f"cannot read training checkpoint {path}: {e}") from e
 
 
-def save_model(sam: Sam, path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> None:
-    """Write the SAM state dict (official names) as safetensors, atomically."""
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write a SAM state dict (official names) as safetensors in ``dtype``, atomically and
+    world-readable (it is a shareable artifact)."""
     from safetensors.torch import save_file
 
     path = Path(path)
-    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in sam.state_dict().items()}
+    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"format": "pt", "producer": "segany.train"})
+    save_file(
+        sd, str(tmp), metadata={"format": "pt", "producer": "segany.train", **(metadata or {})}
+    )
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
@@ -331,7 +334,7 @@ def train(
     if bar is not None:
         bar.close()
     if rank == 0 and step + 1 >= config.steps:
-        save_model(sam, out / MODEL_NAME)
+        save_state_dict(sam.state_dict(), out / MODEL_NAME)
     if distributed:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
