@@ -171,6 +171,25 @@ def test_layer_decay_and_frozen_encoder(tmp_path):
     assert all(p.requires_grad for p in model.mask_decoder.parameters())
 
 
+def test_from_scratch_init_aligns_decoder_queries_and_keys():
+    from segany.train.trainer import DECODER_QK_GAIN, _init_weights
+
+    plain = segany.build_sam_model(TINY)
+    sam = segany.build_sam_model(TINY)
+    _init_weights(sam)
+    assert list(sam.state_dict()) == list(plain.state_dict())  # values only, same names
+    attn = [m for m in sam.mask_decoder.transformer.modules() if hasattr(m, "q_proj")]
+    assert len(attn) == 3 * TINY.mask_decoder.transformer_depth + 1
+    for m in attn:
+        assert torch.equal(m.k_proj.weight, m.q_proj.weight)
+        assert torch.equal(m.k_proj.bias, m.q_proj.bias)
+    ref = [m for m in plain.mask_decoder.transformer.modules() if hasattr(m, "q_proj")]
+    ratio = float(attn[0].q_proj.weight.std() / ref[0].q_proj.weight.std())
+    assert ratio == pytest.approx(DECODER_QK_GAIN, rel=0.15)
+    with pytest.raises(ValueError, match="first_prompt_steps"):
+        TrainConfig(first_prompt_steps=-1)
+
+
 # ---------------------------------------------------------------------------- runs
 
 
@@ -215,9 +234,10 @@ def test_short_training_run_lowers_the_loss(tmp_path):
 
 
 def test_resume_gives_the_same_next_step_loss(tmp_path):
-    full = _cfg(tmp_path, out_dir=str(tmp_path / "full"))
+    # first_prompt_steps=3: steps 1-3 are first-prompt-only, the resume lands inside that phase
+    full = _cfg(tmp_path, out_dir=str(tmp_path / "full"), first_prompt_steps=3)
     train(full, device="cpu", progress=False)
-    parts = _cfg(tmp_path, out_dir=str(tmp_path / "parts"))
+    parts = _cfg(tmp_path, out_dir=str(tmp_path / "parts"), first_prompt_steps=3)
     train(parts, device="cpu", progress=False, max_steps=2)  # "interrupted" after step 2
     assert json.loads((tmp_path / "parts" / "config.json").read_text())["steps"] == 4
     train(parts, device="cpu", progress=False)  # resumes from checkpoints/last.pt
@@ -226,6 +246,7 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
     assert [r["step"] for r in b] == [1, 2, 3, 4]
     for ra, rb in zip(a, b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-7)
+    assert [r["rounds"] for r in a] == [1, 1, 1, 3]  # the curriculum, then all 3 rounds
     from safetensors.torch import load_file
 
     wa = load_file(tmp_path / "full" / "model.safetensors")

@@ -34,6 +34,10 @@ class TrainConfig:
         max_mask_fraction: masks covering more than this fraction of the image are dropped.
     Prompt simulation:
         rounds: 11 = first prompt + ``point_rounds`` corrective points + mask-only rounds.
+        first_prompt_steps: a curriculum (not in the paper, default 0 = off): the first N
+            steps train on the first prompt only (1 round, ~10x cheaper per mask), so a model
+            trained from scratch learns single-prompt segmentation before the interactive
+            rounds start.
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
         box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
     Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.
@@ -58,6 +62,7 @@ class TrainConfig:
 
     rounds: int = 11
     point_rounds: int = 8
+    first_prompt_steps: int = 0
     box_probability: float = 0.5
     box_noise: float = 0.1
     box_noise_max_px: float = 20.0
@@ -96,6 +101,8 @@ class TrainConfig:
             errors.append(f"images_per_step must be positive, got {self.images_per_step}")
         if self.max_masks_per_image <= 0:
             errors.append(f"max_masks_per_image must be positive, got {self.max_masks_per_image}")
+        if self.first_prompt_steps < 0:
+            errors.append(f"first_prompt_steps must be >= 0, got {self.first_prompt_steps}")
         if self.rounds < 1:
             errors.append(f"rounds must be >= 1, got {self.rounds}")
         if self.rounds > 1 and self.point_rounds > self.rounds - 1:

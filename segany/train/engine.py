@@ -35,12 +35,18 @@ class InteractiveSam(nn.Module):
         self.sam = sam
         self.config = config
 
-    def forward(self, batch: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+    def forward(
+        self, batch: dict[str, torch.Tensor], seed: int, rounds: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """Loss for one batch (see :func:`segany.train.data.collate`) with prompts drawn from a
-        generator seeded by ``seed``. Returns ``loss`` (scalar with gradient) and detached
+        generator seeded by ``seed``; ``rounds`` overrides ``config.rounds`` (1 = first prompt
+        only). Returns ``loss`` (scalar with gradient) and detached
         logging scalars: ``focal``, ``dice``, ``iou_mse``, ``iou_first`` / ``iou_last`` (mean
         true IoU after the first and the last round) and ``num_masks``."""
         cfg = self.config
+        n_rounds = cfg.rounds if rounds is None else rounds
+        if not 1 <= n_rounds <= cfg.rounds:
+            raise ValueError(f"rounds must be in [1, {cfg.rounds}], got {rounds}")
         sam = self.sam
         dev = sam.device
         gen = torch.Generator(device=dev).manual_seed(seed)
@@ -59,7 +65,7 @@ class InteractiveSam(nn.Module):
         valid = valid_img[index]  # (N, S, S)
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
         skip = (
-            clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if cfg.rounds > 1 else set()
+            clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
         )
 
         groups = []
@@ -84,7 +90,7 @@ class InteractiveSam(nn.Module):
 
         totals = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
         iou_first = iou_last = None
-        for r in range(cfg.rounds):
+        for r in range(n_rounds):
             round_iou = torch.zeros(n, device=dev)
             for g in groups:
                 rows = g["rows"]
@@ -130,9 +136,9 @@ class InteractiveSam(nn.Module):
                     focal_gamma=cfg.focal_gamma,
                 )
                 share = len(rows) / n
-                totals["loss"] = totals["loss"] + out["loss"] * share / cfg.rounds
+                totals["loss"] = totals["loss"] + out["loss"] * share / n_rounds
                 for k in ("focal", "dice", "iou_mse"):
-                    totals[k] += float(out[k]) * share / cfg.rounds
+                    totals[k] += float(out[k]) * share / n_rounds
                 sel = torch.arange(len(rows), device=dev)
                 chosen = low[sel, out["selected"]][:, None].detach()
                 g["logits"] = chosen
