@@ -1,16 +1,19 @@
 """ONNX Runtime vs segany's PyTorch path on CPU: image encoder and decoder, fp32 and int8.
 
-vit_b with random weights (seeded) is exported with ``segany.export.export_onnx(...,
-quantize=True)`` (which also writes the int8-vs-fp32 accuracy report), then each configuration
-runs in its own process on the same generated 1024x768 image:
+``--model vit_b`` (default: vit_b with random weights, seeded) or ``--model segany_tiny`` (the
+bundled model) is exported with ``segany.export.export_onnx(..., quantize=True)`` (which also
+writes the int8-vs-fp32 accuracy report) and once more with ``return_single_mask=True`` (the
+official web demo's decoder), then each configuration runs in its own process on the same
+generated 1024x768 image:
 
 * encoder: ``set_image`` wall time, median of ``--repeats`` after one warm-up run (raw uint8
   pixels in; resizing, normalization and padding included in both backends);
 * decoder: ``predict`` with one point, 3 masks upscaled to 1024x768 and returned as numpy
-  (median of 30 after 5 warm-up calls);
+  (median of 30 after 5 warm-up calls); and the same for one mask (``multimask_output=False``
+  in PyTorch; the ``return_single_mask`` export in ONNX Runtime, which upscales only that one);
 * peak resident memory of the process (weights and sessions included).
 
-Run: ``python benchmarks/bench_onnx.py`` (takes a few minutes on 2 cores). Prints a Markdown table
+Run: ``python benchmarks/bench_onnx.py [--model segany_tiny]`` (a few minutes on 2 cores). Prints a Markdown table
 and writes JSON to ``benchmarks/results/``.
 """
 
@@ -44,13 +47,18 @@ def worker(args: argparse.Namespace) -> dict:
         from segany.precision import precision_name
 
         torch.manual_seed(0)
-        model = segany.build_sam("vit_b", args.weights, precision=args.precision, device="cpu")
+        if args.model == "vit_b":
+            model = segany.build_sam("vit_b", args.weights, precision=args.precision, device="cpu")
+        else:
+            model = segany.load_model(args.model, precision=args.precision, device="cpu")
         predictor = segany.SamPredictor(model)
+        single = predictor
         precision = precision_name(model.dtype)
     else:
         from segany.runtime import OnnxPredictor
 
         predictor = OnnxPredictor(args.export, quantized=args.precision == "int8")
+        single = OnnxPredictor(args.export_single, quantized=args.precision == "int8")
         precision = args.precision
     times = []
     for _ in range(args.repeats + 1):
@@ -66,12 +74,25 @@ def worker(args: argparse.Namespace) -> dict:
         masks, _, _ = predictor.predict(point_coords=point, point_labels=labels)
         pt.append(time.perf_counter() - t)
     assert masks.shape == (3, 768, 1024)
+    if single is not predictor:
+        single.set_image(image)
+    for _ in range(5):
+        single.predict(point_coords=point, point_labels=labels, multimask_output=False)
+    st = []
+    for _ in range(30):
+        t = time.perf_counter()
+        masks, _, _ = single.predict(
+            point_coords=point, point_labels=labels, multimask_output=False
+        )
+        st.append(time.perf_counter() - t)
+    assert masks.shape == (1, 768, 1024)
     return {
         "backend": args.backend,
         "precision": precision,
         "set_image_s": float(np.median(times[1:])),
         "set_image_first_s": times[0],
         "predict_ms": float(np.median(pt) * 1000),
+        "predict_single_ms": float(np.median(st) * 1000),
         "peak_rss_mb": _rss_kb("VmHWM") / 1024,
     }
 
@@ -106,11 +127,18 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--repeats", type=int, default=2, help="timed set_image runs per configuration")
     p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument(
+        "--model",
+        choices=("vit_b", "segany_tiny"),
+        default="vit_b",
+        help="vit_b with random weights (default) or the bundled segany_tiny",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--weights", help=argparse.SUPPRESS)
     p.add_argument("--export", help=argparse.SUPPRESS)
+    p.add_argument("--export-single", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         print("RESULT " + json.dumps(worker(args)), flush=True)
@@ -121,13 +149,22 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "random_vit_b.pth"
-        random_weights(weights)
+        if args.model == "vit_b":
+            random_weights(weights)
+            model = segany.build_sam("vit_b", weights, precision="fp32", device="cpu")
+            name = "vit_b_random"
+        else:
+            model = segany.load_model(args.model, precision="fp32", device="cpu")
+            name = args.model
         export_dir = Path(tmp) / "onnx"
-        print("exporting vit_b (fp32 + int8, with the accuracy report) ...", file=sys.stderr)
+        single_dir = Path(tmp) / "onnx_single"
+        print(f"exporting {name} (fp32 + int8, with the accuracy report) ...", file=sys.stderr)
         t = time.perf_counter()
-        model = segany.build_sam("vit_b", weights, precision="fp32", device="cpu")
-        export_onnx(model, export_dir, quantize=True, name="vit_b_random", status=print)
+        export_onnx(model, export_dir, quantize=True, name=name, status=print)
         export_s = time.perf_counter() - t
+        export_onnx(
+            model, single_dir, quantize=True, return_single_mask=True, encoder=False, name=name
+        )
         del model
         manifest = json.loads((export_dir / "manifest.json").read_text())
         report = json.loads((export_dir / "quantization_report.json").read_text())
@@ -147,6 +184,10 @@ def main() -> None:
                 str(weights),
                 "--export",
                 str(export_dir),
+                "--export-single",
+                str(single_dir),
+                "--model",
+                args.model,
                 "--repeats",
                 str(args.repeats),
             ]
@@ -158,26 +199,28 @@ def main() -> None:
                 raise SystemExit(f"worker {backend}/{precision} failed")
             results.append(json.loads(line[0][7:]))
     m = machine()
+    img_size = manifest["img_size"]
     base = results[0]
     print(
-        f"\nvit_b (random weights) @1024, image 1024x768, CPU: {m['cpu']}, {m['cores']} cores, "
+        f"\n{name} @{img_size}, image 1024x768, CPU: {m['cpu']}, {m['cores']} cores, "
         f"torch {m['torch']}, onnxruntime {m['onnxruntime']}\n"
     )
     print(
         "| backend | precision | encoder `set_image` (s) | vs torch fp32 | decoder `predict` "
-        "1 point (ms) | vs torch fp32 | peak RSS (MB) |"
+        "1 point, 3 masks (ms) | vs torch fp32 | decoder 1 point, 1 mask (ms) | peak RSS (MB) |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         name = "PyTorch (segany)" if r["backend"] == "torch" else "ONNX Runtime"
         print(
             f"| {name} | {r['precision']} | {r['set_image_s']:.2f} | "
             f"{base['set_image_s'] / r['set_image_s']:.2f}x | {r['predict_ms']:.1f} | "
-            f"{base['predict_ms'] / r['predict_ms']:.2f}x | {r['peak_rss_mb']:.0f} |"
+            f"{base['predict_ms'] / r['predict_ms']:.2f}x | {r['predict_single_ms']:.1f} | "
+            f"{r['peak_rss_mb']:.0f} |"
         )
     parts = report["parts"]
     print(
-        "\nint8 vs fp32 (ONNX, vit_b random weights, "
+        f"\nint8 vs fp32 (ONNX, {name}, "
         f"{parts['int8']['masks']} masks on {len(report['scenes'])} generated scenes): "
         + "; ".join(
             f"{k}: mean mask IoU {v['mean_mask_iou']:.3f} (min {v['min_mask_iou']:.3f}), "
@@ -192,7 +235,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out / f"onnx_vit_b_cpu_{stamp}.json"
+    path = out / f"onnx_{args.model}_cpu_{stamp}.json"
     path.write_text(
         json.dumps(
             {

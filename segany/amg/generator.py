@@ -24,7 +24,7 @@ from torchvision.ops.boxes import batched_nms, box_area
 from ..formats.rle import coco_to_uncompressed_rle, decode_coco_rle, encode_coco_rle, rle_area
 from ..io.image import to_rgb_uint8
 from ..modeling import Sam
-from ..predictor import SamPredictor
+from ..runtime.onnx_predictor import OnnxPredictor
 from ..utils.amg import (
     MaskData,
     batched_mask_to_box,
@@ -38,6 +38,7 @@ from ..utils.amg import (
     uncrop_masks,
     uncrop_points,
 )
+from .backends import OnnxBackend, TorchBackend, make_backend
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
 UPSAMPLE_CHUNK = 16  # survivors upsampled to full resolution at once
@@ -48,12 +49,12 @@ def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
     return encode_coco_rle(masks.numpy()) if masks.shape[0] else []
 
 
-def _auto_points_per_batch(model: Sam) -> int:
+def _auto_points_per_batch(backend: TorchBackend | OnnxBackend) -> int:
     """Points per decoder batch from free memory (each point costs ~40 MB at 1024 px in fp32
     across the decoder and the upsampling of its survivors), clamped to [16, 256]."""
-    per_point = 40 * 2**20 * (model.image_encoder.img_size / 1024) ** 2
-    if model.device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(model.device)
+    per_point = 40 * 2**20 * (backend.img_size / 1024) ** 2
+    if backend.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(backend.device)
     else:
         try:
             with open("/proc/meminfo") as f:
@@ -68,6 +69,9 @@ class SamAutomaticMaskGenerator:
     """Generate masks for a whole image (drop-in for the official generator).
 
     Args are the official ones (see their docs), plus:
+        model: a :class:`~segany.modeling.Sam` (PyTorch, any device/precision) or a
+            :class:`segany.runtime.OnnxPredictor` (ONNX Runtime; an export with the encoder
+            and the multimask outputs) — see :mod:`segany.amg.backends`.
         points_per_batch: ``None`` picks it from free memory (results do not depend on it).
         max_masks: keep at most this many masks, highest predicted IoU first.
         min_area_fraction, max_area_fraction: drop masks covering less / at least this
@@ -76,7 +80,7 @@ class SamAutomaticMaskGenerator:
 
     def __init__(
         self,
-        model: Sam,
+        model: Sam | OnnxPredictor,
         points_per_side: int | None = 32,
         points_per_batch: int | None = 64,
         pred_iou_thresh: float = 0.88,
@@ -123,8 +127,9 @@ class SamAutomaticMaskGenerator:
             raise ValueError("need 0 <= min_area_fraction <= max_area_fraction <= 1")
         if max_masks is not None and max_masks < 0:
             raise ValueError("max_masks must be >= 0")
-        self.predictor = SamPredictor(model)
-        self.points_per_batch = points_per_batch or _auto_points_per_batch(model)
+        self.backend = make_backend(model)
+        self.predictor = self.backend.predictor  # the official attribute
+        self.points_per_batch = points_per_batch or _auto_points_per_batch(self.backend)
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh
         self.stability_score_offset = stability_score_offset
@@ -194,13 +199,13 @@ class SamAutomaticMaskGenerator:
         x0, y0, x1, y1 = crop_box
         cropped = image[y0:y1, x0:x1, :]
         crop_size = cropped.shape[:2]
-        self.predictor.set_image(cropped)
+        self.backend.set_image(cropped)
         points = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         data = MaskData()
         for start in range(0, len(points), self.points_per_batch):
             batch = points[start : start + self.points_per_batch]
             data.cat(self._process_batch(batch, crop_size, crop_box, orig_size))
-        self.predictor.reset_image()
+        self.backend.reset_image()
         if len(data) == 0:
             return data
         keep = batched_nms(
@@ -219,19 +224,11 @@ class SamAutomaticMaskGenerator:
         crop_box: list[int],
         orig_size: tuple[int, ...],
     ) -> MaskData:
-        p = self.predictor
-        model = p.model
+        b = self.backend
         orig_h, orig_w = orig_size
-        coords = torch.as_tensor(p.transform.apply_coords(points, crop_size), device=p.device)
-        labels = torch.ones(len(points), dtype=torch.int, device=p.device)
+        coords = b.transform.apply_coords(points, crop_size)
         thresh = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
-        if thresh is None:
-            low_res, iou_preds = p.predict_low_res(coords[:, None, :].float(), labels[:, None])
-            rows = torch.arange(len(points))
-        else:
-            low_res, iou_preds, rows = p.predict_low_res_above(
-                coords[:, None, :].float(), labels[:, None], thresh
-            )
+        low_res, iou_preds, rows = b.decode_points(coords, thresh)
         n_masks = iou_preds.shape[1]
         iou_preds = iou_preds.flatten().cpu()
         pts = torch.as_tensor(points.repeat(n_masks, axis=0))
@@ -253,16 +250,14 @@ class SamAutomaticMaskGenerator:
         for start in range(0, len(idx), UPSAMPLE_CHUNK):
             sel = idx[start : start + UPSAMPLE_CHUNK]
             src = position[sel // n_masks] * n_masks + sel % n_masks
-            logits = model.postprocess_masks(
-                low_res[src.to(low_res.device)][None], p.input_size, crop_size
-            )[0].cpu()
+            logits = b.upscale(low_res[src.to(low_res.device)], crop_size)
             stability = calculate_stability_score(
-                logits, model.mask_threshold, self.stability_score_offset
+                logits, b.mask_threshold, self.stability_score_offset
             )
             ok = torch.ones(len(sel), dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
                 ok = stability >= self.stability_score_thresh
-            masks = logits[ok] > model.mask_threshold
+            masks = logits[ok] > b.mask_threshold
             boxes = batched_mask_to_box(masks)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
             masks, boxes = masks[edge_ok], boxes[edge_ok]

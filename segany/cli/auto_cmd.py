@@ -117,6 +117,9 @@ def add_auto_parser(sub: Any, add_model_args: Any) -> argparse.ArgumentParser:
     for flag, typ, default, text in KNOBS:
         p.add_argument(f"--{flag}", type=typ, default=default, help=f"{text} (default: {default})")
     add_model_args(p)
+    from .export_cmd import add_backend_arg
+
+    add_backend_arg(p)
     return p
 
 
@@ -209,7 +212,12 @@ def cmd_auto(args: argparse.Namespace, load_model: Any, status: Any) -> int:
         status(f"skipping {skipped} image(s) already done (use --overwrite to redo them)")
     failures: list[str] = []
     if todo:
-        model = load_model(args)
+        if getattr(args, "backend", "torch") == "onnx":
+            from .export_cmd import load_onnx_predictor
+
+            model = load_onnx_predictor(args)
+        else:
+            model = load_model(args)
         generator = SamAutomaticMaskGenerator(
             model,
             points_per_side=args.points_per_side,

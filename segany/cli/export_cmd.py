@@ -77,7 +77,7 @@ def add_export_parser(sub: Any) -> None:
 
 
 def add_backend_arg(parser: argparse.ArgumentParser) -> None:
-    """``--backend {torch,onnx}`` for ``segany segment``."""
+    """``--backend {torch,onnx}`` for ``segany segment`` and ``segany auto``."""
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
@@ -126,7 +126,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
 
 
 def load_onnx_predictor(args: argparse.Namespace) -> Any:
-    """``segment --backend onnx``: an OnnxPredictor on ``--model DIR``; a folder that is not an
+    """``--backend onnx``: an OnnxPredictor on ``--model DIR``; a folder that is not an
     export (or lacks its files) is 'model not available' (exit code 3)."""
     from ..runtime.onnx_predictor import OnnxPredictor
     from .main import ModelUnavailableError, _status
