@@ -27,21 +27,19 @@ from ..predictor import SamPredictor
 from ..runtime.onnx_predictor import OnnxPredictor
 
 
-class TorchBackend:
-    """The generator's model calls on a :class:`~segany.modeling.Sam` (any device/precision)."""
+class _Backend:
+    """What both backends share: a predictor that holds the current crop's embedding."""
 
-    def __init__(self, model: Sam) -> None:
-        self.predictor = SamPredictor(model)
-        self.mask_threshold = float(model.mask_threshold)
-        self.img_size = int(model.image_encoder.img_size)
-        self.device = model.device
+    predictor: Any
 
     @property
     def transform(self) -> Any:
+        """The predictor's ``ResizeLongestSide`` (coordinates to the input frame)."""
         return self.predictor.transform
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """``(h, w)`` of the current crop in the input frame."""
         return self.predictor.input_size
 
     def set_image(self, image: np.ndarray) -> None:
@@ -50,6 +48,16 @@ class TorchBackend:
 
     def reset_image(self) -> None:
         self.predictor.reset_image()
+
+
+class TorchBackend(_Backend):
+    """The generator's model calls on a :class:`~segany.modeling.Sam` (any device/precision)."""
+
+    def __init__(self, model: Sam) -> None:
+        self.predictor = SamPredictor(model)
+        self.mask_threshold = float(model.mask_threshold)
+        self.img_size = int(model.image_encoder.img_size)
+        self.device = model.device
 
     def decode_points(
         self, coords: np.ndarray, min_iou: float | None
@@ -73,7 +81,7 @@ class TorchBackend:
         return model.postprocess_masks(low_res[None], self.input_size, crop_size)[0].cpu()
 
 
-class OnnxBackend:
+class OnnxBackend(_Backend):
     """The generator's model calls on an exported ONNX model (:class:`OnnxPredictor`).
 
     The export must keep the multimask outputs (not ``--return-single-mask``), and must
@@ -95,20 +103,6 @@ class OnnxBackend:
         self.img_size = int(predictor.img_size)
         self.device = torch.device("cpu")
 
-    @property
-    def transform(self) -> Any:
-        return self.predictor.transform
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.predictor.input_size
-
-    def set_image(self, image: np.ndarray) -> None:
-        self.predictor.set_image(image)
-
-    def reset_image(self) -> None:
-        self.predictor.reset_image()
-
     def decode_points(
         self, coords: np.ndarray, min_iou: float | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -120,7 +114,7 @@ class OnnxBackend:
             "image_embeddings": p.features,
             "mask_input": np.zeros((1, 1, lh, lw), np.float32),
             "has_mask_input": np.zeros(1, np.float32),
-            # the in-graph upscaling is not used here; the smallest valid size keeps it cheap
+            # the in-graph upscaling is unused here: aim it at the input frame (no extra resize)
             "orig_im_size": np.array(p.input_size, np.float32),
             "point_labels": np.array([[1.0, -1.0]], np.float32),
         }
