@@ -72,9 +72,7 @@ def _records_match(a: list[dict], b: list[dict]) -> None:
 
 
 def test_automatic_masks_equal_on_onnx_backend(bundled, bundled_export, scene):
-    kw = dict(
-        points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.5, crop_n_layers=1
-    )
+    kw = dict(points_per_side=8, pred_iou_thresh=0.2, stability_score_thresh=0.5, crop_n_layers=1)
     torch_records = SamAutomaticMaskGenerator(bundled, **kw).generate(scene)
     onnx_gen = SamAutomaticMaskGenerator(onnx_predictor(bundled_export), **kw)
     assert onnx_gen.predictor.__class__.__name__ == "OnnxPredictor"

@@ -64,9 +64,7 @@ class InteractiveSam(nn.Module):
         s = images.shape[-1]
         valid = valid_img[index]  # (N, S, S)
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
-        skip = (
-            clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
-        )
+        skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
 
         groups = []
         for is_box in (False, True):
