@@ -27,14 +27,15 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_core.py
 
-# Reproduce the bundled model from scratch (CPU, ~2 h on 2 cores), bundle it, evaluate it.
+# Reproduce the bundled model from scratch (CPU, ~110 min on 2 cores), bundle it, evaluate it.
 model: $(VENV)/.installed
 	$(VENV)/bin/segany train configs/segany_tiny.toml
-	$(PY) -m segany.train.bundle runs/segany_tiny/model.safetensors
+	$(VENV)/bin/segany train configs/segany_tiny_stage2.toml
+	$(PY) -m segany.train.bundle runs/segany_tiny_stage2/model.safetensors
 	$(MAKE) eval-model
 
 eval-model: $(VENV)/.installed
-	$(VENV)/bin/segany eval procedural:300:1 --out runs/segany_tiny/eval
+	$(VENV)/bin/segany eval procedural:100:1 --out runs/segany_tiny_stage2/eval
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
