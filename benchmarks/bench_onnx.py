@@ -35,6 +35,20 @@ from bench_core import _rss_kb  # noqa: E402
 from bench_core import machine as core_machine  # noqa: E402
 
 
+def _decoder_ms(predictor, point, labels, multimask: bool) -> tuple[float, np.ndarray]:
+    """Median ``predict`` time in ms over 30 calls after 5 warm-up calls, and the last masks."""
+    for _ in range(5):
+        predictor.predict(point_coords=point, point_labels=labels, multimask_output=multimask)
+    times = []
+    for _ in range(30):
+        t = time.perf_counter()
+        masks, _, _ = predictor.predict(
+            point_coords=point, point_labels=labels, multimask_output=multimask
+        )
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000), masks
+
+
 def worker(args: argparse.Namespace) -> dict:
     from segany.data.sample import sample_image
 
@@ -66,33 +80,19 @@ def worker(args: argparse.Namespace) -> dict:
         predictor.set_image(image)
         times.append(time.perf_counter() - t)
     labels = np.array([1])
-    for _ in range(5):
-        predictor.predict(point_coords=point, point_labels=labels)
-    pt = []
-    for _ in range(30):
-        t = time.perf_counter()
-        masks, _, _ = predictor.predict(point_coords=point, point_labels=labels)
-        pt.append(time.perf_counter() - t)
+    predict_ms, masks = _decoder_ms(predictor, point, labels, multimask=True)
     assert masks.shape == (3, 768, 1024)
     if single is not predictor:  # the single-mask export is decoder-only: reuse the embedding
         single.set_embedding(predictor.get_image_embedding(), image.shape[:2])
-    for _ in range(5):
-        single.predict(point_coords=point, point_labels=labels, multimask_output=False)
-    st = []
-    for _ in range(30):
-        t = time.perf_counter()
-        masks, _, _ = single.predict(
-            point_coords=point, point_labels=labels, multimask_output=False
-        )
-        st.append(time.perf_counter() - t)
+    predict_single_ms, masks = _decoder_ms(single, point, labels, multimask=False)
     assert masks.shape == (1, 768, 1024)
     return {
         "backend": args.backend,
         "precision": precision,
         "set_image_s": float(np.median(times[1:])),
         "set_image_first_s": times[0],
-        "predict_ms": float(np.median(pt) * 1000),
-        "predict_single_ms": float(np.median(st) * 1000),
+        "predict_ms": predict_ms,
+        "predict_single_ms": predict_single_ms,
         "peak_rss_mb": _rss_kb("VmHWM") / 1024,
     }
 

@@ -130,10 +130,9 @@ class OnnxBackend(_Backend):
             rows = torch.arange(len(ious))
         else:
             rows = torch.nonzero((iou_t > min_iou).any(dim=1))[:, 0]
-        low_t = torch.from_numpy(np.stack([lows[i] for i in rows.tolist()])) if len(rows) else None
-        if low_t is None:
-            low_t = torch.zeros(0, 3, lh, lw)
-        return low_t, iou_t, rows
+        if len(rows) == 0:
+            return torch.zeros(0, 3, lh, lw), iou_t, rows
+        return torch.from_numpy(np.stack([lows[i] for i in rows.tolist()])), iou_t, rows
 
     def upscale(self, low_res: torch.Tensor, crop_size: tuple[int, ...]) -> torch.Tensor:
         return transforms.postprocess_masks(
