@@ -26,7 +26,7 @@ from .io.embedding import (
 )
 from .io.image import to_rgb_uint8
 from .modeling import Sam
-from .modeling.fast_decoder import ImageTokens, image_tokens
+from .modeling.fast_decoder import ImageTokens, image_projections, image_tokens
 from .prompts import PromptSet, parse_prompts
 from .transforms import ResizeLongestSide
 
@@ -376,10 +376,12 @@ class SamPredictor:
             dense = dense[:1]
         if decoder.backend == "fast":
             # without a mask prompt the image tokens do not depend on the prompt: cache them
+            # with their projections (see segany.modeling.fast_decoder)
             tokens = self._image_tokens.get(image_index) if mask_input is None else None
             if tokens is None:
                 tokens = image_tokens(features, self._dense_pe, dense.to(dtype))
                 if mask_input is None:
+                    tokens = image_projections(decoder.transformer, tokens)
                     self._image_tokens[image_index] = tokens
             sl = slice(1, None) if multimask_output else slice(0, 1)
             low_res, iou, rows = decoder.decode_fast(tokens, sparse.to(dtype), sl, min_iou)

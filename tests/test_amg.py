@@ -189,6 +189,12 @@ def test_utils_rle_helpers_equal_official():
         assert amg.coco_encode_rle(rle) == official_amg.coco_encode_rle(rle)
     boxes_ours = amg.batched_mask_to_box(masks)
     torch.testing.assert_close(boxes_ours, official_amg.batched_mask_to_box(masks))
+    # boxes straight from logits equal the boxes of the thresholded masks (empty ones too)
+    logits = torch.as_tensor(rng.normal(size=(6, 2, 9, 14)), dtype=torch.float32)
+    logits[0, 0] = -1.0
+    expected = official_amg.batched_mask_to_box(logits > 0.3)
+    assert torch.equal(amg.batched_logits_to_box(logits, 0.3), expected)
+    assert amg.batched_logits_to_box(logits[:0], 0.0).shape == (0, 2, 4)
     crop_ours = amg.generate_crop_boxes((480, 640), 2, 512 / 1500)
     assert crop_ours == official_amg.generate_crop_boxes((480, 640), 2, 512 / 1500)
     np.testing.assert_array_equal(amg.build_point_grid(7), official_amg.build_point_grid(7))

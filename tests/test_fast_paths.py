@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -183,6 +184,69 @@ def test_compile_opt_in_keeps_names_and_results(tiny_model):
         out = compiled.image_encoder(x)
     assert list(compiled.state_dict()) == list(tiny_model.state_dict())
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_cached_image_projections_equal_plain_fast_path(depth):
+    """The per-image projections (first layer shared, PE halves projected once, residual and
+    bias folded into a GEMM) give the transformer's result, for any decoder depth."""
+    from segany.modeling.fast_decoder import (
+        image_projections,
+        image_tokens,
+        two_way_transformer_fast,
+    )
+
+    decoder = dataclasses.replace(TINY.mask_decoder, transformer_depth=depth)
+    cfg = dataclasses.replace(TINY, mask_decoder=decoder)
+    model = randomize_(segany.build_sam_model(cfg), 11).eval()
+    g = torch.Generator().manual_seed(5)
+    pe = model.prompt_encoder
+    sparse, dense = pe((torch.rand(5, 3, 2, generator=g) * 128, torch.ones(5, 3)), None, None)
+    emb = torch.randn(1, sparse.shape[-1], 16, 16, generator=g)
+    tokens = image_tokens(emb, pe.get_dense_pe(), dense[:1])
+    tr = model.mask_decoder.transformer
+    prompt = torch.cat([torch.randn(5, 4, sparse.shape[-1], generator=g), sparse], 1)
+    with torch.no_grad():
+        ref_q, ref_k = two_way_transformer_fast(tr, tokens.src, tokens.pe, prompt)
+        cached = image_projections(tr, tokens)
+        q, k = two_way_transformer_fast(tr, cached.src, cached.pe, prompt, cached.proj)
+    assert len(cached.proj.k_pe) == depth - 1
+    torch.testing.assert_close(q, ref_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, ref_k, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="batch 1"):
+        image_projections(tr, tokens._replace(src=tokens.src.expand(2, -1, -1)))
+
+
+@pytest.mark.parametrize("min_iou", [None, "median"])
+def test_decode_chunks_do_not_change_results(tiny_model, min_iou):
+    """decode_fast run in chunks of 1, 3 or 64 prompts gives the same masks, IoUs and rows."""
+    from segany.modeling.fast_decoder import image_projections, image_tokens
+
+    g = torch.Generator().manual_seed(6)
+    pe, dec = tiny_model.prompt_encoder, tiny_model.mask_decoder
+    sparse, dense = pe((torch.rand(7, 1, 2, generator=g) * 128, torch.ones(7, 1)), None, None)
+    emb = torch.randn(1, sparse.shape[-1], 16, 16, generator=g)
+    tokens = image_projections(dec.transformer, image_tokens(emb, pe.get_dense_pe(), dense[:1]))
+    with torch.no_grad():
+        _, iou, _ = dec.decode_fast(tokens, sparse, slice(1, None), None, chunk=64)
+        thresh = None if min_iou is None else float(iou.max(1).values.median())
+        ref = dec.decode_fast(tokens, sparse, slice(1, None), thresh, chunk=64)
+        for chunk in (1, 3):
+            out = dec.decode_fast(tokens, sparse, slice(1, None), thresh, chunk=chunk)
+            torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
+            if thresh is None:
+                assert out[2] is None and ref[2] is None
+            else:
+                assert 0 < len(ref[2]) < 7 and torch.equal(out[2], ref[2])
+        # per-prompt image tokens (dense mask prompts) are split with their prompts
+        per_prompt = tokens._replace(
+            src=tokens.src + 0.1 * torch.randn(7, *tokens.src.shape[1:], generator=g), proj=None
+        )
+        ref = dec.decode_fast(per_prompt, sparse, slice(1, None), thresh, chunk=64)
+        out = dec.decode_fast(per_prompt, sparse, slice(1, None), thresh, chunk=3)
+        torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
 
 
 def test_low_res_above_is_the_filtered_subset():

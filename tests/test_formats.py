@@ -153,6 +153,9 @@ def test_encode_coco_rle_many_masks_and_dtypes():
     assert encode_coco_rle(masks.astype(np.int64)) == ours
     # a non-contiguous view encodes the same as its copy
     assert encode_coco_rle(masks[::2, :, ::-1]) == encode_coco_rle(masks[::2, :, ::-1].copy())
+    # masks stored column-major ((N, W, H) C-ordered, viewed as (N, H, W)): read without a copy
+    column_major = np.ascontiguousarray(masks.transpose(0, 2, 1)).transpose(0, 2, 1)
+    assert encode_coco_rle(column_major) == ours
     assert encode_coco_rle(np.zeros((0, 5, 4), dtype=bool)) == []
     decoded = decode_coco_rle(ours)
     assert decoded.shape == masks.shape and decoded.dtype == np.bool_

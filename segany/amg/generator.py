@@ -4,12 +4,16 @@ masks, remove duplicates, optionally repeat on zoomed-in crops.
 Same arguments, semantics and output as the official generator; the speed comes from doing
 less work for the same answer:
 
-* the decoder runs on large point batches through its fast path, and the prompt-independent
-  image tokens are computed once per crop;
-* the predicted-IoU filter runs before any upsampling, so only its survivors are upsampled
-  (exactly as the official code upsamples them) for the stability score and binarization;
-* masks are encoded by pycocotools' C RLE encoder, boxes are computed vectorized, and the
-  per-mask Python loops of the official code are gone;
+* the decoder runs on point batches through its fast path, with the prompt-independent image
+  tokens and their projections computed once per crop (see
+  :mod:`segany.modeling.fast_decoder`);
+* the predicted-IoU filter runs before the decoder's upscaler and before any upsampling, so
+  only its survivors are upsampled (exactly as the official code upsamples them, a few at a
+  time so their full-resolution logits stay in cache) for the stability score and
+  binarization;
+* boxes come from row/column maxima of the logits, masks are binarized straight into the
+  column-major order of COCO RLE and encoded by pycocotools' C encoder, and the per-mask
+  Python loops of the official code are gone;
 * masks keep the official order everywhere, so NMS keeps exactly the same masks.
 """
 
@@ -27,6 +31,7 @@ from ..modeling import Sam
 from ..runtime.onnx_predictor import OnnxPredictor
 from ..utils.amg import (
     MaskData,
+    batched_logits_to_box,
     batched_mask_to_box,
     box_xyxy_to_xywh,
     build_all_layer_point_grids,
@@ -41,7 +46,7 @@ from ..utils.amg import (
 from .backends import OnnxBackend, TorchBackend, make_backend
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-UPSAMPLE_CHUNK = 16  # survivors upsampled to full resolution at once
+UPSAMPLE_CHUNK = 4  # survivors upsampled at once (their full-res logits then stay in cache)
 
 
 def _encode(masks: torch.Tensor) -> list[dict[str, Any]]:
@@ -257,14 +262,20 @@ class SamAutomaticMaskGenerator:
             ok = torch.ones(len(sel), dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
                 ok = stability >= self.stability_score_thresh
-            masks = logits[ok] > b.mask_threshold
-            boxes = batched_mask_to_box(masks)
+            logits = logits[ok]
+            boxes = batched_logits_to_box(logits, b.mask_threshold)
             edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            masks, boxes = masks[edge_ok], boxes[edge_ok]
+            logits, boxes = logits[edge_ok], boxes[edge_ok]
             sel = sel[ok][edge_ok]
+            # binarized straight into column-major (K, W, H) order, the order COCO RLE runs
+            # in, so the encoder reads the masks without another transposing copy
+            masks_wh = logits.transpose(1, 2) > b.mask_threshold
+            masks_wh = masks_wh.contiguous()
+            x0, y0, x1, y1 = crop_box
+            masks_wh = uncrop_masks(masks_wh, [y0, x0, y1, x1], orig_w, orig_h)
             out.cat(
                 MaskData(
-                    rles=_encode(uncrop_masks(masks, crop_box, orig_h, orig_w)),
+                    rles=_encode(masks_wh.transpose(1, 2)),
                     boxes=boxes,
                     iou_preds=iou_preds[sel],
                     points=pts[sel],

@@ -215,8 +215,9 @@ def encode_coco_rle(masks: np.ndarray) -> RLE | list[RLE]:
     n, h, w = stack.shape
     if n == 0:
         return []
-    # (H, W, N) in Fortran order is (N, W, H) in C order: one transposing copy, cast to uint8.
-    fortran = np.asarray(stack.transpose(1, 2, 0), dtype=np.uint8, order="F")
+    # (H, W, N) in Fortran order is (N, W, H) in C order: one transposing copy, unless the
+    # masks already are a transposed view of (N, W, H) C-ordered data (then none).
+    fortran = np.asarray(stack.view(np.uint8).transpose(1, 2, 0), order="F")
     encoded = mask_utils.encode(fortran)
     out = [{"size": [h, w], "counts": r["counts"].decode("ascii")} for r in encoded]
     return out[0] if single else out

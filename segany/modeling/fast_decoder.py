@@ -12,6 +12,15 @@ arithmetic:
 * image -> token: ``s (W_q x + b_q) . k_h = x . (s W_q,h^T k_h) + s b_q,h . k_h`` and the output
   projection is applied to the T values before mixing: ``sum_t p_t (W_o,h v_t)``.
 
+When many prompts share one image (the predictor and the automatic mask generator cache
+:class:`ImageProjections` per image), more of the work is done once per image instead of once
+per prompt: the first layer's image tokens do not depend on the prompt, so their key, value and
+query projections are computed once and each prompt only attends over them (``N x I`` per head
+instead of ``N x C x H*T``); in later layers the positional-encoding half of ``keys + pe`` is
+projected once per image, so ``keys + pe`` is never materialized per prompt; the residual add
+and the output-projection bias of the image -> token attention are folded into one GEMM
+(``sum_t p_t = 1`` per head, so adding ``b_o / H`` to every folded value adds ``b_o``).
+
 The two stride-2 transposed convolutions of the upscaler are per-pixel linear maps; they run as
 channels-last GEMMs (the second one fused with its GELU in one oneDNN kernel on CPU) and the
 pixel shuffle is applied once at the end, after the hypernetwork product, and only for the mask
@@ -129,16 +138,35 @@ def attend_image_to_tokens(
     return _matmul(probs.transpose(1, 2), v_out, attn.out_proj.bias.reshape(1, 1, c))
 
 
+class ImageProjections(NamedTuple):
+    """Prompt-independent projections of one image's tokens (see the module docstring).
+
+    All are ``(H, N, d)`` (heads, image tokens, head width): ``k0``/``v0`` the first layer's
+    token -> image keys of ``src + pe`` and values of ``src``, ``q0`` its image -> token queries
+    of ``src + pe`` (with biases); ``k_pe``/``q_pe`` one per later layer and ``k_pe_final`` the
+    same projections of ``pe`` alone (no bias).
+    """
+
+    k0: torch.Tensor
+    v0: torch.Tensor
+    q0: torch.Tensor
+    k_pe: tuple[torch.Tensor, ...]
+    q_pe: tuple[torch.Tensor, ...]
+    k_pe_final: torch.Tensor
+
+
 class ImageTokens(NamedTuple):
     """Prompt-independent decoder inputs in channels-last layout, computed once per image.
 
     ``src`` ``(1 or B, N, C)`` is the image embedding plus the dense prompt embedding,
-    ``pe`` ``(1, N, C)`` the positional encoding, ``size`` the ``(h, w)`` embedding grid.
+    ``pe`` ``(1, N, C)`` the positional encoding, ``size`` the ``(h, w)`` embedding grid,
+    ``proj`` optional cached :class:`ImageProjections` (only for a shared ``src``).
     """
 
     src: torch.Tensor
     pe: torch.Tensor
     size: tuple[int, int]
+    proj: ImageProjections | None = None
 
 
 def image_tokens(
@@ -154,42 +182,181 @@ def image_tokens(
     return ImageTokens(src.contiguous(), pe.contiguous(), (h, w))
 
 
+def _projected_heads(linear: torch.nn.Linear, x: torch.Tensor, h: int, bias: bool) -> torch.Tensor:
+    """``(1, N, C)`` -> ``linear(x)`` split into heads ``(H, N, d)``."""
+    y = F.linear(x[0], linear.weight, linear.bias if bias else None)
+    n, i = y.shape
+    return y.reshape(n, h, i // h).transpose(0, 1).contiguous()
+
+
+def image_projections(tr: TwoWayTransformer, tokens: ImageTokens) -> ImageTokens:
+    """``tokens`` with :class:`ImageProjections` attached (costs about one prompt's decode;
+    pays off from the second prompt on the same image). ``tokens.src`` must be shared
+    (batch 1)."""
+    if tokens.src.shape[0] != 1:
+        raise ValueError("image projections need image tokens shared by all prompts (batch 1)")
+    src, pe = tokens.src, tokens.pe
+    first, later = tr.layers[0], tr.layers[1:]
+    h = first.cross_attn_token_to_image.num_heads
+    src_pe = src + pe
+    proj = ImageProjections(
+        k0=_projected_heads(first.cross_attn_token_to_image.k_proj, src_pe, h, True),
+        v0=_projected_heads(first.cross_attn_token_to_image.v_proj, src, h, True),
+        q0=_projected_heads(first.cross_attn_image_to_token.q_proj, src_pe, h, True),
+        k_pe=tuple(
+            _projected_heads(layer.cross_attn_token_to_image.k_proj, pe, h, False)
+            for layer in later
+        ),
+        q_pe=tuple(
+            _projected_heads(layer.cross_attn_image_to_token.q_proj, pe, h, False)
+            for layer in later
+        ),
+        k_pe_final=_projected_heads(tr.final_attn_token_to_image.k_proj, pe, h, False),
+    )
+    return tokens._replace(proj=proj)
+
+
+def _rows_by_head(x: torch.Tensor, h: int) -> torch.Tensor:
+    """``(B, T, I) -> (H, B*T, d)``."""
+    b, t, i = x.shape
+    return x.reshape(b * t, h, i // h).transpose(0, 1)
+
+
+def _prompt_major(x: torch.Tensor, b: int) -> torch.Tensor:
+    """``(H, B*T, N) -> (B, H*T, N)``."""
+    h, bt, n = x.shape
+    return x.reshape(h, b, bt // b, n).transpose(0, 1).reshape(b, bt // b * h, n)
+
+
+def attend_tokens_to_projected_image(
+    attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
+    """``attn(q_in, image + pe, image)`` given the image's projected keys and values.
+
+    Args:
+        q_in: ``(B, T, C)``. k, v: ``(H, N, d)`` shared by all prompts.
+    Returns:
+        ``(B, T, C)``.
+    """
+    h = attn.num_heads
+    b, t, _ = q_in.shape
+    d = k.shape[-1]
+    q = _rows_by_head(attn.q_proj(q_in) * (1.0 / math.sqrt(d)), h)  # (H, B*T, d)
+    mixed = torch.bmm(torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1), v)  # (H, B*T, d)
+    return attn.out_proj(mixed.transpose(0, 1).reshape(b, t, h * d))
+
+
+def attend_tokens_to_image_pe(
+    attn: Attention, q_in: torch.Tensor, image: torch.Tensor, k_pe: torch.Tensor
+) -> torch.Tensor:
+    """``attn(q_in, image + pe, image)`` for per-prompt ``image (B, N, C)`` with the PE's key
+    projection ``k_pe (H, N, d)`` computed once per image. Returns ``(B, T, C)``."""
+    h = attn.num_heads
+    b, t, c = q_in.shape
+    d = k_pe.shape[-1]
+    q = attn.q_proj(q_in) * (1.0 / math.sqrt(d))  # (B, T, I)
+    pe_scores = _prompt_major(torch.bmm(_rows_by_head(q, h), k_pe.transpose(1, 2)), b)
+    q_fold = (_heads(q, h) @ attn.k_proj.weight.reshape(h, d, c)).reshape(b, h * t, c)
+    scores = torch.baddbmm(pe_scores, q_fold, image.transpose(1, 2))  # (B, H*T, N)
+    mixed = torch.bmm(scores.softmax(dim=-1), image)  # (B, H*T, C)
+    out = mixed.reshape(b, h, t, c) @ attn.v_proj.weight.reshape(h, d, c).transpose(1, 2)
+    out = out + attn.v_proj.bias.reshape(1, h, 1, d)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+
+
+def image_plus_attention_to_tokens(
+    attn: Attention,
+    image: torch.Tensor,
+    k_in: torch.Tensor,
+    v_in: torch.Tensor,
+    *,
+    q_image: torch.Tensor | None = None,
+    q_pe: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``image + attn(image + pe, k_in, v_in)`` with projections cached per image.
+
+    Args:
+        image: ``(1 or B, N, C)`` image tokens (without PE).
+        k_in, v_in: ``(B, T, C)`` prompt tokens.
+        q_image: ``(H, N, d)`` projected queries of ``image + pe`` (shared ``image``), or
+        q_pe: ``(H, N, d)`` query projection of the PE alone (per-prompt ``image``).
+    Returns:
+        ``(B, N, C)``.
+    """
+    h = attn.num_heads
+    b, t, c = k_in.shape
+    n = image.shape[1]
+    k = attn.k_proj(k_in)  # (B, T, I)
+    d = k.shape[-1] // h
+    k = k * (1.0 / math.sqrt(d))
+    if q_image is not None:
+        scores = _prompt_major(torch.bmm(_rows_by_head(k, h), q_image.transpose(1, 2)), b)
+    else:
+        assert q_pe is not None
+        kh = _heads(k, h)  # (B, H, T, d)
+        bias = (kh * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(b, h * t, 1)
+        pe_scores = _prompt_major(torch.bmm(_rows_by_head(k, h), q_pe.transpose(1, 2)), b)
+        k_fold = (kh @ attn.q_proj.weight.reshape(h, d, c)).reshape(b, h * t, c)
+        scores = torch.baddbmm(pe_scores + bias, k_fold, image.transpose(1, 2))
+    probs = scores.reshape(b, h, t, n).softmax(dim=2).reshape(b, h * t, n)
+    v = _heads(attn.v_proj(v_in), h)  # (B, H, T, d)
+    wo = attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # (H, d, C)
+    v_out = (v @ wo).reshape(b, h * t, c) + attn.out_proj.bias / h
+    return torch.baddbmm(image, probs.transpose(1, 2), v_out)
+
+
 def two_way_transformer_fast(
     tr: TwoWayTransformer,
     image_tokens: torch.Tensor,
     pe_tokens: torch.Tensor,
     point_embedding: torch.Tensor,
+    proj: ImageProjections | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same as ``TwoWayTransformer.forward`` with channels-last image tokens.
 
     Args:
         image_tokens: ``(B or 1, N, C)``; pe_tokens ``(1, N, C)``; point_embedding ``(B, T, C)``.
+        proj: :class:`ImageProjections` of ``image_tokens`` (batch 1), or ``None``.
     Returns:
         tokens ``(B, T, C)``, image tokens ``(B, N, C)``.
     """
     queries, keys, query_pe = point_embedding, image_tokens, point_embedding
-    for layer in tr.layers:
+    for i, layer in enumerate(tr.layers):
         if layer.skip_first_layer_pe:
             queries = layer.self_attn(queries, queries, queries)
         else:
             q = queries + query_pe
             queries = queries + layer.self_attn(q, q, queries)
         queries = layer.norm1(queries)
-        k = keys + pe_tokens
         q = queries + query_pe
-        queries = layer.norm2(
-            queries + attend_tokens_to_image(layer.cross_attn_token_to_image, q, k, keys)
-        )
+        t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+        if proj is None:
+            k = keys + pe_tokens
+            queries = layer.norm2(queries + attend_tokens_to_image(t2i, q, k, keys))
+        elif i == 0:
+            queries = layer.norm2(
+                queries + attend_tokens_to_projected_image(t2i, q, proj.k0, proj.v0)
+            )
+        else:
+            queries = layer.norm2(
+                queries + attend_tokens_to_image_pe(t2i, q, keys, proj.k_pe[i - 1])
+            )
         queries = layer.norm3(queries + layer.mlp(queries))
         q = queries + query_pe
-        keys = layer.norm4(
-            keys + attend_image_to_tokens(layer.cross_attn_image_to_token, k, q, queries)
-        )
+        if proj is None:
+            keys = keys + attend_image_to_tokens(i2t, k, q, queries)
+        elif i == 0:
+            keys = image_plus_attention_to_tokens(i2t, keys, q, queries, q_image=proj.q0)
+        else:
+            keys = image_plus_attention_to_tokens(i2t, keys, q, queries, q_pe=proj.q_pe[i - 1])
+        keys = layer.norm4(keys)
     q = queries + point_embedding
-    k = keys + pe_tokens
-    queries = tr.norm_final_attn(
-        queries + attend_tokens_to_image(tr.final_attn_token_to_image, q, k, keys)
-    )
+    final = tr.final_attn_token_to_image
+    if proj is None:
+        attn_out = attend_tokens_to_image(final, q, keys + pe_tokens, keys)
+    else:
+        attn_out = attend_tokens_to_image_pe(final, q, keys, proj.k_pe_final)
+    queries = tr.norm_final_attn(queries + attn_out)
     return queries, keys
 
 
@@ -221,7 +388,7 @@ def upscale_masks_fast(
     else:
         y = act2(torch.addmm(conv2.bias.repeat(4), y, w2))
     m = hyper_in.shape[1]
-    y = y.reshape(b, n * 16, c2) @ hyper_in.transpose(1, 2)  # (B, N*16, M)
+    y = hyper_in @ y.reshape(b, n * 16, c2).transpose(1, 2)  # (B, M, N*16)
     # index order (i, j, a, b, a2, b2): row = 4i + 2a + a2, col = 4j + 2b + b2
-    y = y.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    y = y.reshape(b, m, h, w, 2, 2, 2, 2).permute(0, 1, 2, 4, 6, 3, 5, 7)
     return y.reshape(b, m, 4 * h, 4 * w)

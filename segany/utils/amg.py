@@ -164,11 +164,23 @@ def batched_mask_to_box(masks: torch.Tensor) -> torch.Tensor:
     """``(..., H, W)`` bool -> ``(..., 4)`` int64 XYXY inclusive boxes; empty masks give zeros."""
     if masks.numel() == 0:
         return torch.zeros(*masks.shape[:-2], 4, dtype=torch.int64, device=masks.device)
-    h, w = masks.shape[-2:]
-    rows = masks.any(dim=-1)  # (..., H)
-    cols = masks.any(dim=-2)  # (..., W)
-    ar_h = torch.arange(h, device=masks.device)
-    ar_w = torch.arange(w, device=masks.device)
+    return _box_from_projections(masks.any(dim=-1), masks.any(dim=-2))
+
+
+def batched_logits_to_box(logits: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``batched_mask_to_box(logits > threshold)`` without forming the masks: a row or column
+    holds mask pixels exactly when its maximum logit exceeds the threshold (a float max
+    reduction is several times faster than a bool one). ``(..., H, W)`` -> ``(..., 4)``."""
+    if logits.numel() == 0:
+        return torch.zeros(*logits.shape[:-2], 4, dtype=torch.int64, device=logits.device)
+    return _box_from_projections(logits.amax(dim=-1) > threshold, logits.amax(dim=-2) > threshold)
+
+
+def _box_from_projections(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """XYXY boxes from ``rows (..., H)`` / ``cols (..., W)``: whether each holds mask pixels."""
+    h, w = rows.shape[-1], cols.shape[-1]
+    ar_h = torch.arange(h, device=rows.device)
+    ar_w = torch.arange(w, device=rows.device)
     top = torch.where(rows, ar_h, h).amin(-1)
     bottom = torch.where(rows, ar_h, -1).amax(-1)
     left = torch.where(cols, ar_w, w).amin(-1)
