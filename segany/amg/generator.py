@@ -259,27 +259,30 @@ class SamAutomaticMaskGenerator:
             stability = calculate_stability_score(
                 logits, b.mask_threshold, self.stability_score_offset
             )
-            ok = torch.ones(len(sel), dtype=torch.bool)
+            keep = torch.ones(len(sel), dtype=torch.bool)
             if self.stability_score_thresh > 0.0:
-                ok = stability >= self.stability_score_thresh
-            logits = logits[ok]
+                keep = stability >= self.stability_score_thresh
+            # the edge test is per mask, so it can run on the whole chunk (boxes are cheap)
             boxes = batched_logits_to_box(logits, b.mask_threshold)
-            edge_ok = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
-            logits, boxes = logits[edge_ok], boxes[edge_ok]
-            sel = sel[ok][edge_ok]
-            # binarized straight into column-major (K, W, H) order, the order COCO RLE runs
-            # in, so the encoder reads the masks without another transposing copy
-            masks_wh = logits.transpose(1, 2) > b.mask_threshold
-            masks_wh = masks_wh.contiguous()
+            keep &= ~is_box_near_crop_edge(boxes, crop_box, [0, 0, orig_w, orig_h])
+            kept = torch.nonzero(keep)[:, 0]
+            if len(kept) == 0:
+                continue
+            # binarized straight into column-major (W, H) order, the order COCO RLE runs in,
+            # so the encoder reads the masks without another transposing copy
+            masks_wh = torch.stack(
+                [(logits[i].t() > b.mask_threshold).contiguous() for i in kept.tolist()]
+            )
             x0, y0, x1, y1 = crop_box
             masks_wh = uncrop_masks(masks_wh, [y0, x0, y1, x1], orig_w, orig_h)
+            sel = sel[kept]
             out.cat(
                 MaskData(
                     rles=_encode(masks_wh.transpose(1, 2)),
-                    boxes=boxes,
+                    boxes=boxes[kept],
                     iou_preds=iou_preds[sel],
                     points=pts[sel],
-                    stability_score=stability[ok][edge_ok],
+                    stability_score=stability[kept],
                 )
             )
         return out
