@@ -273,7 +273,7 @@ class SamAutomaticMaskGenerator:
             masks_wh = torch.stack(
                 [(logits[i].t() > b.mask_threshold).contiguous() for i in kept.tolist()]
             )
-            x0, y0, x1, y1 = crop_box
+            x0, y0, x1, y1 = crop_box  # (W, H) masks: pad with the axes swapped
             masks_wh = uncrop_masks(masks_wh, [y0, x0, y1, x1], orig_w, orig_h)
             sel = sel[kept]
             out.cat(

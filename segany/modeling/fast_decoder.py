@@ -85,6 +85,42 @@ def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.reshape(b, t, h, i // h).transpose(1, 2)
 
 
+def _fold_into_tokens(linear: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``x (B, H, T, d)`` per-head token vectors times the head blocks of ``linear``'s weight
+    ``(H*d, C)``: ``(B, H*T, C)``, so that ``x_h . (W_h y) = fold . y`` for any image token y."""
+    b, h, t, d = x.shape
+    return (x @ linear.weight.reshape(h, d, -1)).reshape(b, h * t, -1)
+
+
+def _mixed_values_to_output(attn: Attention, mixed: torch.Tensor, t: int) -> torch.Tensor:
+    """Token -> image output from ``mixed (B, H*T, C)``, the attention-weighted image tokens:
+    each head's value projection (plus bias: the weights sum to one), then ``out_proj``."""
+    h = attn.num_heads
+    b, _, c = mixed.shape
+    wv = attn.v_proj.weight.reshape(h, -1, c)  # (H, d, C)
+    out = mixed.reshape(b, h, t, c) @ wv.transpose(1, 2)  # (B, H, T, d)
+    out = out + attn.v_proj.bias.reshape(1, h, 1, -1)
+    return attn.out_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+def _values_through_output(attn: Attention, v_in: torch.Tensor) -> torch.Tensor:
+    """Image -> token values ``(B, H*T, C)``: each head's projected values ``v_proj(v_in)``
+    already through its block of ``out_proj`` (applied before mixing, not after)."""
+    h = attn.num_heads
+    b, t, c = v_in.shape
+    v = _heads(attn.v_proj(v_in), h)  # (B, H, T, d)
+    wo = attn.out_proj.weight.reshape(c, h, -1).permute(1, 2, 0)  # (H, d, C)
+    return (v @ wo).reshape(b, h * t, c)
+
+
+def _query_bias_scores(attn: Attention, k: torch.Tensor) -> torch.Tensor:
+    """The query bias's share of the image -> token scores, ``b_q,h . k_h`` for the (scaled)
+    per-head keys ``k (B, H, T, d)``: ``(B, H*T, 1)`` (constant over image tokens, but not
+    dropped: the softmax runs over the tokens)."""
+    b, h, t, d = k.shape
+    return (k * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(b, h * t, 1)
+
+
 def attend_tokens_to_image(
     attn: Attention, q_in: torch.Tensor, k_in: torch.Tensor, v_in: torch.Tensor
 ) -> torch.Tensor:
@@ -95,18 +131,11 @@ def attend_tokens_to_image(
     Returns:
         ``(B, T, C)``.
     """
-    h = attn.num_heads
-    b, t, c = q_in.shape
-    q = _heads(attn.q_proj(q_in), h)  # (B, H, T, d)
-    d = q.shape[-1]
-    wk = attn.k_proj.weight.reshape(h, d, c)  # (H, d, C)
-    q_fold = (q @ wk).reshape(b, h * t, c) * (1.0 / math.sqrt(d))  # (B, H*T, C)
+    q = _heads(attn.q_proj(q_in), attn.num_heads)  # (B, H, T, d)
+    q_fold = _fold_into_tokens(attn.k_proj, q) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H*T, C)
     scores = _matmul(q_fold, k_in.transpose(1, 2))  # (B, H*T, N)
     mixed = _matmul(scores.softmax(dim=-1), v_in)  # (B, H*T, C)
-    wv = attn.v_proj.weight.reshape(h, d, c)
-    out = mixed.reshape(b, h, t, c) @ wv.transpose(1, 2)  # (B, H, T, d)
-    out = out + attn.v_proj.bias.reshape(1, h, 1, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+    return _mixed_values_to_output(attn, mixed, q_in.shape[1])
 
 
 def attend_image_to_tokens(
@@ -122,19 +151,14 @@ def attend_image_to_tokens(
     h = attn.num_heads
     b, t, c = k_in.shape
     k = _heads(attn.k_proj(k_in), h)  # (B, H, T, d)
-    v = _heads(attn.v_proj(v_in), h)
-    d = k.shape[-1]
-    scale = 1.0 / math.sqrt(d)
-    wq = attn.q_proj.weight.reshape(h, d, c)
-    k_fold = (k @ wq).reshape(b, h * t, c) * scale  # (B, H*T, C)
-    bias = (k * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(b, h * t, 1) * scale
+    k = k * (1.0 / math.sqrt(k.shape[-1]))
+    k_fold, bias = _fold_into_tokens(attn.q_proj, k), _query_bias_scores(attn, k)
     # scores laid out (B, H*T, N): the softmax over T then runs over a middle axis, vectorized
     # along N (a last-axis softmax over ~7 values is very slow on CPU).
     scores = _matmul(k_fold, q_in.transpose(1, 2), bias)
     n = scores.shape[-1]
     probs = scores.reshape(b, h, t, n).softmax(dim=2).reshape(b, h * t, n)
-    wo = attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # (H, d, C)
-    v_out = (v @ wo).reshape(b, h * t, c)  # (B, H*T, C)
+    v_out = _values_through_output(attn, v_in)  # (B, H*T, C)
     return _matmul(probs.transpose(1, 2), v_out, attn.out_proj.bias.reshape(1, 1, c))
 
 
@@ -252,16 +276,13 @@ def attend_tokens_to_image_pe(
     """``attn(q_in, image + pe, image)`` for per-prompt ``image (B, N, C)`` with the PE's key
     projection ``k_pe (H, N, d)`` computed once per image. Returns ``(B, T, C)``."""
     h = attn.num_heads
-    b, t, c = q_in.shape
-    d = k_pe.shape[-1]
-    q = attn.q_proj(q_in) * (1.0 / math.sqrt(d))  # (B, T, I)
+    b, t, _ = q_in.shape
+    q = attn.q_proj(q_in) * (1.0 / math.sqrt(k_pe.shape[-1]))  # (B, T, I)
     pe_scores = _prompt_major(torch.bmm(_rows_by_head(q, h), k_pe.transpose(1, 2)), b)
-    q_fold = (_heads(q, h) @ attn.k_proj.weight.reshape(h, d, c)).reshape(b, h * t, c)
+    q_fold = _fold_into_tokens(attn.k_proj, _heads(q, h))  # (B, H*T, C)
     scores = torch.baddbmm(pe_scores, q_fold, image.transpose(1, 2))  # (B, H*T, N)
     mixed = torch.bmm(scores.softmax(dim=-1), image)  # (B, H*T, C)
-    out = mixed.reshape(b, h, t, c) @ attn.v_proj.weight.reshape(h, d, c).transpose(1, 2)
-    out = out + attn.v_proj.bias.reshape(1, h, 1, d)
-    return attn.out_proj(out.transpose(1, 2).reshape(b, t, h * d))
+    return _mixed_values_to_output(attn, mixed, t)
 
 
 def image_plus_attention_to_tokens(
@@ -284,24 +305,22 @@ def image_plus_attention_to_tokens(
         ``(B, N, C)``.
     """
     h = attn.num_heads
-    b, t, c = k_in.shape
+    b, t, _ = k_in.shape
     n = image.shape[1]
     k = attn.k_proj(k_in)  # (B, T, I)
-    d = k.shape[-1] // h
-    k = k * (1.0 / math.sqrt(d))
+    k = k * (1.0 / math.sqrt(k.shape[-1] // h))
     if q_image is not None:
         scores = _prompt_major(torch.bmm(_rows_by_head(k, h), q_image.transpose(1, 2)), b)
     else:
         assert q_pe is not None
         kh = _heads(k, h)  # (B, H, T, d)
-        bias = (kh * attn.q_proj.bias.reshape(1, h, 1, d)).sum(-1).reshape(b, h * t, 1)
         pe_scores = _prompt_major(torch.bmm(_rows_by_head(k, h), q_pe.transpose(1, 2)), b)
-        k_fold = (kh @ attn.q_proj.weight.reshape(h, d, c)).reshape(b, h * t, c)
-        scores = torch.baddbmm(pe_scores + bias, k_fold, image.transpose(1, 2))
+        k_fold = _fold_into_tokens(attn.q_proj, kh)  # (B, H*T, C)
+        scores = torch.baddbmm(
+            pe_scores + _query_bias_scores(attn, kh), k_fold, image.transpose(1, 2)
+        )
     probs = scores.reshape(b, h, t, n).softmax(dim=2).reshape(b, h * t, n)
-    v = _heads(attn.v_proj(v_in), h)  # (B, H, T, d)
-    wo = attn.out_proj.weight.reshape(c, h, d).permute(1, 2, 0)  # (H, d, C)
-    v_out = (v @ wo).reshape(b, h * t, c) + attn.out_proj.bias / h
+    v_out = _values_through_output(attn, v_in) + attn.out_proj.bias / h
     return torch.baddbmm(image, probs.transpose(1, 2), v_out)
 
 
