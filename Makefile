@@ -30,12 +30,11 @@ bench: $(VENV)/.installed
 # Reproduce the bundled model from scratch (CPU, ~110 min on 2 cores), bundle it, evaluate it.
 model: $(VENV)/.installed
 	$(VENV)/bin/segany train configs/segany_tiny.toml
-	$(VENV)/bin/segany train configs/segany_tiny_stage2.toml
-	$(PY) -m segany.train.bundle runs/segany_tiny_stage2/model.safetensors
+	$(PY) -m segany.train.bundle runs/segany_tiny/model.safetensors
 	$(MAKE) eval-model
 
 eval-model: $(VENV)/.installed
-	$(VENV)/bin/segany eval procedural:100:1 --out runs/segany_tiny_stage2/eval
+	$(VENV)/bin/segany eval procedural:100:1 --out runs/segany_tiny/eval
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info

@@ -93,13 +93,13 @@ VIT_H = SamConfig(
     ),
 )
 
-# segany's own small model (the bundled default): a 6-block ViT at 256 px with 16 px patches
-# (a 16x16 embedding grid, 64x64 low-res masks) and the standard prompt encoder and decoder.
+# segany's own small model (the bundled default): a 6-block ViT at 256 px with 8 px patches
+# (a 32x32 embedding grid, 128x128 low-res masks) and the standard prompt encoder and decoder.
 SEGANY_TINY = SamConfig(
     name="segany_tiny",
     image_encoder=ImageEncoderConfig(
         img_size=256,
-        patch_size=16,
+        patch_size=8,
         embed_dim=192,
         depth=6,
         num_heads=3,
