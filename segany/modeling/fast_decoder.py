@@ -246,10 +246,13 @@ def _rows_by_head(x: torch.Tensor, h: int) -> torch.Tensor:
     return x.reshape(b * t, h, i // h).transpose(0, 1)
 
 
-def _prompt_major(x: torch.Tensor, b: int) -> torch.Tensor:
-    """``(H, B*T, N) -> (B, H*T, N)``."""
-    h, bt, n = x.shape
-    return x.reshape(h, b, bt // b, n).transpose(0, 1).reshape(b, bt // b * h, n)
+def _scores_against_shared(x: torch.Tensor, shared: torch.Tensor) -> torch.Tensor:
+    """Per-head dot products of prompt rows ``x (B, T, H*d)`` with image rows projected once
+    per image, ``shared (H, N, d)``: ``(B, H*T, N)``, laid out like the folded paths' scores."""
+    h, n, _ = shared.shape
+    b, t, _ = x.shape
+    y = torch.bmm(_rows_by_head(x, h), shared.transpose(1, 2))  # (H, B*T, N)
+    return y.reshape(h, b, t, n).transpose(0, 1).reshape(b, h * t, n)
 
 
 def attend_tokens_to_projected_image(
@@ -276,13 +279,11 @@ def attend_tokens_to_image_pe(
     """``attn(q_in, image + pe, image)`` for per-prompt ``image (B, N, C)`` with the PE's key
     projection ``k_pe (H, N, d)`` computed once per image. Returns ``(B, T, C)``."""
     h = attn.num_heads
-    b, t, _ = q_in.shape
     q = attn.q_proj(q_in) * (1.0 / math.sqrt(k_pe.shape[-1]))  # (B, T, I)
-    pe_scores = _prompt_major(torch.bmm(_rows_by_head(q, h), k_pe.transpose(1, 2)), b)
     q_fold = _fold_into_tokens(attn.k_proj, _heads(q, h))  # (B, H*T, C)
-    scores = torch.baddbmm(pe_scores, q_fold, image.transpose(1, 2))  # (B, H*T, N)
+    scores = torch.baddbmm(_scores_against_shared(q, k_pe), q_fold, image.transpose(1, 2))
     mixed = torch.bmm(scores.softmax(dim=-1), image)  # (B, H*T, C)
-    return _mixed_values_to_output(attn, mixed, t)
+    return _mixed_values_to_output(attn, mixed, q_in.shape[1])
 
 
 def image_plus_attention_to_tokens(
@@ -310,15 +311,13 @@ def image_plus_attention_to_tokens(
     k = attn.k_proj(k_in)  # (B, T, I)
     k = k * (1.0 / math.sqrt(k.shape[-1] // h))
     if q_image is not None:
-        scores = _prompt_major(torch.bmm(_rows_by_head(k, h), q_image.transpose(1, 2)), b)
+        scores = _scores_against_shared(k, q_image)  # (B, H*T, N)
     else:
         assert q_pe is not None
         kh = _heads(k, h)  # (B, H, T, d)
-        pe_scores = _prompt_major(torch.bmm(_rows_by_head(k, h), q_pe.transpose(1, 2)), b)
         k_fold = _fold_into_tokens(attn.q_proj, kh)  # (B, H*T, C)
-        scores = torch.baddbmm(
-            pe_scores + _query_bias_scores(attn, kh), k_fold, image.transpose(1, 2)
-        )
+        pe_scores = _scores_against_shared(k, q_pe) + _query_bias_scores(attn, kh)
+        scores = torch.baddbmm(pe_scores, k_fold, image.transpose(1, 2))
     probs = scores.reshape(b, h, t, n).softmax(dim=2).reshape(b, h * t, n)
     v_out = _values_through_output(attn, v_in) + attn.out_proj.bias / h
     return torch.baddbmm(image, probs.transpose(1, 2), v_out)
