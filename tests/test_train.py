@@ -134,6 +134,20 @@ def test_no_point_rounds_one_random_one_last():
         clicks.no_point_rounds(5, 8)
 
 
+def test_gradient_rounds_first_always_plus_random_others():
+    assert clicks.gradient_rounds(11, 0) == set(range(11))  # the paper: every round
+    assert clicks.gradient_rounds(11, 11) == set(range(11))
+    assert clicks.gradient_rounds(1, 3) == {0}
+    seen = set()
+    for s in range(40):
+        r = clicks.gradient_rounds(11, 3, torch.Generator().manual_seed(s))
+        assert len(r) == 3 and 0 in r and r <= set(range(11))
+        seen |= r
+    assert seen == set(range(11))
+    with pytest.raises(ValueError, match="num_graded"):
+        clicks.gradient_rounds(11, -1)
+
+
 # ---------------------------------------------------------------------------- config
 
 
@@ -188,6 +202,8 @@ def test_from_scratch_init_aligns_decoder_queries_and_keys():
     assert ratio == pytest.approx(DECODER_QK_GAIN, rel=0.15)
     with pytest.raises(ValueError, match="first_prompt_steps"):
         TrainConfig(first_prompt_steps=-1)
+    with pytest.raises(ValueError, match="grad_rounds"):
+        TrainConfig(rounds=3, grad_rounds=4)
 
 
 # ---------------------------------------------------------------------------- runs
@@ -220,6 +236,42 @@ def _cfg(tmp_path: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.parametrize("grad_rounds", [0, 2])
+def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_rounds):
+    from segany.train import engine
+    from segany.train.data import StepBatches, open_training_data
+
+    cfg = _cfg(tmp_path, grad_rounds=grad_rounds)
+    sam = segany.load_model(cfg.init, precision="fp32", device="cpu").train()
+    batch = StepBatches(
+        open_training_data(cfg.data),
+        cfg,
+        img_size=sam.image_encoder.img_size,
+        pixel_mean=sam.pixel_mean.flatten().tolist(),
+        pixel_std=sam.pixel_std.flatten().tolist(),
+    ).batch(0)
+    calls = []
+    real = engine.sam_loss
+
+    def spy(*args, **kw):
+        out = real(*args, **kw)
+        calls.append((torch.is_grad_enabled(), out["loss"].requires_grad))
+        return out
+
+    monkeypatch.setattr(engine, "sam_loss", spy)
+    out = engine.InteractiveSam(sam, cfg)(batch, seed=3)
+    groups = len(calls) // cfg.rounds
+    graded = [calls[r * groups][0] for r in range(cfg.rounds)]
+    assert graded[0]  # the first prompt always trains
+    assert sum(graded) == (grad_rounds or cfg.rounds)
+    assert all(
+        c == (g, g) for r, g in enumerate(graded) for c in calls[r * groups : (r + 1) * groups]
+    )
+    out["loss"].backward()
+    assert sam.mask_decoder.iou_prediction_head.layers[0].weight.grad.abs().sum() > 0
+    assert 0 <= float(out["iou_last"]) <= 1
+
+
 def test_short_training_run_lowers_the_loss(tmp_path):
     cfg = _cfg(tmp_path, data=("procedural:1:3",), steps=30, max_masks_per_image=3)
     train(cfg, device="cpu", progress=False)
@@ -244,6 +296,8 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
     a = read_log(tmp_path / "full" / "log.jsonl")
     b = read_log(tmp_path / "parts" / "log.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
+    times = [r["time_s"] for r in b]
+    assert times == sorted(times)  # wall time carries over the resume instead of restarting
     for ra, rb in zip(a, b, strict=True):
         assert ra["loss"] == pytest.approx(rb["loss"], rel=1e-6, abs=1e-7)
     assert [r["rounds"] for r in a] == [1, 1, 1, 3]  # the curriculum, then all 3 rounds

@@ -136,3 +136,21 @@ def no_point_rounds(
     # 'extra - 1' rounds at random positions among rounds 1..last-1, one at the end.
     perm = torch.randperm(last - 1, generator=generator)[: extra - 1] + 1
     return {int(i) for i in perm} | {last}
+
+
+def gradient_rounds(
+    num_rounds: int, num_graded: int, generator: torch.Generator | None = None
+) -> set[int]:
+    """Indices (0-based) of the rounds that carry gradients and loss in one step.
+
+    ``num_graded`` 0, or at least ``num_rounds``, means every round (the paper); otherwise round 0
+    (the first prompt) and ``num_graded - 1`` of the later rounds drawn uniformly without
+    replacement. Nothing is drawn from ``generator`` when every round is graded, so the default
+    leaves the random stream of a step unchanged.
+    """
+    if num_graded < 0:
+        raise ValueError(f"num_graded must be >= 0, got {num_graded}")
+    if num_graded == 0 or num_graded >= num_rounds:
+        return set(range(num_rounds))
+    later = torch.randperm(num_rounds - 1, generator=generator)[: num_graded - 1] + 1
+    return {0} | {int(i) for i in later}

@@ -38,6 +38,10 @@ class TrainConfig:
             steps train on the first prompt only (1 round, ~10x cheaper per mask), so a model
             trained from scratch learns single-prompt segmentation before the interactive
             rounds start.
+        grad_rounds: 0 (the default, every round back-propagates) or ``k`` in ``[1, rounds]``:
+            only the first round and ``k - 1`` other rounds drawn at random per step carry
+            gradients and loss; the rest run without autograd and only produce the next round's
+            clicks and mask prompt (a cheaper interactive step, not in the paper).
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
         box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
     Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.
@@ -63,6 +67,7 @@ class TrainConfig:
     rounds: int = 11
     point_rounds: int = 8
     first_prompt_steps: int = 0
+    grad_rounds: int = 0
     box_probability: float = 0.5
     box_noise: float = 0.1
     box_noise_max_px: float = 20.0
@@ -108,6 +113,10 @@ class TrainConfig:
         if self.rounds > 1 and self.point_rounds > self.rounds - 1:
             errors.append(
                 f"point_rounds ({self.point_rounds}) must be <= rounds - 1 ({self.rounds - 1})"
+            )
+        if not 0 <= self.grad_rounds <= self.rounds:
+            errors.append(
+                f"grad_rounds must be in [0, rounds={self.rounds}], got {self.grad_rounds}"
             )
         if not 0 <= self.box_probability <= 1:
             errors.append(f"box_probability must be in [0, 1], got {self.box_probability}")

@@ -61,10 +61,10 @@ class InteractiveSam(nn.Module):
             return {"loss": zero, **{k: torch.tensor(0.0) for k in STAT_KEYS[1:]}}
         emb = emb.float()
         pe = sam.prompt_encoder.get_dense_pe()
-        s = images.shape[-1]
         valid = valid_img[index]  # (N, S, S)
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
         skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
+        graded = clicks.gradient_rounds(n_rounds, cfg.grad_rounds, gen)
 
         groups = []
         for is_box in (False, True):
@@ -90,59 +90,15 @@ class InteractiveSam(nn.Module):
         iou_first = iou_last = None
         for r in range(n_rounds):
             round_iou = torch.zeros(n, device=dev)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and r in graded):
+                self._round(r, groups, emb, pe, targets, valid, index, skip, gen)
             for g in groups:
-                rows = g["rows"]
-                t = targets[rows]
-                v = valid[rows]
-                if r > 0 and r not in skip:
-                    p, lab = clicks.sample_error_points(g["pred"], t, v, gen)
-                    if g["points"] is None:
-                        g["points"] = (p, lab)
-                    else:
-                        g["points"] = (
-                            torch.cat([g["points"][0], p], 1),
-                            torch.cat([g["points"][1], lab], 1),
-                        )
-                mask_in = g.get("logits") if r > 0 else None
-                sparse, dense = sam.prompt_encoder(g["points"], g["box"], mask_in)
-                multimask = r == 0 and not g["is_box"]
-                low, iou_pred = sam.mask_decoder(
-                    image_embeddings=emb[index[rows]],
-                    image_pe=pe,
-                    sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense,
-                    multimask_output=multimask,
-                )
-                low = low.float()
-                if cfg.loss_resolution == "input":
-                    logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
-                    tgt, val = t[:, None], v[:, None]
-                else:
-                    logits = low
-                    size = low.shape[-2:]
-                    tgt = F.interpolate(t[:, None].float(), size, mode="area") > 0.5
-                    val = F.interpolate(v[:, None].float(), size, mode="area") > 0.5
-                out = sam_loss(
-                    logits,
-                    iou_pred,
-                    tgt,
-                    val,
-                    focal_weight=cfg.focal_weight,
-                    dice_weight=cfg.dice_weight,
-                    iou_weight=cfg.iou_weight,
-                    focal_alpha=cfg.focal_alpha,
-                    focal_gamma=cfg.focal_gamma,
-                )
-                share = len(rows) / n
-                totals["loss"] = totals["loss"] + out["loss"] * share / n_rounds
-                for k in ("focal", "dice", "iou_mse"):
-                    totals[k] += float(out[k]) * share / n_rounds
-                sel = torch.arange(len(rows), device=dev)
-                chosen = low[sel, out["selected"]][:, None].detach()
-                g["logits"] = chosen
-                up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
-                g["pred"] = up[:, 0] > sam.mask_threshold
-                round_iou[rows] = out["iou"]
+                round_iou[g["rows"]] = g["iou"]
+                if r in graded:
+                    share = len(g["rows"]) / n / len(graded)
+                    totals["loss"] = totals["loss"] + g["out"]["loss"] * share
+                    for k in ("focal", "dice", "iou_mse"):
+                        totals[k] += float(g["out"][k]) * share
             if r == 0:
                 iou_first = round_iou.mean()
             iou_last = round_iou.mean()
@@ -155,3 +111,70 @@ class InteractiveSam(nn.Module):
             "iou_last": iou_last.detach().cpu(),
             "num_masks": torch.tensor(float(n)),
         }
+
+    def _round(
+        self,
+        r: int,
+        groups: list[dict[str, Any]],
+        emb: torch.Tensor,
+        pe: torch.Tensor,
+        targets: torch.Tensor,
+        valid: torch.Tensor,
+        index: torch.Tensor,
+        skip: set[int],
+        gen: torch.Generator,
+    ) -> None:
+        """Round ``r`` for every prompt group: add its click (rounds after the first that are
+        not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
+        each group ``out`` (:func:`sam_loss`'s dict), ``iou``, ``logits`` (the selected low-res
+        mask, detached) and ``pred`` (its binary input-frame mask, for the next click)."""
+        cfg, sam, s = self.config, self.sam, targets.shape[-1]
+        for g in groups:
+            rows = g["rows"]
+            t = targets[rows]
+            v = valid[rows]
+            if r > 0 and r not in skip:
+                p, lab = clicks.sample_error_points(g["pred"], t, v, gen)
+                if g["points"] is None:
+                    g["points"] = (p, lab)
+                else:
+                    g["points"] = (
+                        torch.cat([g["points"][0], p], 1),
+                        torch.cat([g["points"][1], lab], 1),
+                    )
+            mask_in = g.get("logits") if r > 0 else None
+            sparse, dense = sam.prompt_encoder(g["points"], g["box"], mask_in)
+            multimask = r == 0 and not g["is_box"]
+            low, iou_pred = sam.mask_decoder(
+                image_embeddings=emb[index[rows]],
+                image_pe=pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )
+            low = low.float()
+            if cfg.loss_resolution == "input":
+                logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
+                tgt, val = t[:, None], v[:, None]
+            else:
+                logits = low
+                size = low.shape[-2:]
+                tgt = F.interpolate(t[:, None].float(), size, mode="area") > 0.5
+                val = F.interpolate(v[:, None].float(), size, mode="area") > 0.5
+            out = sam_loss(
+                logits,
+                iou_pred,
+                tgt,
+                val,
+                focal_weight=cfg.focal_weight,
+                dice_weight=cfg.dice_weight,
+                iou_weight=cfg.iou_weight,
+                focal_alpha=cfg.focal_alpha,
+                focal_gamma=cfg.focal_gamma,
+            )
+            sel = torch.arange(len(rows), device=targets.device)
+            chosen = low[sel, out["selected"]][:, None].detach()
+            g["logits"] = chosen
+            up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
+            g["pred"] = up[:, 0] > sam.mask_threshold
+            g["out"], g["iou"] = out, out["iou"]

@@ -3,10 +3,11 @@
 ``train(config)`` runs (or resumes) a run in ``config.out_dir``:
 
 * ``checkpoints/last.pt`` (and ``step_XXXXXXX.pt`` every ``checkpoint_every`` steps): model,
-  optimizer, scheduler, step and RNG states, written to a temporary name and renamed. Re-running
+  optimizer, scheduler, step, RNG states and elapsed training time, written to a temporary name and renamed. Re-running
   the same command resumes from ``last.pt``; because every batch and prompt is a function of
   ``(seed, step, rank)``, the resumed run computes the same losses as an uninterrupted one.
-* ``log.jsonl`` (one line per logged step), ``curves.png`` (loss and IoU curves),
+* ``log.jsonl`` (one line per logged step; ``time_s`` is the run's training wall time, summed
+  over the segments of a resumed run), ``curves.png`` (loss and IoU curves),
   ``config.json``, and at the end ``model.safetensors`` (the SAM state dict with official
   names, loadable by :func:`segany.load_model`).
 
@@ -248,12 +249,14 @@ def train(
         param_groups(sam, config), lr=config.lr, betas=tuple(config.betas), weight_decay=0.0
     )
     start = 0
+    elapsed = 0.0  # training wall time of earlier segments of a resumed run
     last_path = ckpt_dir / "last.pt"
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
         sam.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start = int(state["step"])
+        elapsed = float(state.get("elapsed_s", 0.0))
         torch.set_rng_state(state["rng"]["torch"])
     if distributed:
         model: nn.Module = nn.parallel.DistributedDataParallel(
@@ -290,7 +293,7 @@ def train(
         bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
     record: dict[str, Any] = {}
     window: list[dict[str, float]] = []
-    t_start = time.time()
+    t_start = time.time() - elapsed
     log_file = out / LOG_NAME
     step = start
     for step, batch in loader:
@@ -343,6 +346,7 @@ def train(
                     "model": sam.state_dict(),
                     "optimizer": opt.state_dict(),
                     "step": done,
+                    "elapsed_s": time.time() - t_start,
                     "config": config.to_dict(),
                     "rng": _rng_state(),
                 }
