@@ -165,6 +165,18 @@ def test_config_file_overrides_and_errors(tmp_path):
         load_train_config(tmp_path / "missing.toml")
 
 
+def test_shipped_configs_load_and_schedule_inside_the_run():
+    from segany.config import ARCHITECTURES
+
+    paths = sorted((ROOT / "configs").glob("*.toml"))
+    assert paths
+    for path in paths:
+        cfg = load_train_config(path)
+        assert cfg.model in ARCHITECTURES, path
+        assert all(0 < s < cfg.steps for s in cfg.lr_decay_steps), path
+        assert cfg.first_prompt_steps < cfg.steps, path
+
+
 def test_schedule_warmup_then_step_decay():
     cfg = TrainConfig(lr=1.0, warmup_steps=4, lr_decay_steps=(10, 20), lr_decay_factor=0.1)
     assert [lr_factor(s, cfg) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
