@@ -93,7 +93,7 @@ class InteractiveSam(nn.Module):
             with torch.set_grad_enabled(torch.is_grad_enabled() and r in graded):
                 self._round(r, groups, emb, pe, targets, valid, index, skip, gen)
             for g in groups:
-                round_iou[g["rows"]] = g["iou"]
+                round_iou[g["rows"]] = g["out"]["iou"]
                 if r in graded:
                     share = len(g["rows"]) / n / len(graded)
                     totals["loss"] = totals["loss"] + g["out"]["loss"] * share
@@ -126,7 +126,7 @@ class InteractiveSam(nn.Module):
     ) -> None:
         """Round ``r`` for every prompt group: add its click (rounds after the first that are
         not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
-        each group ``out`` (:func:`sam_loss`'s dict), ``iou``, ``logits`` (the selected low-res
+        each group ``out`` (:func:`sam_loss`'s dict, with the true ``iou``), ``logits`` (the selected low-res
         mask, detached) and ``pred`` (its binary input-frame mask, for the next click)."""
         cfg, sam, s = self.config, self.sam, targets.shape[-1]
         for g in groups:
@@ -177,4 +177,4 @@ class InteractiveSam(nn.Module):
             g["logits"] = chosen
             up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
             g["pred"] = up[:, 0] > sam.mask_threshold
-            g["out"], g["iou"] = out, out["iou"]
+            g["out"] = out

@@ -3,9 +3,10 @@
 ``train(config)`` runs (or resumes) a run in ``config.out_dir``:
 
 * ``checkpoints/last.pt`` (and ``step_XXXXXXX.pt`` every ``checkpoint_every`` steps): model,
-  optimizer, scheduler, step, RNG states and elapsed training time, written to a temporary name and renamed. Re-running
-  the same command resumes from ``last.pt``; because every batch and prompt is a function of
-  ``(seed, step, rank)``, the resumed run computes the same losses as an uninterrupted one.
+  optimizer, scheduler, step, RNG states and elapsed training time, written to a temporary
+  name and renamed. Re-running the same command resumes from ``last.pt``; because every batch
+  and prompt is a function of ``(seed, step, rank)``, the resumed run computes the same losses
+  as an uninterrupted one.
 * ``log.jsonl`` (one line per logged step; ``time_s`` is the run's training wall time, summed
   over the segments of a resumed run), ``curves.png`` (loss and IoU curves),
   ``config.json``, and at the end ``model.safetensors`` (the SAM state dict with official
