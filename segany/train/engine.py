@@ -126,8 +126,9 @@ class InteractiveSam(nn.Module):
     ) -> None:
         """Round ``r`` for every prompt group: add its click (rounds after the first that are
         not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
-        each group ``out`` (:func:`sam_loss`'s dict, with the true ``iou``), ``logits`` (the selected low-res
-        mask, detached) and ``pred`` (its binary input-frame mask, for the next click)."""
+        each group ``out`` (:func:`sam_loss`'s dict, with the true ``iou``), ``logits`` (the
+        selected low-res mask, detached) and ``pred`` (its binary input-frame mask, for the next
+        click)."""
         cfg, sam, s = self.config, self.sam, targets.shape[-1]
         for g in groups:
             rows = g["rows"]
