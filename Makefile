@@ -27,7 +27,7 @@ lint: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_core.py
 
-# Reproduce the bundled model from scratch (CPU, ~117 min on 2 cores), bundle it, evaluate it.
+# Reproduce the bundled model from scratch (CPU, ~2 h on 2 cores: 126 min measured), bundle it, evaluate it.
 model: $(VENV)/.installed
 	OMP_NUM_THREADS=1 $(VENV)/bin/torchrun --standalone --nproc_per_node 2 -m segany train configs/segany_tiny.toml
 	$(PY) -m segany.train.bundle runs/segany_tiny/model.safetensors

@@ -284,6 +284,51 @@ def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_
     assert 0 <= float(out["iou_last"]) <= 1
 
 
+def test_progressive_resizing_small_input_then_model_size(tmp_path):
+    from segany.modeling import PromptEncoder
+    from segany.train import engine
+    from segany.train.data import StepBatches, open_training_data
+
+    full, small = TINY.image_encoder.img_size, TINY.image_encoder.img_size // 2
+    cfg = _cfg(tmp_path, small_input_steps=2, small_input_size=small)
+    sam = segany.load_model(cfg.init, precision="fp32", device="cpu").train()
+    stream = StepBatches(
+        open_training_data(cfg.data),
+        cfg,
+        img_size=full,
+        pixel_mean=sam.pixel_mean.flatten().tolist(),
+        pixel_std=sam.pixel_std.flatten().tolist(),
+    )
+    b0, b2 = stream.batch(1), stream.batch(2)
+    assert b0["images"].shape[-2:] == b0["targets"].shape[-2:] == (small, small)
+    assert b2["images"].shape[-2:] == (full, full)
+    out = engine.InteractiveSam(sam, cfg)(b0, seed=0)  # all 3 rounds, mask prompts included
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert sam.image_encoder.pos_embed.grad.abs().sum() > 0  # through the resampled embedding
+
+    # A prompt drawn in the small frame embeds as the same point of the image that a prompt
+    # encoder built for the small frame sees; the small grid's dense PE is that encoder's.
+    pe = sam.prompt_encoder
+    grid = full // 8
+    ref = PromptEncoder(
+        embed_dim=pe.embed_dim,
+        image_embedding_size=(grid // 2, grid // 2),
+        input_image_size=(small, small),
+        mask_in_chans=8,
+    )
+    ref.load_state_dict(pe.state_dict())
+    xy = torch.tensor([[[0.0, 0.0], [small - 1.0, 17.0]]])
+    lab = torch.ones(1, 2, dtype=torch.int64)
+    with torch.no_grad():
+        got, _ = pe((clicks.rescale_coords(xy, full / small), lab), None, None)
+        want, _ = ref((xy, lab), None, None)
+        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(pe.pe_layer((grid // 2, grid // 2))[None], ref.get_dense_pe())
+    with pytest.raises(ValueError, match="small_input_size must be a multiple"):
+        engine.InteractiveSam(sam, _cfg(tmp_path, small_input_steps=1, small_input_size=60))
+
+
 def test_short_training_run_lowers_the_loss(tmp_path):
     cfg = _cfg(tmp_path, data=("procedural:1:3",), steps=30, max_masks_per_image=3)
     train(cfg, device="cpu", progress=False)

@@ -323,9 +323,26 @@ class ImageEncoderViT(nn.Module):
         self.grad_checkpointing = False  # recompute block activations in backward (training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, in_chans, S', S')`` normalized, padded images → ``(B, out_chans, S'/p, S'/p)``.
+
+        ``S' = img_size`` is the official use. A smaller multiple of the patch size (training
+        at a reduced input size, see ``TrainConfig.small_input_steps``) runs the same weights on
+        a coarser grid: the absolute position embedding is resampled (bicubic) to that grid and
+        the global blocks' relative-position tables are resampled by :func:`get_rel_pos`, so
+        positions keep their meaning as fractions of the image.
+        """
         x = self.patch_embed(x)
         if self.pos_embed is not None:
-            x = x + self.pos_embed
+            pos = self.pos_embed
+            if pos.shape[1:3] != x.shape[1:3]:
+                pos = F.interpolate(
+                    pos.permute(0, 3, 1, 2),
+                    size=tuple(x.shape[1:3]),
+                    mode="bicubic",
+                    align_corners=False,
+                    antialias=True,
+                ).permute(0, 2, 3, 1)
+            x = x + pos
         for blk in self.blocks:
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(blk, x, use_reentrant=False)

@@ -83,6 +83,14 @@ def noisy_boxes(
     return torch.stack([x0, y0, x1, y1], 1)
 
 
+def rescale_coords(xy: torch.Tensor, scale: float) -> torch.Tensor:
+    """Map ``(..., 2k)`` pixel coordinates — ``(x, y)`` points or XYXY boxes — of one frame onto
+    a frame ``scale`` times larger, pixel centre to pixel centre: ``x' = (x + 0.5) * scale -
+    0.5`` (used by progressive resizing: prompts drawn on a small training input, embedded in
+    the model's frame)."""
+    return (xy + 0.5) * scale - 0.5
+
+
 def sample_error_points(
     pred: torch.Tensor,
     target: torch.Tensor,

@@ -42,6 +42,12 @@ class TrainConfig:
             only the first round and ``k - 1`` other rounds drawn at random per step carry
             gradients and loss; the rest run without autograd and only produce the next round's
             clicks and mask prompt (a cheaper interactive step, not in the paper).
+        small_input_steps / small_input_size: progressive resizing (not in the paper, default
+            0 = off): the first ``small_input_steps`` steps train at input size
+            ``small_input_size`` (longest side, padded square; a multiple of the patch size and
+            at most the model's ``img_size``) — at half the size a quarter of the tokens, ~3x
+            cheaper per step — and the rest at the model's own size, which is the only one the
+            finished model is used at (see ``ImageEncoderViT.forward``).
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
         box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
     Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.
@@ -68,6 +74,8 @@ class TrainConfig:
     point_rounds: int = 8
     first_prompt_steps: int = 0
     grad_rounds: int = 0
+    small_input_steps: int = 0
+    small_input_size: int = 128
     box_probability: float = 0.5
     box_noise: float = 0.1
     box_noise_max_px: float = 20.0
@@ -108,6 +116,10 @@ class TrainConfig:
             errors.append(f"max_masks_per_image must be positive, got {self.max_masks_per_image}")
         if self.first_prompt_steps < 0:
             errors.append(f"first_prompt_steps must be >= 0, got {self.first_prompt_steps}")
+        if self.small_input_steps < 0:
+            errors.append(f"small_input_steps must be >= 0, got {self.small_input_steps}")
+        if self.small_input_size <= 0:
+            errors.append(f"small_input_size must be positive, got {self.small_input_size}")
         if self.rounds < 1:
             errors.append(f"rounds must be >= 1, got {self.rounds}")
         if self.rounds > 1 and self.point_rounds > self.rounds - 1:
@@ -132,6 +144,11 @@ class TrainConfig:
             errors.append("data must name at least one dataset")
         if errors:
             raise ValueError("invalid training config: " + "; ".join(errors))
+
+    def input_size(self, step: int, img_size: int) -> int:
+        """Side of the padded square input at ``step`` for a model of input size
+        ``img_size``."""
+        return self.small_input_size if step < self.small_input_steps else img_size
 
     def to_dict(self) -> dict[str, Any]:
         return {

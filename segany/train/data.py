@@ -168,17 +168,18 @@ class StepBatches(torch.utils.data.IterableDataset):
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.config.seed, step, self.rank, 1])
+        size = self.config.input_size(step, self.img_size)
         prepared = [
             prepare_sample(
                 self.dataset[i],
-                self.img_size,
+                size,
                 rng,
                 max_masks=self.config.max_masks_per_image,
                 max_mask_fraction=self.config.max_mask_fraction,
             )
             for i in self.image_indices(step)
         ]
-        return collate(prepared, self.img_size, self.pixel_mean, self.pixel_std)
+        return collate(prepared, size, self.pixel_mean, self.pixel_std)
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         info = torch.utils.data.get_worker_info()

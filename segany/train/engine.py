@@ -32,6 +32,14 @@ class InteractiveSam(nn.Module):
 
     def __init__(self, sam: Sam, config: TrainConfig) -> None:
         super().__init__()
+        if config.small_input_steps > 0:
+            full = sam.image_encoder.img_size
+            patch = sam.image_encoder.patch_embed.proj.kernel_size[0]
+            if config.small_input_size % patch or config.small_input_size > full:
+                raise ValueError(
+                    f"small_input_size must be a multiple of the patch size {patch} and at most "
+                    f"the model's img_size {full}, got {config.small_input_size}"
+                )
         self.sam = sam
         self.config = config
 
@@ -60,7 +68,14 @@ class InteractiveSam(nn.Module):
             zero = emb.sum() * 0 + sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             return {"loss": zero, **{k: torch.tensor(0.0) for k in STAT_KEYS[1:]}}
         emb = emb.float()
-        pe = sam.prompt_encoder.get_dense_pe()
+        # Prompts live in the batch's input frame (side s); a smaller frame than the model's
+        # (progressive resizing) is mapped onto the model's frame pixel-centre to pixel-centre.
+        s = images.shape[-1]
+        scale = sam.image_encoder.img_size / s
+        if scale == 1:
+            pe = sam.prompt_encoder.get_dense_pe()
+        else:
+            pe = sam.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)
         valid = valid_img[index]  # (N, S, S)
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
         skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
@@ -77,7 +92,7 @@ class InteractiveSam(nn.Module):
                 g["box"] = clicks.noisy_boxes(
                     t,
                     noise=cfg.box_noise,
-                    max_noise_px=cfg.box_noise_max_px,
+                    max_noise_px=cfg.box_noise_max_px / scale,
                     frame=None,
                     generator=gen,
                 )
@@ -91,7 +106,7 @@ class InteractiveSam(nn.Module):
         for r in range(n_rounds):
             round_iou = torch.zeros(n, device=dev)
             with torch.set_grad_enabled(torch.is_grad_enabled() and r in graded):
-                self._round(r, groups, emb, pe, targets, valid, index, skip, gen)
+                self._round(r, groups, emb, pe, targets, valid, index, skip, gen, scale)
             for g in groups:
                 round_iou[g["rows"]] = g["out"]["iou"]
                 if r in graded:
@@ -123,12 +138,14 @@ class InteractiveSam(nn.Module):
         index: torch.Tensor,
         skip: set[int],
         gen: torch.Generator,
+        scale: float,
     ) -> None:
         """Round ``r`` for every prompt group: add its click (rounds after the first that are
         not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
         each group ``out`` (:func:`sam_loss`'s dict, with the true ``iou``), ``logits`` (the
         selected low-res mask, detached) and ``pred`` (its binary input-frame mask, for the next
-        click)."""
+        click). ``scale`` = model input size / batch input size (1 except under progressive
+        resizing)."""
         cfg, sam, s = self.config, self.sam, targets.shape[-1]
         for g in groups:
             rows = g["rows"]
@@ -144,7 +161,15 @@ class InteractiveSam(nn.Module):
                         torch.cat([g["points"][1], lab], 1),
                     )
             mask_in = g.get("logits") if r > 0 else None
-            sparse, dense = sam.prompt_encoder(g["points"], g["box"], mask_in)
+            points, box = g["points"], g["box"]
+            if scale != 1:
+                if points is not None:
+                    points = (clicks.rescale_coords(points[0], scale), points[1])
+                if box is not None:
+                    box = clicks.rescale_coords(box, scale)
+            sparse, dense = sam.prompt_encoder(points, box, mask_in)
+            if dense.shape[-2:] != emb.shape[-2:]:  # the no-mask embedding is constant: crop it
+                dense = dense[..., : emb.shape[-2], : emb.shape[-1]]
             multimask = r == 0 and not g["is_box"]
             low, iou_pred = sam.mask_decoder(
                 image_embeddings=emb[index[rows]],
