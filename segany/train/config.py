@@ -45,7 +45,7 @@ class TrainConfig:
         small_input_steps / small_input_size: progressive resizing (not in the paper, default
             0 = off): the first ``small_input_steps`` steps train at input size
             ``small_input_size`` (longest side, padded square; a multiple of the patch size and
-            at most the model's ``img_size``) — at half the size a quarter of the tokens, ~3x
+            at most the model's ``img_size``) — at half the size a quarter of the tokens, ~2x
             cheaper per step — and the rest at the model's own size, which is the only one the
             finished model is used at (see ``ImageEncoderViT.forward``).
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
