@@ -70,12 +70,8 @@ class InteractiveSam(nn.Module):
         emb = emb.float()
         # Prompts live in the batch's input frame (side s); a smaller frame than the model's
         # (progressive resizing) is mapped onto the model's frame pixel-centre to pixel-centre.
-        s = images.shape[-1]
-        scale = sam.image_encoder.img_size / s
-        if scale == 1:
-            pe = sam.prompt_encoder.get_dense_pe()
-        else:
-            pe = sam.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)
+        scale = sam.image_encoder.img_size / images.shape[-1]
+        pe = sam.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)  # (1, C, He, We)
         valid = valid_img[index]  # (N, S, S)
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
         skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
