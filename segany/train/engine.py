@@ -68,7 +68,7 @@ class InteractiveSam(nn.Module):
             zero = emb.sum() * 0 + sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             return {"loss": zero, **{k: torch.tensor(0.0) for k in STAT_KEYS[1:]}}
         emb = emb.float()
-        # Prompts live in the batch's input frame (side s); a smaller frame than the model's
+        # Prompts live in the batch's input frame; a smaller frame than the model's
         # (progressive resizing) is mapped onto the model's frame pixel-centre to pixel-centre.
         scale = sam.image_encoder.img_size / images.shape[-1]
         pe = sam.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)  # (1, C, He, We)
