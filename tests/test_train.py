@@ -347,7 +347,10 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
     full = _cfg(tmp_path, out_dir=str(tmp_path / "full"), first_prompt_steps=3)
     train(full, device="cpu", progress=False)
     parts = _cfg(tmp_path, out_dir=str(tmp_path / "parts"), first_prompt_steps=3)
-    train(parts, device="cpu", progress=False, max_steps=2)  # "interrupted" after step 2
+    train(parts, device="cpu", progress=False, max_time_s=0.0)  # out of time after step 1
+    assert [r["step"] for r in read_log(tmp_path / "parts" / "log.jsonl")] == [1]
+    train(parts, device="cpu", progress=False, max_steps=1)  # "interrupted" after step 2
+    assert not (tmp_path / "parts" / "model.safetensors").exists()  # written only when done
     assert json.loads((tmp_path / "parts" / "config.json").read_text())["steps"] == 4
     train(parts, device="cpu", progress=False)  # resumes from checkpoints/last.pt
     a = read_log(tmp_path / "full" / "log.jsonl")

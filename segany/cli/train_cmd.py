@@ -37,6 +37,12 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="ignore an existing checkpoint in out_dir and start from step 0",
     )
+    p.add_argument(
+        "--max-time",
+        type=float,
+        metavar="SECONDS",
+        help="stop cleanly with a checkpoint after this much wall time; re-run to resume",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: CUDA if available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -51,7 +57,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"out_dir={json.dumps(args.out_dir)}")
     config = load_train_config(args.config, overrides)
     record = train(
-        config, device=args.device, resume=not args.restart, progress=not args.no_progress
+        config,
+        device=args.device,
+        resume=not args.restart,
+        progress=not args.no_progress,
+        max_time_s=args.max_time,
     )
     out = config.out_dir
     if record:

@@ -142,7 +142,8 @@ def no_point_rounds(
     if extra == 1:
         return {last}
     # 'extra - 1' rounds at random positions among rounds 1..last-1, one at the end.
-    perm = torch.randperm(last - 1, generator=generator)[: extra - 1] + 1
+    dev = None if generator is None else generator.device  # a CUDA generator draws on CUDA
+    perm = torch.randperm(last - 1, generator=generator, device=dev)[: extra - 1] + 1
     return {int(i) for i in perm} | {last}
 
 
@@ -160,5 +161,6 @@ def gradient_rounds(
         raise ValueError(f"num_graded must be >= 0, got {num_graded}")
     if num_graded == 0 or num_graded >= num_rounds:
         return set(range(num_rounds))
-    later = torch.randperm(num_rounds - 1, generator=generator)[: num_graded - 1] + 1
+    dev = None if generator is None else generator.device  # a CUDA generator draws on CUDA
+    later = torch.randperm(num_rounds - 1, generator=generator, device=dev)[: num_graded - 1] + 1
     return {0} | {int(i) for i in later}

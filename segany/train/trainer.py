@@ -212,6 +212,7 @@ def train(
     resume: bool = True,
     progress: bool = True,
     max_steps: int | None = None,
+    max_time_s: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) training. Returns the last logged record.
 
@@ -223,6 +224,9 @@ def train(
         progress: show a progress bar with ETA (rank 0).
         max_steps: stop after this many steps of *this invocation* (for tests and time-sliced
             runs); the schedule still follows ``config.steps``.
+        max_time_s: stop cleanly (checkpoint written) at the first step that ends more than
+            this many seconds after this invocation started (time-sliced runs on a leased
+            machine); re-running resumes. The schedule still follows ``config.steps``.
     """
     world, rank, local = _dist_env()
     distributed = world > 1
@@ -295,8 +299,9 @@ def train(
     record: dict[str, Any] = {}
     window: list[dict[str, float]] = []
     t_start = time.time() - elapsed
+    deadline = None if max_time_s is None else time.time() + max_time_s
     log_file = out / LOG_NAME
-    step = start
+    done = start
     for step, batch in loader:
         if step >= end:
             break
@@ -325,6 +330,12 @@ def train(
             stats = {k: float(x) / world for k, x in zip(STAT_KEYS, vec.tolist(), strict=True)}
         window.append(stats)
         done = step + 1
+        if deadline is not None and done < end:
+            late = torch.tensor(float(time.time() > deadline), device=dev)
+            if distributed:  # every rank stops at the same step
+                torch.distributed.all_reduce(late, op=torch.distributed.ReduceOp.MAX)
+            if late.item() > 0:
+                end = done  # out of time: log, checkpoint and stop after this step
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats.get('iou_first', 0):.2f}")
@@ -359,7 +370,7 @@ def train(
                 torch.distributed.barrier()
     if bar is not None:
         bar.close()
-    if rank == 0 and step + 1 >= config.steps:
+    if rank == 0 and done >= config.steps:
         save_state_dict(sam.state_dict(), out / MODEL_NAME)
     if distributed:
         torch.distributed.barrier()
