@@ -387,11 +387,15 @@ def test_torchrun_two_processes_gloo(tmp_path):
         "cpu",
         "--no-progress",
     ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = read_log(tmp_path / "ddp" / "log.jsonl")
-    assert [r["step"] for r in log] == [1, 2]
-    assert (tmp_path / "ddp" / "model.safetensors").exists()
+    # out of time after step 1 on both ranks (the flag is all-reduced), then resumed to the end
+    for extra, steps in ((["--max-time", "0"], [1]), ([], [1, 2])):
+        proc = subprocess.run(
+            cmd + extra, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        log = read_log(tmp_path / "ddp" / "log.jsonl")
+        assert [r["step"] for r in log] == steps
+        assert (tmp_path / "ddp" / "model.safetensors").exists() == (steps == [1, 2])
 
 
 def test_train_cli_bad_config_exits_2(tmp_path, capsys):

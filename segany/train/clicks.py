@@ -122,6 +122,13 @@ def sample_error_points(
     return xy[:, None], labels[:, None]
 
 
+def _randperm(n: int, generator: torch.Generator | None) -> torch.Tensor:
+    """``torch.randperm(n)`` drawn on ``generator``'s device (a CUDA generator cannot draw a
+    CPU tensor); the CPU stream is unchanged."""
+    dev = None if generator is None else generator.device
+    return torch.randperm(n, generator=generator, device=dev)
+
+
 def no_point_rounds(
     num_rounds: int, num_point_rounds: int, generator: torch.Generator | None = None
 ) -> set[int]:
@@ -142,8 +149,7 @@ def no_point_rounds(
     if extra == 1:
         return {last}
     # 'extra - 1' rounds at random positions among rounds 1..last-1, one at the end.
-    dev = None if generator is None else generator.device  # a CUDA generator draws on CUDA
-    perm = torch.randperm(last - 1, generator=generator, device=dev)[: extra - 1] + 1
+    perm = _randperm(last - 1, generator)[: extra - 1] + 1
     return {int(i) for i in perm} | {last}
 
 
@@ -161,6 +167,5 @@ def gradient_rounds(
         raise ValueError(f"num_graded must be >= 0, got {num_graded}")
     if num_graded == 0 or num_graded >= num_rounds:
         return set(range(num_rounds))
-    dev = None if generator is None else generator.device  # a CUDA generator draws on CUDA
-    later = torch.randperm(num_rounds - 1, generator=generator, device=dev)[: num_graded - 1] + 1
+    later = _randperm(num_rounds - 1, generator)[: num_graded - 1] + 1
     return {0} | {int(i) for i in later}

@@ -324,18 +324,18 @@ def train(
             grad_norm = float(torch.nn.utils.clip_grad_norm_(sam.parameters(), config.grad_clip))
         opt.step()
         stats = {k: float(outputs[k].detach()) for k in STAT_KEYS}
-        if distributed:
-            vec = torch.tensor([stats[k] for k in STAT_KEYS], dtype=torch.float64, device=dev)
+        late = deadline is not None and time.time() > deadline
+        if distributed:  # the out-of-time flag rides along, so every rank stops at the same step
+            values = [stats[k] for k in STAT_KEYS] + [float(late)]
+            vec = torch.tensor(values, dtype=torch.float64, device=dev)
             torch.distributed.all_reduce(vec)
-            stats = {k: float(x) / world for k, x in zip(STAT_KEYS, vec.tolist(), strict=True)}
+            *totals, late_ranks = vec.tolist()
+            stats = {k: float(x) / world for k, x in zip(STAT_KEYS, totals, strict=True)}
+            late = late_ranks > 0
         window.append(stats)
         done = step + 1
-        if deadline is not None and done < end:
-            late = torch.tensor(float(time.time() > deadline), device=dev)
-            if distributed:  # every rank stops at the same step
-                torch.distributed.all_reduce(late, op=torch.distributed.ReduceOp.MAX)
-            if late.item() > 0:
-                end = done  # out of time: log, checkpoint and stop after this step
+        if late and done < end:
+            end = done  # out of time: log, checkpoint and stop after this step
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats.get('iou_first', 0):.2f}")
