@@ -230,6 +230,7 @@ def train(
     """
     world, rank, local = _dist_env()
     distributed = world > 1
+    owns_group = False  # a process group the caller set up is left for the caller to end
     if distributed:
         import torch.distributed as dist
 
@@ -240,6 +241,7 @@ def train(
             torch.cuda.set_device(dev)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+            owns_group = True
     else:
         dev = resolve_device(device)
     out = Path(config.out_dir)
@@ -251,7 +253,13 @@ def train(
     sam = build_training_model(config).to(dev)
     module = InteractiveSam(sam, config).to(dev)
     opt = torch.optim.AdamW(
-        param_groups(sam, config), lr=config.lr, betas=tuple(config.betas), weight_decay=0.0
+        param_groups(sam, config),
+        lr=config.lr,
+        betas=tuple(config.betas),
+        weight_decay=0.0,
+        # One fused kernel for all parameters instead of a loop of small ops per tensor: on a
+        # 2-core CPU the loop took ~15 % of a first-prompt step. Same algorithm.
+        fused=dev.type in ("cpu", "cuda"),
     )
     start = 0
     elapsed = 0.0  # training wall time of earlier segments of a resumed run
@@ -374,7 +382,8 @@ def train(
         save_state_dict(sam.state_dict(), out / MODEL_NAME)
     if distributed:
         torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+        if owns_group:
+            torch.distributed.destroy_process_group()
     return record
 
 
