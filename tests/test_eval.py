@@ -234,6 +234,18 @@ def test_batched_evaluation_matches_reference_loop(scenes):
         np.testing.assert_allclose(r.iou_oracle[row], reference_track(predictor, gt, 4, True))
 
 
+def test_image_indices_evaluate_a_share_with_the_same_masks(tiny_model, scenes):
+    pred = segany.SamPredictor(tiny_model)
+    kw = {"clicks": (1, 2), "max_masks_per_image": 2, "progress": False}
+    whole = evaluate_interactive(pred, scenes, **kw)
+    share = evaluate_interactive(pred, scenes, image_indices=[2, 0], **kw)
+    rows = np.flatnonzero(whole.mask_image != 1)  # images 0 and 2 of the whole run
+    assert share.num_masks == len(rows)
+    np.testing.assert_allclose(np.sort(share.iou_top, 0), np.sort(whole.iou_top[rows], 0))
+    with pytest.raises(ValueError, match="image_indices"):
+        evaluate_interactive(pred, scenes, image_indices=[3], **kw)
+
+
 def test_tiny_model_run_writes_table_plot_and_json(tiny_model, scenes, tmp_path):
     r = evaluate_interactive(segany.SamPredictor(tiny_model), scenes, progress=False)
     assert isinstance(r, InteractiveResult) and r.num_images == 3

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -342,11 +343,50 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert model.image_encoder.img_size == TINY.image_encoder.img_size
 
 
+VAL = {"val_data": ("procedural:3:11",), "val_images": 3, "val_masks_per_image": 2}
+
+
+def test_validation_during_training_logs_miou_and_keeps_the_best_model(tmp_path):
+    cfg = _cfg(tmp_path, steps=6, val_every=3, val_clicks=(1, 2), **VAL)
+    train(cfg, device="cpu", progress=False)
+    out = Path(cfg.out_dir)
+    val = read_log(out / "val.jsonl")
+    assert [r["step"] for r in val] == [3, 6]
+    for r in val:
+        assert r["clicks"] == [1, 2] and r["masks"] == 6
+        assert all(0 <= x <= 1 for x in r["top"] + r["oracle"])
+        assert r["oracle"][0] >= r["top"][0]  # best of 3 vs the top-scored one of the same 3
+        assert r["score"] == pytest.approx(sum(r["top"]) / 2, abs=1e-4)
+    best = [r for r in val if r.get("best")]
+    assert best[0]["step"] == 3 and best[-1]["score"] == max(r["score"] for r in val)
+    assert (out / "model_best.safetensors").exists()
+    with pytest.raises(ValueError, match="val_clicks"):
+        _cfg(tmp_path, val_clicks=(2, 1))
+
+
+def test_validation_shards_add_up_to_the_whole(tmp_path):
+    from segany.train.data import open_training_data
+    from segany.train.validate import validation_record, validation_sums
+
+    cfg = _cfg(tmp_path, **VAL)
+    sam = segany.load_model(cfg.init, precision="fp32", device="cpu").train()
+    data = open_training_data(cfg.val_data)
+    whole = validation_sums(sam, data, cfg)
+    shards = validation_sums(sam, data, cfg, 0, 2) + validation_sums(sam, data, cfg, 1, 2)
+    torch.testing.assert_close(shards, whole)
+    assert sam.training  # put back in training mode
+    assert validation_sums(sam, data, cfg, 5, 8).abs().sum() == 0  # no images for this rank
+    rec = validation_record(whole, cfg)
+    assert rec["masks"] == 6 and len(rec["top"]) == len(rec["oracle"]) == 3
+
+
 def test_resume_gives_the_same_next_step_loss(tmp_path):
     # first_prompt_steps=3: steps 1-3 are first-prompt-only, the resume lands inside that phase
-    full = _cfg(tmp_path, out_dir=str(tmp_path / "full"), first_prompt_steps=3)
+    full = _cfg(tmp_path, out_dir=str(tmp_path / "full"), first_prompt_steps=3, val_every=2, **VAL)
     train(full, device="cpu", progress=False)
-    parts = _cfg(tmp_path, out_dir=str(tmp_path / "parts"), first_prompt_steps=3)
+    parts = _cfg(
+        tmp_path, out_dir=str(tmp_path / "parts"), first_prompt_steps=3, val_every=2, **VAL
+    )
     train(parts, device="cpu", progress=False, max_time_s=0.0)  # out of time after step 1
     assert [r["step"] for r in read_log(tmp_path / "parts" / "log.jsonl")] == [1]
     train(parts, device="cpu", progress=False, max_steps=1)  # "interrupted" after step 2
@@ -366,10 +406,15 @@ def test_resume_gives_the_same_next_step_loss(tmp_path):
     wa = load_file(tmp_path / "full" / "model.safetensors")
     wb = load_file(tmp_path / "parts" / "model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+    # validation (steps 2 and 4) neither disturbs the exact resume nor forgets the best score
+    va, vb = read_log(tmp_path / "full" / "val.jsonl"), read_log(tmp_path / "parts" / "val.jsonl")
+    assert [r["step"] for r in vb] == [2, 4]
+    np.testing.assert_allclose([r["top"] for r in va], [r["top"] for r in vb], atol=1e-4)
+    assert [bool(r.get("best")) for r in va] == [bool(r.get("best")) for r in vb]
 
 
 def test_torchrun_two_processes_gloo(tmp_path):
-    cfg = _cfg(tmp_path, steps=2, out_dir=str(tmp_path / "ddp"))
+    cfg = _cfg(tmp_path, steps=2, out_dir=str(tmp_path / "ddp"), **VAL)
     path = tmp_path / "ddp.json"
     path.write_text(json.dumps(cfg.to_dict()))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -396,6 +441,17 @@ def test_torchrun_two_processes_gloo(tmp_path):
         log = read_log(tmp_path / "ddp" / "log.jsonl")
         assert [r["step"] for r in log] == steps
         assert (tmp_path / "ddp" / "model.safetensors").exists() == (steps == [1, 2])
+    # validation at the end, each rank on its share of the images, all-reduced: the same
+    # numbers as one process evaluating all of them
+    from segany.train.data import open_training_data
+    from segany.train.validate import validation_record, validation_sums
+
+    (val,) = read_log(tmp_path / "ddp" / "val.jsonl")
+    sam = segany.load_model(tmp_path / "ddp" / "model.safetensors", precision="fp32", device="cpu")
+    ref = validation_record(validation_sums(sam, open_training_data(cfg.val_data), cfg), cfg)
+    assert val["masks"] == ref["masks"] == 6
+    assert val["top"] == pytest.approx(ref["top"], abs=2e-4)
+    assert val["oracle"] == pytest.approx(ref["oracle"], abs=2e-4)
 
 
 def test_train_cli_bad_config_exits_2(tmp_path, capsys):

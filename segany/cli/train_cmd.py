@@ -51,6 +51,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
 def cmd_train(args: argparse.Namespace) -> int:
     from ..train import load_train_config, train
     from ..train.trainer import CURVES_NAME, LOG_NAME, MODEL_NAME
+    from ..train.validate import BEST_MODEL_NAME, VAL_LOG_NAME
 
     overrides = list(args.set)
     if args.out_dir:
@@ -67,4 +68,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     if record:
         print(json.dumps(record))
     print(f"log: {out}/{LOG_NAME}\ncurves: {out}/{CURVES_NAME}\nmodel: {out}/{MODEL_NAME}")
+    if config.val_data:
+        print(f"validation: {out}/{VAL_LOG_NAME}\nbest model: {out}/{BEST_MODEL_NAME}")
     return 0

@@ -388,6 +388,7 @@ def evaluate_interactive(
     clicks: Sequence[int] = DEFAULT_CLICKS,
     max_masks_per_image: int | None = None,
     max_images: int | None = None,
+    image_indices: Sequence[int] | None = None,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
@@ -406,6 +407,9 @@ def evaluate_interactive(
         max_masks_per_image: evaluate at most this many non-empty masks per image, drawn
             deterministically from ``(seed, image index)``; None = all.
         max_images: evaluate only the first this many images; None = all.
+        image_indices: evaluate only these dataset indices (of the first ``max_images``), e.g.
+            one process's share of a distributed evaluation; the masks drawn for an image
+            depend on its dataset index, so shards add up to the whole evaluation.
         seed: seed of the mask subsampling.
         batch_size: prompt sets (masks) decoded per ``predict`` call; results do not depend
             on it (the predictor decodes each set exactly as alone).
@@ -426,6 +430,13 @@ def evaluate_interactive(
     n_images = len(dataset) if max_images is None else min(len(dataset), max_images)
     start = time.perf_counter()
     indices: Any = range(n_images)
+    if image_indices is not None:
+        indices = [int(i) for i in image_indices]
+        bad = [i for i in indices if not 0 <= i < n_images]
+        if bad:
+            raise ValueError(
+                f"image_indices {bad[:5]} outside the evaluated images [0, {n_images})"
+            )
     bar = None
     if progress:
         from tqdm import tqdm

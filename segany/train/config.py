@@ -55,6 +55,15 @@ class TrainConfig:
         learning rate is multiplied by ``lr_decay_factor`` at each step in ``lr_decay_steps``;
         ``layer_decay`` scales ViT block ``i``'s lr by ``layer_decay ** (depth - i)``;
         ``drop_path`` is the stochastic-depth rate of the last ViT block.
+    Validation (off unless ``val_data`` is given):
+        val_data: dataset specs (as ``data``) held out from training; every ``val_every``
+            steps (0: only at the end of the schedule) the model is evaluated with the
+            interactive point protocol of ``segany eval`` (fp32 weights, as trained) on the
+            first ``val_images`` images, at most ``val_masks_per_image`` masks each, and
+            ``val.jsonl`` gets mIoU after each of ``val_clicks`` clicks (top-scored and oracle
+            mask). ``score`` is the mean top mIoU over ``val_clicks``; the best-scoring weights
+            are kept as ``model_best.safetensors``. Under ``torchrun`` each process evaluates
+            its share of the images.
     Run: steps, seed, precision (``auto``/``bf16``/``fp32``: bf16 autocast where supported),
         grad_checkpointing, grad_clip (0 = off), checkpoint_every, log_every, num_workers, and
         ``out_dir`` (checkpoints, log, curves and the final model).
@@ -95,6 +104,12 @@ class TrainConfig:
     lr_decay_factor: float = 0.1
     layer_decay: float = 1.0
     drop_path: float = 0.0
+
+    val_data: tuple[Any, ...] = ()
+    val_every: int = 0
+    val_images: int = 20
+    val_masks_per_image: int = 8
+    val_clicks: tuple[int, ...] = (1, 3, 5)
 
     steps: int = 1000
     seed: int = 0
@@ -142,6 +157,16 @@ class TrainConfig:
             errors.append(f"drop_path must be in [0, 1), got {self.drop_path}")
         if not self.data:
             errors.append("data must name at least one dataset")
+        if self.val_every < 0:
+            errors.append(f"val_every must be >= 0, got {self.val_every}")
+        if self.val_images <= 0 or self.val_masks_per_image <= 0:
+            errors.append(
+                f"val_images and val_masks_per_image must be positive, got {self.val_images} "
+                f"and {self.val_masks_per_image}"
+            )
+        clicks = list(self.val_clicks)
+        if not clicks or min(clicks) < 1 or clicks != sorted(set(clicks)):
+            errors.append(f"val_clicks must be increasing positive click counts, got {clicks}")
         if errors:
             raise ValueError("invalid training config: " + "; ".join(errors))
 
@@ -167,7 +192,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in values.items():
         out[k] = tuple(v) if isinstance(v, list) else v
-        if k == "data" and isinstance(v, (str, dict)):
+        if k in ("data", "val_data") and isinstance(v, (str, dict)):
             out[k] = (v,)
     return out
 

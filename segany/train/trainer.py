@@ -37,6 +37,7 @@ from ..precision import resolve_device, resolve_precision
 from .config import TrainConfig
 from .data import StepBatches, open_training_data
 from .engine import STAT_KEYS, InteractiveSam
+from .validate import BEST_MODEL_NAME, VAL_LOG_NAME, validation_record, validation_sums
 
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"
@@ -309,6 +310,9 @@ def train(
     t_start = time.time() - elapsed
     deadline = None if max_time_s is None else time.time() + max_time_s
     log_file = out / LOG_NAME
+    val_file = out / VAL_LOG_NAME
+    val_data = open_training_data(config.val_data) if config.val_data else None
+    best = max((r["score"] for r in read_log(val_file) if r["step"] <= start), default=None)
     done = start
     for step, batch in loader:
         if step >= end:
@@ -360,6 +364,26 @@ def train(
             with open(log_file, "a") as f:
                 f.write(json.dumps(record) + "\n")
             window = []
+        if val_data is not None and (
+            done == config.steps or (config.val_every and done % config.val_every == 0)
+        ):
+            t_val = time.time()
+            sums = validation_sums(sam, val_data, config, rank, world).to(dev)
+            if distributed:
+                torch.distributed.all_reduce(sums)
+            if rank == 0:
+                val = {"step": done, "time_s": round(time.time() - t_start, 2)}
+                val.update(validation_record(sums.cpu(), config))
+                val["val_s"] = round(time.time() - t_val, 2)
+                if best is None or val["score"] > best:
+                    best, val["best"] = val["score"], True
+                    save_state_dict(sam.state_dict(), out / BEST_MODEL_NAME)
+                with open(val_file, "a") as f:
+                    f.write(json.dumps(val) + "\n")
+                if bar is not None:
+                    bar.write(f"step {done}: validation " + ", ".join(
+                        f"{k} pt {t:.3f}" for k, t in zip(val["clicks"], val["top"], strict=True)
+                    ) + f" (top mIoU, {val['masks']} masks)")  # fmt: skip
         if done % config.checkpoint_every == 0 or done == end:
             if rank == 0:
                 state = {
@@ -373,7 +397,7 @@ def train(
                 _atomic_save(state, last_path)
                 if done % config.checkpoint_every == 0:
                     _atomic_save(state, ckpt_dir / f"step_{done:07d}.pt")
-                plot_curves(log_file, out / CURVES_NAME)
+                plot_curves(log_file, out / CURVES_NAME, val_file)
             if distributed:
                 torch.distributed.barrier()
     if bar is not None:
@@ -401,18 +425,30 @@ def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
     return [records[k] for k in sorted(records)]
 
 
-def plot_curves(log_path: str | os.PathLike, png_path: str | os.PathLike) -> None:
-    """Plot loss terms and first/last-round IoU against step into a PNG (atomically)."""
+def plot_curves(
+    log_path: str | os.PathLike,
+    png_path: str | os.PathLike,
+    val_path: str | os.PathLike | None = None,
+) -> None:
+    """Plot loss terms and first/last-round IoU against step into a PNG (atomically), and
+    the validation mIoU per click count when ``val_path`` (a ``val.jsonl``) has records."""
     records = read_log(log_path)
     if not records:
         return
+    val = read_log(val_path) if val_path is not None else []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 4 if val else 3, figsize=(20 if val else 15, 4))
+    if val:
+        for j, k in enumerate(val[-1]["clicks"]):
+            ys = [r["top"][j] for r in val]
+            axes[3].plot([r["step"] for r in val], ys, marker="o", label=f"{k} pt")
+        axes[3].set_title("validation mIoU (top-scored mask)")
+        axes[3].legend()
     for key in ("loss", "dice", "iou_mse"):
         if key in records[0]:
             axes[0].plot(steps, [r[key] for r in records], label=key)
