@@ -438,6 +438,7 @@ def test_torchrun_two_processes_gloo(tmp_path):
             cmd + extra, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path
         )
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert proc.stdout.count("\nmodel: ") == 1  # rank 0 reports, once
         log = read_log(tmp_path / "ddp" / "log.jsonl")
         assert [r["step"] for r in log] == steps
         assert (tmp_path / "ddp" / "model.safetensors").exists() == (steps == [1, 2])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 
@@ -64,6 +65,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         max_time_s=args.max_time,
     )
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports for all
+        return 0
     out = config.out_dir
     if record:
         print(json.dumps(record))
