@@ -11,6 +11,9 @@
   over the segments of a resumed run), ``curves.png`` (loss and IoU curves),
   ``config.json``, and at the end ``model.safetensors`` (the SAM state dict with official
   names, loadable by :func:`segany.load_model`).
+* with ``val_data``: ``val.jsonl`` (validation mIoU per click count every ``val_every`` steps
+  and at the end, :mod:`segany.train.validate`) and ``model_best.safetensors`` (the weights of
+  the best validation ``score``).
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) it initialises ``torch.distributed`` (NCCL on CUDA,
 gloo on CPU) and wraps the model in DistributedDataParallel; each process takes its own slice
@@ -444,9 +447,10 @@ def plot_curves(
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(1, 4 if val else 3, figsize=(20 if val else 15, 4))
     if val:
+        same = [r for r in val if r["clicks"] == val[-1]["clicks"]]  # val_clicks may change
         for j, k in enumerate(val[-1]["clicks"]):
-            ys = [r["top"][j] for r in val]
-            axes[3].plot([r["step"] for r in val], ys, marker="o", label=f"{k} pt")
+            ys = [r["top"][j] for r in same]
+            axes[3].plot([r["step"] for r in same], ys, marker="o", label=f"{k} pt")
         axes[3].set_title("validation mIoU (top-scored mask)")
         axes[3].legend()
     for key in ("loss", "dice", "iou_mse"):
