@@ -21,31 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-    }
+sys.path.insert(0, str(HERE))
+from bench_core import machine  # noqa: E402
 
 
 def main() -> None:
@@ -110,8 +93,8 @@ def main() -> None:
     if rank != 0:
         return
     info = machine()
-    print(f"# {args.config}: {world} process(es), {info['threads']} thread(s) each")
-    print(f"# {info['cpu']} ({info['cores']} cores), gpu {info['gpu']}, torch {info['torch']}")
+    print(f"# {args.config}: {world} process(es), {info['torch_threads']} thread(s) each")
+    print(f"# {info['cpu']} ({info['cores']} cores), gpu {info.get('gpu')}, torch {info['torch']}")
     print("| phase | s/step | steps in schedule | minutes |")
     print("|---|---:|---:|---:|")
     for r in rows:

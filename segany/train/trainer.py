@@ -314,8 +314,10 @@ def train(
     deadline = None if max_time_s is None else time.time() + max_time_s
     log_file = out / LOG_NAME
     val_file = out / VAL_LOG_NAME
-    val_data = open_training_data(config.val_data) if config.val_data else None
-    best = max((r["score"] for r in read_log(val_file) if r["step"] <= start), default=None)
+    val_data, best = None, None  # best: the best validation score so far (kept across resume)
+    if config.val_data:
+        val_data = open_training_data(config.val_data)
+        best = max((r["score"] for r in read_log(val_file) if r["step"] <= start), default=None)
     done = start
     for step, batch in loader:
         if step >= end:
