@@ -285,6 +285,47 @@ def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_
     assert 0 <= float(out["iou_last"]) <= 1
 
 
+@pytest.mark.parametrize("next_mask", ["predicted", "min_loss"])
+def test_round_two_gets_the_most_confident_mask_as_in_the_paper(tmp_path, monkeypatch, next_mask):
+    from segany.train import engine
+    from segany.train.data import StepBatches, open_training_data
+
+    cfg = _cfg(
+        tmp_path,
+        next_mask=next_mask,
+        box_probability=0.0,
+        loss_resolution="low",
+        max_masks_per_image=8,
+        data=("procedural:3:1",),
+    )
+    sam = segany.load_model(cfg.init, precision="fp32", device="cpu").train()
+    batch = StepBatches(
+        open_training_data(cfg.data),
+        cfg,
+        img_size=sam.image_encoder.img_size,
+        pixel_mean=sam.pixel_mean.flatten().tolist(),
+        pixel_std=sam.pixel_std.flatten().tolist(),
+    ).batch(0)
+    losses, mask_inputs = [], []
+    real = engine.sam_loss
+
+    def spy(logits, iou_pred, *args, **kw):
+        out = real(logits, iou_pred, *args, **kw)
+        losses.append((logits.detach(), iou_pred.detach(), out["selected"]))
+        return out
+
+    monkeypatch.setattr(engine, "sam_loss", spy)
+    sam.prompt_encoder.register_forward_pre_hook(lambda m, args: mask_inputs.append(args[2]))
+    engine.InteractiveSam(sam, cfg)(batch, seed=3)
+    logits, iou_pred, min_loss = losses[0]  # round 1: three masks per point
+    assert logits.shape[1] == 3 and mask_inputs[0] is None
+    confident = iou_pred.argmax(1)
+    assert (confident != min_loss).any()  # else this test could not tell the two apart
+    pick = confident if next_mask == "predicted" else min_loss
+    rows = torch.arange(len(pick))
+    torch.testing.assert_close(mask_inputs[1], logits[rows, pick][:, None], rtol=0, atol=0)
+
+
 def test_progressive_resizing_small_input_then_model_size(tmp_path):
     from segany.modeling import PromptEncoder
     from segany.train import engine

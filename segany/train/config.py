@@ -48,6 +48,11 @@ class TrainConfig:
             at most the model's ``img_size``) — at half the size a quarter of the tokens, ~2x
             cheaper per step — and the rest at the model's own size, which is the only one the
             finished model is used at (see ``ImageEncoderViT.forward``).
+        next_mask: which of the three masks of a single-point round is passed on — fed back
+            as the next round's mask prompt and the region the next click corrects:
+            ``"predicted"`` (the default, the paper: the one with the highest predicted IoU,
+            which is also what a user of the top-scored mask sees) or ``"min_loss"`` (the
+            lowest-loss one, i.e. the best of three; what segany did before 2026-11-23).
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
         box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
     Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.
@@ -85,6 +90,7 @@ class TrainConfig:
     grad_rounds: int = 0
     small_input_steps: int = 0
     small_input_size: int = 128
+    next_mask: str = "predicted"  # "predicted" (the paper) or "min_loss"
     box_probability: float = 0.5
     box_noise: float = 0.1
     box_noise_max_px: float = 20.0
@@ -145,6 +151,8 @@ class TrainConfig:
             errors.append(
                 f"grad_rounds must be in [0, rounds={self.rounds}], got {self.grad_rounds}"
             )
+        if self.next_mask not in ("predicted", "min_loss"):
+            errors.append(f"next_mask must be 'predicted' or 'min_loss', got {self.next_mask!r}")
         if not 0 <= self.box_probability <= 1:
             errors.append(f"box_probability must be in [0, 1], got {self.box_probability}")
         if self.loss_resolution not in ("input", "low"):

@@ -4,8 +4,9 @@ Per mask, ``rounds`` (11) rounds: a first prompt (a uniform foreground point or 
 ``point_rounds`` (8) rounds that each add a point sampled from the previous prediction's error
 region, and the remaining (2) rounds that add no point; every round after the first feeds the
 previous low-res logits back as the mask prompt. A single point asks for the three
-ambiguity-aware masks (the min-loss one is trained); more than one prompt uses the single-mask
-token. Every round's loss counts (mean over rounds).
+ambiguity-aware masks (the min-loss one is trained; the one with the highest predicted IoU is
+passed on to the next round, as in the paper, unless ``next_mask = "min_loss"``); more than one
+prompt uses the single-mask token. Every round's loss counts (mean over rounds).
 """
 
 from __future__ import annotations
@@ -138,8 +139,8 @@ class InteractiveSam(nn.Module):
     ) -> None:
         """Round ``r`` for every prompt group: add its click (rounds after the first that are
         not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
-        each group ``out`` (:func:`sam_loss`'s dict, with the true ``iou``), ``logits`` (the
-        selected low-res mask, detached) and ``pred`` (its binary input-frame mask, for the next
+        each group ``out`` (:func:`sam_loss`'s dict, with ``iou`` the true IoU of the mask passed
+        on), ``logits`` (the low-res mask passed on, detached: see ``next_mask``) and ``pred`` (its binary input-frame mask, for the next
         click). ``scale`` = model input size / batch input size (1 except under progressive
         resizing)."""
         cfg, sam, s = self.config, self.sam, targets.shape[-1]
@@ -195,7 +196,11 @@ class InteractiveSam(nn.Module):
                 focal_gamma=cfg.focal_gamma,
             )
             sel = torch.arange(len(rows), device=targets.device)
-            chosen = low[sel, out["selected"]][:, None].detach()
+            pick = out["selected"]
+            if multimask and cfg.next_mask == "predicted":  # the paper: most confident mask
+                pick = iou_pred.detach().argmax(dim=1)
+                out["iou"] = out["true_iou"][sel, pick]
+            chosen = low[sel, pick][:, None].detach()
             g["logits"] = chosen
             up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
             g["pred"] = up[:, 0] > sam.mask_threshold

@@ -100,8 +100,8 @@ def sam_loss(
     Returns a dict: ``loss`` (scalar to back-propagate: mean over prompts of the selected
     mask's ``focal_weight * focal + dice_weight * dice`` plus ``iou_weight`` times the IoU MSE
     over all M outputs), ``focal``, ``dice``, ``iou_mse`` (scalars, for logging), ``selected``
-    ``(N,)`` index of the lowest-loss output per prompt and ``iou`` ``(N,)`` true IoU of the
-    selected output (no gradient).
+    ``(N,)`` index of the lowest-loss output per prompt, ``iou`` ``(N,)`` true IoU of the
+    selected output and ``true_iou`` ``(N, M)`` true IoU of every output (no gradient).
     """
     focal = sigmoid_focal_loss(logits, target, valid, alpha=focal_alpha, gamma=focal_gamma)
     dice = dice_loss(logits, target, valid)
@@ -118,4 +118,5 @@ def sam_loss(
         "iou_mse": iou_mse.mean().detach(),
         "selected": selected,
         "iou": true_iou[rows, selected],
+        "true_iou": true_iou,
     }
