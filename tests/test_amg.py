@@ -62,7 +62,9 @@ def assert_same_records(a, b):
         iou = (ma & mb).sum() / max((ma | mb).sum(), 1)
         assert iou >= 0.99, iou
         assert abs(x["predicted_iou"] - y["predicted_iou"]) <= 1e-4
-        assert abs(x["stability_score"] - y["stability_score"]) <= 1e-4
+        # The score counts pixels above +-offset; a logit within float noise of the offset can
+        # flip between two equivalent op orders, moving the score by ~1 / area per pixel.
+        assert abs(x["stability_score"] - y["stability_score"]) <= max(1e-4, 3 / x["area"])
         assert x["area"] == y["area"] and x["bbox"] == y["bbox"]
         assert x["crop_box"] == y["crop_box"] and x["point_coords"] == y["point_coords"]
         assert type(x["segmentation"]) is type(y["segmentation"])

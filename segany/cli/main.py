@@ -49,7 +49,7 @@ from . import export_cmd
 DEFAULT_MODEL = "segany_tiny"  # the bundled model (no download)
 # The demo's automatic-generator filters (predicted IoU, stability) for the bundled model: it is
 # small and its IoU scores and logit margins are lower than SAM's; on the demo's sample image the
-# official 0.88 / 0.95 keep the 3 objects but drop the nested part, 0.7 / 0.9 keep it (5 masks).
+# official 0.88 / 0.95 keep the 3 objects but drop the nested part, 0.7 / 0.9 keep it (6 masks).
 DEMO_TINY_THRESHOLDS = (0.7, 0.9)
 #: Output folder of ``segany segment`` when ``--out`` is not given.
 DEFAULT_OUT = "segany_out"

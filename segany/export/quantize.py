@@ -45,7 +45,10 @@ def quantize_file(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]:
             dst,
             op_types_to_quantize=["MatMul", "Conv"],
             per_channel=True,
-            reduce_range=False,
+            # 7-bit weights: ONNX Runtime's u8 x s8 kernels can saturate on x86 CPUs without
+            # VNNI (AVX2, AVX512 without VNNI); the full range halved the tiny test model's
+            # int8 mask IoU on an AVX2 machine (0.632 vs 0.907 with the reduced range).
+            reduce_range=True,
             weight_type=QuantType.QInt8,
             use_external_data_format=external,
             extra_options={"EnableSubgraph": False},
