@@ -249,12 +249,10 @@ def _cfg(tmp_path: Path, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("grad_rounds", [0, 2])
-def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_rounds):
-    from segany.train import engine
+def _model_and_first_batch(cfg: TrainConfig):
+    """The model of ``cfg.init`` in training mode and its step-0 batch."""
     from segany.train.data import StepBatches, open_training_data
 
-    cfg = _cfg(tmp_path, grad_rounds=grad_rounds)
     sam = segany.load_model(cfg.init, precision="fp32", device="cpu").train()
     batch = StepBatches(
         open_training_data(cfg.data),
@@ -263,6 +261,15 @@ def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_
         pixel_mean=sam.pixel_mean.flatten().tolist(),
         pixel_std=sam.pixel_std.flatten().tolist(),
     ).batch(0)
+    return sam, batch
+
+
+@pytest.mark.parametrize("grad_rounds", [0, 2])
+def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_rounds):
+    from segany.train import engine
+
+    cfg = _cfg(tmp_path, grad_rounds=grad_rounds)
+    sam, batch = _model_and_first_batch(cfg)
     calls = []
     real = engine.sam_loss
 
@@ -288,7 +295,6 @@ def test_only_graded_rounds_carry_gradient_and_loss(tmp_path, monkeypatch, grad_
 @pytest.mark.parametrize("next_mask", ["predicted", "min_loss"])
 def test_round_two_gets_the_most_confident_mask_as_in_the_paper(tmp_path, monkeypatch, next_mask):
     from segany.train import engine
-    from segany.train.data import StepBatches, open_training_data
 
     cfg = _cfg(
         tmp_path,
@@ -298,14 +304,7 @@ def test_round_two_gets_the_most_confident_mask_as_in_the_paper(tmp_path, monkey
         max_masks_per_image=8,
         data=("procedural:3:1",),
     )
-    sam = segany.load_model(cfg.init, precision="fp32", device="cpu").train()
-    batch = StepBatches(
-        open_training_data(cfg.data),
-        cfg,
-        img_size=sam.image_encoder.img_size,
-        pixel_mean=sam.pixel_mean.flatten().tolist(),
-        pixel_std=sam.pixel_std.flatten().tolist(),
-    ).batch(0)
+    sam, batch = _model_and_first_batch(cfg)
     losses, mask_inputs = [], []
     real = engine.sam_loss
 
