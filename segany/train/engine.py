@@ -140,9 +140,9 @@ class InteractiveSam(nn.Module):
         """Round ``r`` for every prompt group: add its click (rounds after the first that are
         not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
         each group ``out`` (:func:`sam_loss`'s dict, with ``iou`` the true IoU of the mask passed
-        on), ``logits`` (the low-res mask passed on, detached: see ``next_mask``) and ``pred`` (its binary input-frame mask, for the next
-        click). ``scale`` = model input size / batch input size (1 except under progressive
-        resizing)."""
+        on), ``logits`` (the low-res mask passed on, detached: see ``next_mask``) and ``pred``
+        (its binary input-frame mask, for the next click). ``scale`` = model input size / batch
+        input size (1 except under progressive resizing)."""
         cfg, sam, s = self.config, self.sam, targets.shape[-1]
         for g in groups:
             rows = g["rows"]
