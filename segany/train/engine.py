@@ -199,7 +199,7 @@ class InteractiveSam(nn.Module):
             pick = out["selected"]
             if multimask and cfg.next_mask == "predicted":  # the paper: most confident mask
                 pick = iou_pred.detach().argmax(dim=1)
-                out["iou"] = out["true_iou"][sel, pick]
+            out["iou"] = out["true_iou"][sel, pick]  # of the mask passed on
             chosen = low[sel, pick][:, None].detach()
             g["logits"] = chosen
             up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
