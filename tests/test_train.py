@@ -383,6 +383,22 @@ def test_short_training_run_lowers_the_loss(tmp_path):
     assert model.image_encoder.img_size == TINY.image_encoder.img_size
 
 
+def test_trainable_prefixes_refit_the_iou_head_and_leave_masks_alone(tmp_path):
+    head = "mask_decoder.iou_prediction_head"
+    cfg = _cfg(tmp_path, trainable=(head,), rounds=1, steps=3)
+    train(cfg, device="cpu", progress=False)
+    before = segany.load_model(cfg.init, precision="fp32", device="cpu").state_dict()
+    model = segany.load_model(Path(cfg.out_dir) / "model.safetensors", precision="fp32")
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(head + ".") for k in changed), changed
+    with pytest.raises(ValueError, match="match no parameter"):
+        train(_cfg(tmp_path, trainable=("mask_decoder.no_such_head",)), device="cpu")
+    frozen_only = _cfg(tmp_path, trainable=("image_encoder.neck",), freeze_image_encoder=True)
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(frozen_only, device="cpu")
+
+
 VAL = {"val_data": ("procedural:3:11",), "val_images": 3, "val_masks_per_image": 2}
 
 

@@ -26,6 +26,10 @@ class TrainConfig:
         init: optional checkpoint to start from (fine-tuning); its architecture is inferred.
         freeze_image_encoder / freeze_prompt_encoder: train only the rest (decoder-only
             fine-tuning is the common cheap case).
+        trainable: parameter-name prefixes (state-dict names, e.g.
+            ``"mask_decoder.iou_prediction_head"``); when given, only parameters under one of
+            them train (on top of the freeze flags), e.g. re-fitting the IoU head alone, which
+            leaves every mask bit for bit as it was. Empty (the default): everything not frozen.
     Data:
         data: dataset specs (``"procedural:N[:seed]"``, an SA-1B folder, a COCO ``.json``, or
             dicts, see :func:`segany.data.datasets.open_dataset`), concatenated.
@@ -78,6 +82,7 @@ class TrainConfig:
     init: str = ""
     freeze_image_encoder: bool = False
     freeze_prompt_encoder: bool = False
+    trainable: tuple[str, ...] = ()
 
     data: tuple[Any, ...] = ("procedural:100000",)
     images_per_step: int = 4
@@ -200,7 +205,7 @@ def _coerce(values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in values.items():
         out[k] = tuple(v) if isinstance(v, list) else v
-        if k in ("data", "val_data") and isinstance(v, (str, dict)):
+        if k in ("data", "val_data", "trainable") and isinstance(v, (str, dict)):
             out[k] = (v,)
     return out
 

@@ -66,9 +66,35 @@ def build_training_model(config: TrainConfig) -> Sam:
         (sam.prompt_encoder, config.freeze_prompt_encoder),
     ):
         part.requires_grad_(not frozen)
+    if config.trainable:
+        _train_only(sam, config.trainable)
     sam.image_encoder.set_drop_path(config.drop_path)
     sam.image_encoder.grad_checkpointing = config.grad_checkpointing
     return sam.train()
+
+
+def _train_only(sam: Sam, prefixes: tuple[str, ...]) -> None:
+    """Freeze every parameter whose state-dict name is not under one of ``prefixes``."""
+    names = [name for name, _ in sam.named_parameters()]
+
+    def under(name: str, prefix: str) -> bool:
+        prefix = prefix.rstrip(".")
+        return name == prefix or name.startswith(prefix + ".")
+
+    unknown = [p for p in prefixes if not any(under(n, p) for n in names)]
+    if unknown:
+        tops = sorted({".".join(n.split(".")[:2]) for n in names})
+        raise ValueError(
+            f"trainable prefixes {unknown} match no parameter of the model; "
+            f"parameter names start with one of {tops}"
+        )
+    for name, p in sam.named_parameters():
+        if not any(under(name, prefix) for prefix in prefixes):
+            p.requires_grad_(False)
+    if not any(p.requires_grad for p in sam.parameters()):
+        raise ValueError(
+            f"nothing to train: trainable={list(prefixes)} lies entirely inside frozen parts"
+        )
 
 
 #: Gain of the decoder's shared query/key initialisation (see :func:`_init_weights`).
