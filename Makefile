@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL ?= segany_tiny
 OUT ?= demo_out
 
-.PHONY: demo test lint bench model model-gpu eval-model clean
+.PHONY: demo test test-fast lint bench model model-gpu eval-model clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The edit loop: everything but the vit_b-sized tests (CI runs `make test`, all of them).
+test-fast: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

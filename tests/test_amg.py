@@ -14,7 +14,7 @@ from segment_anything import SamAutomaticMaskGenerator as OfficialGenerator
 
 import segany
 from segany.amg import SamAutomaticMaskGenerator
-from tests.conftest import TINY, make_amg_pair, make_pair, random_image
+from tests.helpers import TINY, make_amg_pair, make_pair, random_image
 
 
 def _blob_predict_masks(

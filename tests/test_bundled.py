@@ -78,7 +78,7 @@ def test_generator_equals_official_on_the_trained_weights(bundled, extra):
 
     from segany.amg import SamAutomaticMaskGenerator
     from segany.data.sample import sample_image
-    from tests.conftest import official_from_config
+    from tests.helpers import official_from_config
     from tests.test_amg import assert_same_records
 
     official = official_from_config(segany.get_config("segany_tiny"))

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 import segany
 from segany.checkpoint import CheckpointError, infer_config, load_into, read_state_dict
 from segany.config import ImageEncoderConfig, MaskDecoderConfig, PromptEncoderConfig, SamConfig
-from tests.conftest import TINY, randomize_
+from tests.helpers import TINY, randomize_
 
 
 def _save(sd, path):

@@ -19,7 +19,7 @@ from segany import hub
 from segany.cli import main as cli_main
 from segany.cli.main import DEFAULT_MODEL, main
 from segany.modeling import ImageEncoderViT
-from tests.conftest import TINY, random_image, randomize_
+from tests.helpers import TINY, random_image, randomize_
 
 H, W = 90, 120
 REPO = Path(__file__).resolve().parents[1]
@@ -429,7 +429,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
     import segany
     from segany.cli.main import main
-    from tests.conftest import TINY, randomize_
+    from tests.helpers import TINY, randomize_
 
     ckpt = tmp_path / "tiny.pth"
     torch.save(randomize_(segany.build_sam_model(TINY), 0).state_dict(), ckpt)

@@ -11,7 +11,7 @@ from PIL import Image
 
 import segany
 from segany.cli.main import main
-from tests.conftest import TINY, make_amg_pair, random_image
+from tests.helpers import TINY, make_amg_pair, random_image
 
 LOOSE = ["--pred-iou-thresh", "0", "--stability-score-thresh", "0", "--points-per-side", "4"]
 

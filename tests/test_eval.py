@@ -23,7 +23,7 @@ from segany.eval import (
     mask_iou,
     next_click,
 )
-from tests.conftest import TINY, make_amg_pair, randomize_
+from tests.helpers import TINY, make_amg_pair, randomize_
 
 H, W = 40, 50
 LOW = 16  # low-res logit size of the fake predictors

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import segany
 from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
 from segany.precision import cpu_has_native_bf16, resolve_precision
-from tests.conftest import TINY, make_amg_pair, random_image, randomize_
+from tests.helpers import TINY, make_amg_pair, random_image, randomize_
 
 
 def _eager_biased(q, k, v, rel_h, rel_w, scale):

@@ -27,63 +27,20 @@ from segany.export import export_onnx  # noqa: E402
 from segany.export import onnx as onnx_export  # noqa: E402
 from segany.export.onnx import preprocess_model  # noqa: E402
 from segany.io.embedding import model_fingerprint  # noqa: E402
-from segany.runtime import OnnxPredictor  # noqa: E402
-from tests.conftest import TINY, random_image, randomize_  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    IOU_TOL,
+    TINY,
+    assert_masks_match,
+    assert_same_prediction,
+    onnx_predictor,
+    quiet_options,
+    random_image,
+    randomize_,
+    run_suite,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-IOU_TOL = 1e-3  # ONNX Runtime vs PyTorch, fp32
-LOGIT_BAND = 1e-2  # mask pixels may differ only where |logit| is below this
 H, W = 90, 120  # tiny test image (not square, smaller than img_size 128)
-
-
-def assert_masks_match(logits: np.ndarray, ref_logits: np.ndarray) -> None:
-    """Masks equal except on pixels whose reference logit is within LOGIT_BAND of 0."""
-    assert logits.shape == ref_logits.shape
-    differ = (logits > 0) != (ref_logits > 0)
-    bad = differ & (np.abs(ref_logits) > LOGIT_BAND)
-    assert not bad.any(), f"{int(bad.sum())} mask pixels differ away from the threshold"
-
-
-def assert_same_prediction(a, b) -> None:
-    """(masks-as-logits, scores, low_res) of two predictors agree."""
-    np.testing.assert_allclose(a[1], b[1], atol=IOU_TOL, rtol=0)
-    np.testing.assert_allclose(a[2], b[2], atol=1e-3, rtol=1e-3)
-    assert_masks_match(a[0], b[0])
-
-
-def prompt_suite(h: int, w: int) -> list[dict]:
-    """1 point, 3 points, a box, points + box, and (filled in by the caller) a mask input."""
-    rng = np.random.default_rng(h + w)
-    pts = rng.uniform([0, 0], [w, h], size=(3, 2))
-    box = np.array([w * 0.1, h * 0.2, w * 0.7, h * 0.9])
-    return [
-        {"point_coords": pts[:1], "point_labels": np.array([1])},
-        {"point_coords": pts, "point_labels": np.array([1, 0, 1])},
-        {"box": box},
-        {"point_coords": pts[:2], "point_labels": np.array([1, 0]), "box": box},
-    ]
-
-
-def run_suite(ours, ref, h: int, w: int) -> None:
-    """Every prompt of :func:`prompt_suite`, with and without a mask input fed back, multimask
-    on and off: ``ours`` (OnnxPredictor) agrees with ``ref`` (SamPredictor)."""
-    for prompt in prompt_suite(h, w):
-        for multimask in (True, False):
-            a = ours.predict(**prompt, multimask_output=multimask, return_logits=True)
-            b = ref.predict(**prompt, multimask_output=multimask, return_logits=True)
-            assert a[0].shape == (3 if multimask else 1, h, w)
-            assert_same_prediction(a, b)
-            fed = {**prompt, "mask_input": b[2][:1]}
-            assert_same_prediction(
-                ours.predict(**fed, multimask_output=multimask, return_logits=True),
-                ref.predict(**fed, multimask_output=multimask, return_logits=True),
-            )
-    # a mask input alone (no sparse prompt: zero points in the decoder)
-    low = ref.predict(**prompt_suite(h, w)[0], multimask_output=False)[2]
-    assert_same_prediction(
-        ours.predict(mask_input=low, return_logits=True),
-        ref.predict(mask_input=low, return_logits=True),
-    )
 
 
 def official_decoder_onnx(official, path: Path, return_single_mask: bool = False) -> Path:
@@ -145,22 +102,10 @@ def decoder_feeds(c: int, he: int, img_size: int, orig_sizes: list[tuple[int, in
     return feeds
 
 
-def quiet_options():
-    """Session options without thread spinning: these tests alternate ONNX Runtime and torch
-    calls on a small shared CPU, where spinning pools slow each other down."""
-    so = ort.SessionOptions()
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 def session(path: Path):
     return ort.InferenceSession(
         str(path), sess_options=quiet_options(), providers=["CPUExecutionProvider"]
     )
-
-
-def onnx_predictor(path: Path, **kwargs) -> OnnxPredictor:
-    return OnnxPredictor(path, session_options=quiet_options(), **kwargs)
 
 
 # ---------------------------------------------------------------------------- fixtures

@@ -14,7 +14,7 @@ from segany.amg import SamAutomaticMaskGenerator
 from segany.cli.main import main
 from segany.data.scenes import ProceduralScenes
 from segany.export import export_onnx
-from tests.test_onnx import onnx_predictor, run_suite
+from tests.helpers import onnx_predictor, run_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

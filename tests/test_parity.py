@@ -8,7 +8,7 @@ import torch
 from segment_anything import SamPredictor as OfficialPredictor
 
 import segany
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 IOU_TOL = 1e-4
 LOGIT_BAND = 1e-3

@@ -10,7 +10,7 @@ from PIL import Image
 
 import segany
 from segany.io.image import to_rgb_uint8
-from tests.conftest import random_image
+from tests.helpers import random_image
 
 H, W = 90, 120
 
@@ -111,7 +111,7 @@ def test_embedding_file_roundtrip(predictor, tiny_model, tmp_path):
 
 
 def tiny_model_config():
-    from tests.conftest import TINY
+    from tests.helpers import TINY
 
     return TINY
 

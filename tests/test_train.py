@@ -18,7 +18,7 @@ import segany
 from segany.train import TrainConfig, clicks, load_train_config, train
 from segany.train.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
 from segany.train.trainer import lr_factor, param_groups, read_log
-from tests.conftest import TINY, randomize_
+from tests.helpers import TINY, randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
 
