@@ -11,7 +11,7 @@ prompt uses the single-mask token. Every round's loss counts (mean over rounds).
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,62 @@ from .losses import sam_loss
 
 #: What :meth:`InteractiveSam.forward` returns (same keys on every process, for all-reduce).
 STAT_KEYS = ("loss", "focal", "dice", "iou_mse", "iou_first", "iou_last", "num_masks")
+_LOSS_TERMS = ("focal", "dice", "iou_mse")
+
+
+@dataclass(frozen=True)
+class _StepInputs:
+    """What every round of one step reads (N masks on B images, input frame ``S x S``).
+
+    Attributes:
+        emb: ``(B, C, He, We)`` float32 image embeddings.
+        pe: ``(1, C, He, We)`` dense positional encoding of the embedding grid.
+        targets: ``(N, S, S)`` bool ground-truth masks.
+        valid: ``(N, S, S)`` bool unpadded area of each mask's image (where clicks may land).
+        index: ``(N,)`` int64 image of each mask.
+        skip: rounds (1-based after the first prompt) that add no click.
+        gen: the step's prompt generator.
+        scale: model input size / batch input size (1 except under progressive resizing).
+    """
+
+    emb: torch.Tensor
+    pe: torch.Tensor
+    targets: torch.Tensor
+    valid: torch.Tensor
+    index: torch.Tensor
+    skip: set[int]
+    gen: torch.Generator
+    scale: float
+
+
+@dataclass
+class _PromptGroup:
+    """The masks of a step whose first prompt is of one kind (points or boxes): their prompts
+    so far and what their last round produced, updated round after round (``n`` masks, input
+    frame ``S x S``).
+
+    Attributes:
+        rows: ``(n,)`` int64 rows of the group's masks among the step's masks.
+        is_box: whether the first prompt is a box.
+        box: ``(n, 4)`` float XYXY noisy boxes (box groups), else None.
+        points: ``(n, k, 2)`` float (x, y) and ``(n, k)`` int64 labels of the ``k`` points so
+            far, or None (a box group before its first click).
+        logits: ``(n, 1, h, w)`` low-res logits of the mask passed on (detached, see
+            ``next_mask``): the next round's mask prompt. None before the first round.
+        pred: ``(n, S, S)`` bool, that mask binarized in the input frame: the region the next
+            click corrects. None before the first round.
+        losses: :func:`~segany.train.losses.sam_loss`'s dict of the last round.
+        iou: ``(n,)`` true IoU of the mask passed on in the last round.
+    """
+
+    rows: torch.Tensor
+    is_box: bool
+    box: torch.Tensor | None = None
+    points: tuple[torch.Tensor, torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+    pred: torch.Tensor | None = None
+    losses: dict[str, torch.Tensor] | None = None
+    iou: torch.Tensor | None = None
 
 
 class InteractiveSam(nn.Module):
@@ -68,140 +124,135 @@ class InteractiveSam(nn.Module):
         if n == 0:  # nothing to supervise: a zero loss that still touches every parameter
             zero = emb.sum() * 0 + sum(p.sum() * 0 for p in self.parameters() if p.requires_grad)
             return {"loss": zero, **{k: torch.tensor(0.0) for k in STAT_KEYS[1:]}}
-        emb = emb.float()
         # Prompts live in the batch's input frame; a smaller frame than the model's
         # (progressive resizing) is mapped onto the model's frame pixel-centre to pixel-centre.
         scale = sam.image_encoder.img_size / images.shape[-1]
-        pe = sam.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0)  # (1, C, He, We)
-        valid = valid_img[index]  # (N, S, S)
+        emb = emb.float()
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
         skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
         graded = clicks.gradient_rounds(n_rounds, cfg.grad_rounds, gen)
+        step = _StepInputs(
+            emb=emb,
+            pe=sam.prompt_encoder.pe_layer(tuple(emb.shape[-2:])).unsqueeze(0),
+            targets=targets,
+            valid=valid_img[index],
+            index=index,
+            skip=skip,
+            gen=gen,
+            scale=scale,
+        )
+        groups = self._first_prompts(use_box, step)
 
-        groups = []
-        for is_box in (False, True):
-            rows = torch.nonzero(use_box == is_box)[:, 0]
-            if len(rows) == 0:
-                continue
-            g: dict[str, Any] = {"rows": rows, "box": None, "is_box": is_box}
-            t = targets[rows]
-            if is_box:
-                g["box"] = clicks.noisy_boxes(
-                    t,
-                    noise=cfg.box_noise,
-                    max_noise_px=cfg.box_noise_max_px / scale,
-                    frame=None,
-                    generator=gen,
-                )
-                g["points"] = None
-            else:
-                g["points"] = clicks.sample_points_in_masks(t, gen)
-            groups.append(g)
-
-        totals = {"loss": 0.0, "focal": 0.0, "dice": 0.0, "iou_mse": 0.0}
+        loss: torch.Tensor | float = 0.0
+        terms = dict.fromkeys(_LOSS_TERMS, 0.0)
         iou_first = iou_last = None
         for r in range(n_rounds):
             round_iou = torch.zeros(n, device=dev)
             with torch.set_grad_enabled(torch.is_grad_enabled() and r in graded):
-                self._round(r, groups, emb, pe, targets, valid, index, skip, gen, scale)
+                for g in groups:
+                    self._round(r, g, step)
             for g in groups:
-                round_iou[g["rows"]] = g["out"]["iou"]
+                round_iou[g.rows] = g.iou
                 if r in graded:
-                    share = len(g["rows"]) / n / len(graded)
-                    totals["loss"] = totals["loss"] + g["out"]["loss"] * share
-                    for k in ("focal", "dice", "iou_mse"):
-                        totals[k] += float(g["out"][k]) * share
+                    share = len(g.rows) / n / len(graded)
+                    loss = loss + g.losses["loss"] * share
+                    for k in _LOSS_TERMS:
+                        terms[k] += float(g.losses[k]) * share
             if r == 0:
                 iou_first = round_iou.mean()
             iou_last = round_iou.mean()
         return {
-            "loss": totals["loss"],
-            "focal": torch.tensor(totals["focal"]),
-            "dice": torch.tensor(totals["dice"]),
-            "iou_mse": torch.tensor(totals["iou_mse"]),
+            "loss": loss,
+            **{k: torch.tensor(v) for k, v in terms.items()},
             "iou_first": iou_first.detach().cpu(),
             "iou_last": iou_last.detach().cpu(),
             "num_masks": torch.tensor(float(n)),
         }
 
-    def _round(
-        self,
-        r: int,
-        groups: list[dict[str, Any]],
-        emb: torch.Tensor,
-        pe: torch.Tensor,
-        targets: torch.Tensor,
-        valid: torch.Tensor,
-        index: torch.Tensor,
-        skip: set[int],
-        gen: torch.Generator,
-        scale: float,
-    ) -> None:
-        """Round ``r`` for every prompt group: add its click (rounds after the first that are
-        not in ``skip``), decode with the previous low-res logits as mask prompt, and store in
-        each group ``out`` (:func:`sam_loss`'s dict, with ``iou`` the true IoU of the mask passed
-        on), ``logits`` (the low-res mask passed on, detached: see ``next_mask``) and ``pred``
-        (its binary input-frame mask, for the next click). ``scale`` = model input size / batch
-        input size (1 except under progressive resizing)."""
-        cfg, sam, s = self.config, self.sam, targets.shape[-1]
-        for g in groups:
-            rows = g["rows"]
-            t = targets[rows]
-            v = valid[rows]
-            if r > 0 and r not in skip:
-                p, lab = clicks.sample_error_points(g["pred"], t, v, gen)
-                if g["points"] is None:
-                    g["points"] = (p, lab)
-                else:
-                    g["points"] = (
-                        torch.cat([g["points"][0], p], 1),
-                        torch.cat([g["points"][1], lab], 1),
-                    )
-            mask_in = g.get("logits") if r > 0 else None
-            points, box = g["points"], g["box"]
-            if scale != 1:
-                if points is not None:
-                    points = (clicks.rescale_coords(points[0], scale), points[1])
-                if box is not None:
-                    box = clicks.rescale_coords(box, scale)
-            sparse, dense = sam.prompt_encoder(points, box, mask_in)
-            if dense.shape[-2:] != emb.shape[-2:]:  # the no-mask embedding is constant: crop it
-                dense = dense[..., : emb.shape[-2], : emb.shape[-1]]
-            multimask = r == 0 and not g["is_box"]
-            low, iou_pred = sam.mask_decoder(
-                image_embeddings=emb[index[rows]],
-                image_pe=pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=multimask,
-            )
-            low = low.float()
-            if cfg.loss_resolution == "input":
-                logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
-                tgt, val = t[:, None], v[:, None]
+    def _first_prompts(self, use_box: torch.Tensor, step: _StepInputs) -> list[_PromptGroup]:
+        """The point group (a uniform foreground point in each mask), then the box group (a
+        noisy box around each), each only if it has masks."""
+        cfg = self.config
+        groups = []
+        for is_box in (False, True):
+            rows = torch.nonzero(use_box == is_box)[:, 0]
+            if len(rows) == 0:
+                continue
+            g = _PromptGroup(rows=rows, is_box=is_box)
+            t = step.targets[rows]
+            if is_box:
+                g.box = clicks.noisy_boxes(
+                    t,
+                    noise=cfg.box_noise,
+                    max_noise_px=cfg.box_noise_max_px / step.scale,
+                    frame=None,
+                    generator=step.gen,
+                )
             else:
-                logits = low
-                size = low.shape[-2:]
-                tgt = F.interpolate(t[:, None].float(), size, mode="area") > 0.5
-                val = F.interpolate(v[:, None].float(), size, mode="area") > 0.5
-            out = sam_loss(
-                logits,
-                iou_pred,
-                tgt,
-                val,
-                focal_weight=cfg.focal_weight,
-                dice_weight=cfg.dice_weight,
-                iou_weight=cfg.iou_weight,
-                focal_alpha=cfg.focal_alpha,
-                focal_gamma=cfg.focal_gamma,
-            )
-            sel = torch.arange(len(rows), device=targets.device)
-            pick = out["selected"]
-            if multimask and cfg.next_mask == "predicted":  # the paper: most confident mask
-                pick = iou_pred.detach().argmax(dim=1)
-            out["iou"] = out["true_iou"][sel, pick]  # of the mask passed on
-            chosen = low[sel, pick][:, None].detach()
-            g["logits"] = chosen
-            up = F.interpolate(chosen, (s, s), mode="bilinear", align_corners=False)
-            g["pred"] = up[:, 0] > sam.mask_threshold
-            g["out"] = out
+                g.points = clicks.sample_points_in_masks(t, step.gen)
+            groups.append(g)
+        return groups
+
+    def _round(self, r: int, g: _PromptGroup, step: _StepInputs) -> None:
+        """Round ``r`` of group ``g``: add its click (rounds after the first that are not in
+        ``step.skip``), decode with the previous low-res logits as mask prompt, and store the
+        round's loss terms, the true IoU of the mask passed on, its logits and its binary mask
+        in ``g``."""
+        cfg, sam = self.config, self.sam
+        s = step.targets.shape[-1]
+        t = step.targets[g.rows]
+        v = step.valid[g.rows]
+        if r > 0 and r not in step.skip:
+            p, lab = clicks.sample_error_points(g.pred, t, v, step.gen)
+            if g.points is None:
+                g.points = (p, lab)
+            else:
+                g.points = (torch.cat([g.points[0], p], 1), torch.cat([g.points[1], lab], 1))
+        mask_in = g.logits if r > 0 else None
+        points, box = g.points, g.box
+        if step.scale != 1:
+            if points is not None:
+                points = (clicks.rescale_coords(points[0], step.scale), points[1])
+            if box is not None:
+                box = clicks.rescale_coords(box, step.scale)
+        emb = step.emb
+        sparse, dense = sam.prompt_encoder(points, box, mask_in)
+        if dense.shape[-2:] != emb.shape[-2:]:  # the no-mask embedding is constant: crop it
+            dense = dense[..., : emb.shape[-2], : emb.shape[-1]]
+        multimask = r == 0 and not g.is_box
+        low, iou_pred = sam.mask_decoder(
+            image_embeddings=emb[step.index[g.rows]],
+            image_pe=step.pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask,
+        )
+        low = low.float()
+        if cfg.loss_resolution == "input":
+            logits = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)
+            tgt, val = t[:, None], v[:, None]
+        else:
+            logits = low
+            size = low.shape[-2:]
+            tgt = F.interpolate(t[:, None].float(), size, mode="area") > 0.5
+            val = F.interpolate(v[:, None].float(), size, mode="area") > 0.5
+        out = sam_loss(
+            logits,
+            iou_pred,
+            tgt,
+            val,
+            focal_weight=cfg.focal_weight,
+            dice_weight=cfg.dice_weight,
+            iou_weight=cfg.iou_weight,
+            focal_alpha=cfg.focal_alpha,
+            focal_gamma=cfg.focal_gamma,
+        )
+        sel = torch.arange(len(g.rows), device=step.targets.device)
+        pick = out["selected"]
+        if multimask and cfg.next_mask == "predicted":  # the paper: most confident mask
+            pick = iou_pred.detach().argmax(dim=1)
+        g.losses = out
+        g.iou = out["true_iou"][sel, pick]
+        g.logits = low[sel, pick][:, None].detach()
+        up = F.interpolate(g.logits, (s, s), mode="bilinear", align_corners=False)
+        g.pred = up[:, 0] > sam.mask_threshold
