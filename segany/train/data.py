@@ -2,7 +2,8 @@
 
 A batch is a pure function of ``(config.seed, step, rank)``: which images (an epoch-wise seeded
 permutation of the concatenated datasets), which of their masks, and — in the engine — which
-prompts. That is what makes resume-from-checkpoint exact without saving loader state.
+prompts (the streams of :mod:`segany.train.seeds`). That is what makes resume-from-checkpoint
+exact without saving loader state.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 
 from ..transforms import ResizeLongestSide, normalize_and_pad
 from .config import TrainConfig
+from .seeds import Stream, step_rng
 
 
 class SampleLike(Protocol):
@@ -161,13 +163,14 @@ class StepBatches(torch.utils.data.IterableDataset):
             pos = (step * self.world_size + self.rank) * b + j
             epoch = pos // n
             if self._perm is None or self._perm[0] != epoch:
-                perm = np.random.default_rng([self.config.seed, epoch]).permutation(n)
+                perm = step_rng(Stream.IMAGE_ORDER, self.config.seed, epoch).permutation(n)
                 self._perm = (epoch, perm)
             out.append(int(self._perm[1][pos % n]))
         return out
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
-        rng = np.random.default_rng([self.config.seed, step, self.rank, 1])
+        """This process's batch at ``step`` (see :func:`collate`)."""
+        rng = step_rng(Stream.MASK_CHOICE, self.config.seed, step, self.rank)
         size = self.config.input_size(step, self.img_size)
         prepared = [
             prepare_sample(
