@@ -17,7 +17,8 @@ import torch
 import segany
 from segany.train import TrainConfig, clicks, load_train_config, train
 from segany.train.losses import dice_loss, mask_iou, sam_loss, sigmoid_focal_loss
-from segany.train.trainer import lr_factor, param_groups, read_log
+from segany.train.model import lr_factor, param_groups
+from segany.train.trainer import read_log
 from tests.helpers import TINY, randomize_
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -191,7 +192,7 @@ def test_layer_decay_and_frozen_encoder(tmp_path):
     scales = {g["lr_scale"] for g in groups}
     assert max(scales) == 1.0 and min(scales) == pytest.approx(0.5**4)  # depth 3 + patch embed
     ckpt = _tiny_checkpoint(tmp_path)
-    from segany.train.trainer import build_training_model
+    from segany.train.model import build_training_model
 
     model = build_training_model(TrainConfig(init=str(ckpt), freeze_image_encoder=True))
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
@@ -199,7 +200,7 @@ def test_layer_decay_and_frozen_encoder(tmp_path):
 
 
 def test_from_scratch_init_aligns_decoder_queries_and_keys():
-    from segany.train.trainer import DECODER_QK_GAIN, _init_weights
+    from segany.train.model import DECODER_QK_GAIN, _init_weights
 
     plain = segany.build_sam_model(TINY)
     sam = segany.build_sam_model(TINY)

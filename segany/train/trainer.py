@@ -23,168 +23,83 @@ of every step's images.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..build import build_sam_model
-from ..checkpoint import infer_config, load_into, read_state_dict
-from ..config import get_config
+from ..io.files import atomic_write, write_json_atomic
 from ..modeling import Sam
 from ..precision import resolve_device, resolve_precision
 from .config import TrainConfig
 from .data import StepBatches, open_training_data
 from .engine import STAT_KEYS, InteractiveSam
+from .model import build_optimizer, build_training_model, lr_factor
+from .seeds import Stream, step_seed
 from .validate import BEST_MODEL_NAME, VAL_LOG_NAME, validation_record, validation_sums
 
 LOG_NAME = "log.jsonl"
 CURVES_NAME = "curves.png"
 MODEL_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
 
 
-# --------------------------------------------------------------------------- model
+@dataclass(frozen=True)
+class RunFiles:
+    """Where a run in ``out`` keeps its files (see the module docstring)."""
+
+    out: Path
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    def step_checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"step_{step:07d}.pt"
+
+    @property
+    def log(self) -> Path:
+        return self.out / LOG_NAME
+
+    @property
+    def val_log(self) -> Path:
+        return self.out / VAL_LOG_NAME
+
+    @property
+    def curves(self) -> Path:
+        return self.out / CURVES_NAME
+
+    @property
+    def model(self) -> Path:
+        return self.out / MODEL_NAME
+
+    @property
+    def best_model(self) -> Path:
+        return self.out / BEST_MODEL_NAME
 
 
-def build_training_model(config: TrainConfig) -> Sam:
-    """The model to train: ``config.init`` loaded strictly (fine-tuning; architecture inferred)
-    or a fresh ``config.model`` with ViT-style initialisation; frozen parts set, drop-path and
-    gradient checkpointing applied. fp32 master weights, train mode."""
-    if config.init:
-        sd = read_state_dict(config.init)
-        sam = build_sam_model(infer_config(sd, name=Path(config.init).stem))
-        load_into(sam, sd, source=config.init)
-    else:
-        sam = build_sam_model(get_config(config.model))
-        _init_weights(sam)
-    for part, frozen in (
-        (sam.image_encoder, config.freeze_image_encoder),
-        (sam.prompt_encoder, config.freeze_prompt_encoder),
-    ):
-        part.requires_grad_(not frozen)
-    if config.trainable:
-        _train_only(sam, config.trainable)
-    sam.image_encoder.set_drop_path(config.drop_path)
-    sam.image_encoder.grad_checkpointing = config.grad_checkpointing
-    return sam.train()
+# --------------------------------------------------------------------------- files
 
 
-def _train_only(sam: Sam, prefixes: tuple[str, ...]) -> None:
-    """Freeze every parameter whose state-dict name is not under one of ``prefixes``."""
-    names = [name for name, _ in sam.named_parameters()]
-
-    def under(name: str, prefix: str) -> bool:
-        prefix = prefix.rstrip(".")
-        return name == prefix or name.startswith(prefix + ".")
-
-    unknown = [p for p in prefixes if not any(under(n, p) for n in names)]
-    if unknown:
-        tops = sorted({".".join(n.split(".")[:2]) for n in names})
-        raise ValueError(
-            f"trainable prefixes {unknown} match no parameter of the model; "
-            f"parameter names start with one of {tops}"
-        )
-    for name, p in sam.named_parameters():
-        if not any(under(name, prefix) for prefix in prefixes):
-            p.requires_grad_(False)
-    if not any(p.requires_grad for p in sam.parameters()):
-        raise ValueError(
-            f"nothing to train: trainable={list(prefixes)} lies entirely inside frozen parts"
-        )
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint (``weights_only`` unpickling: tensors and plain data)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the path
+        raise RuntimeError(f"cannot read training checkpoint {path}: {e}") from e
 
 
-#: Gain of the decoder's shared query/key initialisation (see :func:`_init_weights`).
-DECODER_QK_GAIN = 2.0
-
-
-def _init_weights(sam: Sam) -> None:
-    """From-scratch init: truncated-normal (std 0.02) linear layers and absolute position
-    embedding, as ViT/MAE do; in the mask decoder's attention layers the key projection starts
-    equal to the query projection, both scaled by :data:`DECODER_QK_GAIN`. Everything else
-    keeps PyTorch's defaults.
-
-    Why the decoder init: queries and keys carry the random-Fourier positional encodings of
-    prompts and image tokens. With equal projections, ``q·k = peᵀ WᵀW pe'`` is a positive
-    kernel from step 0, so a prompt already attends to the image tokens near it; with
-    independent random projections a from-scratch model spent ~600 steps predicting nothing
-    before it found that alignment. Only values change, never names or shapes."""
-    gen = torch.Generator().manual_seed(0)
-    for m in sam.image_encoder.modules():
-        if isinstance(m, nn.Linear):
-            with torch.no_grad():
-                m.weight.copy_(
-                    torch.nn.init.trunc_normal_(torch.empty_like(m.weight), std=0.02, generator=gen)
-                )
-                if m.bias is not None:
-                    m.bias.zero_()
-    if sam.image_encoder.pos_embed is not None:
-        with torch.no_grad():
-            pe = sam.image_encoder.pos_embed
-            pe.copy_(torch.nn.init.trunc_normal_(torch.empty_like(pe), std=0.02, generator=gen))
-    with torch.no_grad():
-        for m in sam.mask_decoder.transformer.modules():
-            q, k = getattr(m, "q_proj", None), getattr(m, "k_proj", None)
-            if isinstance(q, nn.Linear) and isinstance(k, nn.Linear):
-                q.weight.mul_(DECODER_QK_GAIN)
-                k.weight.copy_(q.weight)
-                k.bias.copy_(q.bias)
-
-
-def param_groups(sam: Sam, config: TrainConfig) -> list[dict[str, Any]]:
-    """AdamW parameter groups: no weight decay on biases, norms, embeddings and position
-    tables; layer-wise lr decay for the ViT (block ``i`` of ``d``: ``layer_decay ** (d - i)``,
-    patch/position embeddings ``layer_decay ** (d + 1)``, neck and the rest 1)."""
-    depth = len(sam.image_encoder.blocks)
-    groups: dict[tuple[float, float], list[nn.Parameter]] = {}
-    for name, p in sam.named_parameters():
-        if not p.requires_grad:
-            continue
-        if name.startswith("image_encoder.blocks."):
-            layer = int(name.split(".")[2]) + 1
-        elif name.startswith(("image_encoder.patch_embed", "image_encoder.pos_embed")):
-            layer = 0
-        else:
-            layer = depth + 1
-        scale = config.layer_decay ** (depth + 1 - layer)
-        no_decay = (
-            p.ndim <= 1
-            or name.endswith(("pos_embed", "rel_pos_h", "rel_pos_w"))
-            or ".norm" in name
-            or "embed" in name.split(".")[-2]
-            or "token" in name
-        )
-        wd = 0.0 if no_decay else config.weight_decay
-        groups.setdefault((scale, wd), []).append(p)
-    return [
-        {"params": ps, "lr_scale": s, "weight_decay": wd} for (s, wd), ps in sorted(groups.items())
-    ]
-
-
-def lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to 1 over ``warmup_steps``, then × ``lr_decay_factor`` at each
-    ``lr_decay_steps`` boundary (SAM's step schedule)."""
-    if config.warmup_steps > 0 and step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    return config.lr_decay_factor ** sum(step >= s for s in config.lr_decay_steps)
-
-
-# --------------------------------------------------------------------------- run state
-
-
-def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``config.precision`` on ``device``; None = plain fp32."""
-    dtype = resolve_precision(config.precision, device)
-    return None if dtype == torch.float32 else dtype
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _save_checkpoint_file(state: dict[str, Any], path: Path) -> None:
+    with atomic_write(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -194,14 +109,6 @@ def _rng_state() -> dict[str, Any]:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint (``weights_only`` unpickling: tensors and plain data)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(f"cannot read training checkpoint {path}: {e}") from e
 
 
 def save_state_dict(
@@ -215,24 +122,324 @@ def save_state_dict(
     world-readable (it is a shareable artifact)."""
     from safetensors.torch import save_file
 
-    path = Path(path)
     sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        sd, str(tmp), metadata={"format": "pt", "producer": "segany.train", **(metadata or {})}
-    )
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    meta = {"format": "pt", "producer": "segany.train", **(metadata or {})}
+    with atomic_write(path, mode=0o644) as tmp:
+        save_file(sd, str(tmp), metadata=meta)
 
 
-# --------------------------------------------------------------------------- loop
+def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
 
 
-def _dist_env() -> tuple[int, int, int]:
+# --------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class _Process:
+    """This process's place in the run: its device and its rank among ``world`` processes."""
+
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    owns_group: bool = False  # a process group the caller set up is left for the caller to end
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the processes (in place); a no-op on one process."""
+        if self.distributed:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
+
+
+def _start_process(device: str | torch.device | None) -> _Process:
+    """Pick the device and, under ``torchrun`` (``WORLD_SIZE > 1``), join the process group
+    (NCCL on CUDA, gloo on CPU) unless the caller already set one up."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    return world, rank, local
+    if world <= 1:
+        return _Process(resolve_device(device), rank, world)
+    import torch.distributed as dist
+
+    if device is None:
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return _Process(dev, rank, world, owns_group)
+
+
+def _end_process(proc: _Process) -> None:
+    """Wait for every process; leave the process group if this run set it up."""
+    if proc.distributed:
+        proc.barrier()
+        if proc.owns_group:
+            torch.distributed.destroy_process_group()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class _StepResult:
+    """What one optimizer step reports: the step's statistics (:data:`STAT_KEYS`, averaged over
+    the processes), the schedule's base learning rate, its number of prompt rounds, the
+    gradient norm before clipping (None without clipping) and whether a process ran out of
+    time."""
+
+    stats: dict[str, float]
+    lr: float
+    rounds: int
+    grad_norm: float | None
+    late: bool
+
+
+@dataclass
+class _Run:
+    """One invocation of :func:`train` (one segment of a possibly resumed run): the model
+    being trained and where the loop stands.
+
+    ``start`` is the first step of this invocation, ``end`` the step it stops after (brought
+    forward when out of time), ``done`` the steps completed so far; ``t_start`` is the
+    ``time.time()`` at which the run's training time was 0 (earlier segments included).
+    """
+
+    config: TrainConfig
+    proc: _Process
+    files: RunFiles
+    sam: Sam  # fp32 master weights
+    model: nn.Module  # what a step calls: InteractiveSam, under DDP with several processes
+    opt: torch.optim.Optimizer
+    loader: Any  # this process's (step, batch) from ``start`` on
+    amp: torch.dtype | None  # autocast dtype; None = plain fp32
+    bar: Any  # the progress bar (rank 0), or None
+    start: int
+    end: int
+    done: int
+    t_start: float
+    deadline: float | None
+    val_data: Any = None
+    best: float | None = None  # the best validation score so far (kept across resume)
+    window: list[dict[str, float]] = field(default_factory=list)  # stats since the last record
+    record: dict[str, Any] = field(default_factory=dict)  # the last logged record
+
+
+def _autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``config.precision`` on ``device``; None = plain fp32."""
+    dtype = resolve_precision(config.precision, device)
+    return None if dtype == torch.float32 else dtype
+
+
+def _resume(files: RunFiles, sam: Sam, opt: torch.optim.Optimizer) -> tuple[int, float]:
+    """Load ``last.pt`` into the model, the optimizer and the global torch RNG if it exists.
+    Returns the step to continue from and the training time of the earlier segments (s)."""
+    if not files.last_checkpoint.exists():
+        return 0, 0.0
+    state = load_checkpoint(files.last_checkpoint)
+    sam.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["torch"])
+    return int(state["step"]), float(state.get("elapsed_s", 0.0))
+
+
+def _batches(config: TrainConfig, sam: Sam, start: int, proc: _Process) -> Any:
+    """The loader of this process's ``(step, batch)`` from ``start`` on."""
+    stream = StepBatches(
+        open_training_data(config.data),
+        config,
+        img_size=sam.image_encoder.img_size,
+        pixel_mean=sam.pixel_mean.flatten().tolist(),
+        pixel_std=sam.pixel_std.flatten().tolist(),
+        start_step=start,
+        rank=proc.rank,
+        world_size=proc.world,
+    )
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=config.num_workers, persistent_workers=False
+    )
+
+
+def _set_up(
+    config: TrainConfig,
+    proc: _Process,
+    *,
+    resume: bool,
+    progress: bool,
+    max_steps: int | None,
+    max_time_s: float | None,
+) -> _Run:
+    """Write ``config.json``, build the model and optimizer, resume from ``last.pt`` (if
+    ``resume``), wrap the model for DDP, open the data and start the clock."""
+    files = RunFiles(Path(config.out_dir))
+    if proc.rank == 0:
+        files.checkpoints.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(files.out / CONFIG_NAME, config.to_dict(), indent=2, newline=True)
+    sam = build_training_model(config).to(proc.device)
+    module = InteractiveSam(sam, config).to(proc.device)
+    opt = build_optimizer(sam, config, proc.device)
+    start, elapsed = _resume(files, sam, opt) if resume else (0, 0.0)
+    model: nn.Module = module
+    if proc.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=[proc.device.index] if proc.device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    loader = _batches(config, sam, start, proc)
+    amp = _autocast_dtype(config, proc.device)
+    end = config.steps if max_steps is None else min(config.steps, start + max_steps)
+    bar = None
+    if progress and proc.rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    run = _Run(
+        config=config,
+        proc=proc,
+        files=files,
+        sam=sam,
+        model=model,
+        opt=opt,
+        loader=loader,
+        amp=amp,
+        bar=bar,
+        start=start,
+        end=end,
+        done=start,
+        t_start=time.time() - elapsed,
+        deadline=None if max_time_s is None else time.time() + max_time_s,
+    )
+    if config.val_data:
+        run.val_data = open_training_data(config.val_data)
+        scores = (r["score"] for r in read_log(files.val_log) if r["step"] <= start)
+        run.best = max(scores, default=None)
+    return run
+
+
+def _train_step(run: _Run, step: int, batch: dict[str, torch.Tensor]) -> _StepResult:
+    """One optimizer step: the scheduled learning rate, the loss of the step's batch under
+    autocast with the step's seeds, backward, clipping and AdamW; the statistics and the
+    out-of-time flag are all-reduced so every process stops at the same step."""
+    cfg, proc = run.config, run.proc
+    factor = lr_factor(step, cfg)
+    for g in run.opt.param_groups:
+        g["lr"] = cfg.lr * factor * g["lr_scale"]
+    torch.manual_seed(step_seed(Stream.DROP_PATH, cfg.seed, step, proc.rank))
+    rounds = 1 if step < cfg.first_prompt_steps else cfg.rounds
+    amp = run.amp
+    with torch.autocast(proc.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+        seed = step_seed(Stream.PROMPTS, cfg.seed, step, proc.rank)
+        outputs = run.model(batch, seed=seed, rounds=rounds)
+    loss = outputs["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"non-finite loss {float(loss)} at step {step}; lower lr or use fp32 precision"
+        )
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = None
+    if cfg.grad_clip > 0:
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.sam.parameters(), cfg.grad_clip))
+    run.opt.step()
+    stats = {k: float(outputs[k].detach()) for k in STAT_KEYS}
+    late = run.deadline is not None and time.time() > run.deadline
+    if proc.distributed:  # the out-of-time flag rides along
+        values = [stats[k] for k in STAT_KEYS] + [float(late)]
+        vec = proc.all_reduce(torch.tensor(values, dtype=torch.float64, device=proc.device))
+        *totals, late_ranks = vec.tolist()
+        stats = {k: float(x) / proc.world for k, x in zip(STAT_KEYS, totals, strict=True)}
+        late = late_ranks > 0
+    return _StepResult(stats, cfg.lr * factor, rounds, grad_norm, late)
+
+
+def _advance(run: _Run, step: int, result: _StepResult) -> None:
+    """Count ``step`` as done; when a process is out of time, make it the last one."""
+    run.window.append(result.stats)
+    run.done = step + 1
+    if result.late and run.done < run.end:
+        run.end = run.done  # out of time: log, checkpoint and stop after this step
+    if run.bar is not None:
+        stats = result.stats
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats.get('iou_first', 0):.2f}")
+
+
+def _log(run: _Run, result: _StepResult) -> None:
+    """Append the mean statistics since the last record to ``log.jsonl`` (rank 0)."""
+    window = run.window
+    record = {
+        "step": run.done,
+        "lr": result.lr,
+        "rounds": result.rounds,
+        "time_s": round(time.time() - run.t_start, 2),
+        **{k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[-1]},
+    }
+    if result.grad_norm is not None:
+        record["grad_norm"] = result.grad_norm
+    _append_jsonl(run.files.log, record)
+    run.record, run.window = record, []
+
+
+def _validate(run: _Run) -> None:
+    """Validate on every process's share of ``val_data``; rank 0 appends the all-reduced
+    record to ``val.jsonl`` and saves the weights when the score is the best so far."""
+    t_val = time.time()
+    sums = validation_sums(run.sam, run.val_data, run.config, run.proc.rank, run.proc.world)
+    sums = run.proc.all_reduce(sums.to(run.proc.device))
+    if run.proc.rank != 0:
+        return
+    val = {"step": run.done, "time_s": round(time.time() - run.t_start, 2)}
+    val.update(validation_record(sums.cpu(), run.config))
+    val["val_s"] = round(time.time() - t_val, 2)
+    if run.best is None or val["score"] > run.best:
+        run.best, val["best"] = val["score"], True
+        save_state_dict(run.sam.state_dict(), run.files.best_model)
+    _append_jsonl(run.files.val_log, val)
+    if run.bar is not None:
+        run.bar.write(f"step {run.done}: validation " + ", ".join(
+            f"{k} pt {t:.3f}" for k, t in zip(val["clicks"], val["top"], strict=True)
+        ) + f" (top mIoU, {val['masks']} masks)")  # fmt: skip
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """Rank 0 writes ``last.pt`` (and ``step_XXXXXXX.pt`` every ``checkpoint_every`` steps)
+    and redraws the curves; then every process waits for it."""
+    if run.proc.rank == 0:
+        state = {
+            "model": run.sam.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "step": run.done,
+            "elapsed_s": time.time() - run.t_start,
+            "config": run.config.to_dict(),
+            "rng": _rng_state(),
+        }
+        _save_checkpoint_file(state, run.files.last_checkpoint)
+        if run.done % run.config.checkpoint_every == 0:
+            _save_checkpoint_file(state, run.files.step_checkpoint(run.done))
+        plot_curves(run.files.log, run.files.curves, run.files.val_log)
+    run.proc.barrier()
+
+
+def _finish(run: _Run) -> None:
+    """Close the progress bar; when the schedule is complete, rank 0 writes the final
+    ``model.safetensors``; leave the process group."""
+    if run.bar is not None:
+        run.bar.close()
+    if run.proc.rank == 0 and run.done >= run.config.steps:
+        save_state_dict(run.sam.state_dict(), run.files.model)
+    _end_process(run.proc)
 
 
 def train(
@@ -244,7 +451,7 @@ def train(
     max_steps: int | None = None,
     max_time_s: float | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) training. Returns the last logged record.
+    """Run (or resume) training. Returns the last logged record (empty on ranks other than 0).
 
     Args:
         config: the run's :class:`TrainConfig`.
@@ -258,188 +465,25 @@ def train(
             this many seconds after this invocation started (time-sliced runs on a leased
             machine); re-running resumes. The schedule still follows ``config.steps``.
     """
-    world, rank, local = _dist_env()
-    distributed = world > 1
-    owns_group = False  # a process group the caller set up is left for the caller to end
-    if distributed:
-        import torch.distributed as dist
-
-        if device is None:
-            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
-        dev = torch.device(device)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-            owns_group = True
-    else:
-        dev = resolve_device(device)
-    out = Path(config.out_dir)
-    ckpt_dir = out / "checkpoints"
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-    sam = build_training_model(config).to(dev)
-    module = InteractiveSam(sam, config).to(dev)
-    opt = torch.optim.AdamW(
-        param_groups(sam, config),
-        lr=config.lr,
-        betas=tuple(config.betas),
-        weight_decay=0.0,
-        # One fused kernel for all parameters instead of a loop of small ops per tensor: on a
-        # 2-core CPU the loop took ~15 % of a first-prompt step. Same algorithm.
-        fused=dev.type in ("cpu", "cuda"),
+    proc = _start_process(device)
+    run = _set_up(
+        config, proc, resume=resume, progress=progress, max_steps=max_steps, max_time_s=max_time_s
     )
-    start = 0
-    elapsed = 0.0  # training wall time of earlier segments of a resumed run
-    last_path = ckpt_dir / "last.pt"
-    if resume and last_path.exists():
-        state = load_checkpoint(last_path)
-        sam.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        start = int(state["step"])
-        elapsed = float(state.get("elapsed_s", 0.0))
-        torch.set_rng_state(state["rng"]["torch"])
-    if distributed:
-        model: nn.Module = nn.parallel.DistributedDataParallel(
-            module,
-            device_ids=[dev.index] if dev.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
-    else:
-        model = module
-
-    data = open_training_data(config.data)
-    stream = StepBatches(
-        data,
-        config,
-        img_size=sam.image_encoder.img_size,
-        pixel_mean=sam.pixel_mean.flatten().tolist(),
-        pixel_std=sam.pixel_std.flatten().tolist(),
-        start_step=start,
-        rank=rank,
-        world_size=world,
-    )
-    loader = torch.utils.data.DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=config.num_workers,
-        persistent_workers=False,
-    )
-    amp = _autocast_dtype(config, dev)
-    end = config.steps if max_steps is None else min(config.steps, start + max_steps)
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    record: dict[str, Any] = {}
-    window: list[dict[str, float]] = []
-    t_start = time.time() - elapsed
-    deadline = None if max_time_s is None else time.time() + max_time_s
-    log_file = out / LOG_NAME
-    val_file = out / VAL_LOG_NAME
-    val_data, best = None, None  # best: the best validation score so far (kept across resume)
-    if config.val_data:
-        val_data = open_training_data(config.val_data)
-        best = max((r["score"] for r in read_log(val_file) if r["step"] <= start), default=None)
-    done = start
-    for step, batch in loader:
-        if step >= end:
+    for step, batch in run.loader:
+        if step >= run.end:
             break
-        factor = lr_factor(step, config)
-        for g in opt.param_groups:
-            g["lr"] = config.lr * factor * g["lr_scale"]
-        torch.manual_seed(config.seed * 1_000_003 + step * 1009 + rank)  # drop-path masks
-        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-            rounds = 1 if step < config.first_prompt_steps else config.rounds
-            outputs = model(batch, seed=config.seed * 7919 + step * 101 + rank, rounds=rounds)
-        loss = outputs["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"non-finite loss {float(loss)} at step {step}; lower lr or use fp32 precision"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = None
-        if config.grad_clip > 0:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(sam.parameters(), config.grad_clip))
-        opt.step()
-        stats = {k: float(outputs[k].detach()) for k in STAT_KEYS}
-        late = deadline is not None and time.time() > deadline
-        if distributed:  # the out-of-time flag rides along, so every rank stops at the same step
-            values = [stats[k] for k in STAT_KEYS] + [float(late)]
-            vec = torch.tensor(values, dtype=torch.float64, device=dev)
-            torch.distributed.all_reduce(vec)
-            *totals, late_ranks = vec.tolist()
-            stats = {k: float(x) / world for k, x in zip(STAT_KEYS, totals, strict=True)}
-            late = late_ranks > 0
-        window.append(stats)
-        done = step + 1
-        if late and done < end:
-            end = done  # out of time: log, checkpoint and stop after this step
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", iou=f"{stats.get('iou_first', 0):.2f}")
-        if rank == 0 and (done % config.log_every == 0 or done == end):
-            record = {
-                "step": done,
-                "lr": config.lr * factor,
-                "rounds": rounds,
-                "time_s": round(time.time() - t_start, 2),
-                **{k: sum(w.get(k, 0.0) for w in window) / len(window) for k in window[-1]},
-            }
-            if grad_norm is not None:
-                record["grad_norm"] = grad_norm
-            with open(log_file, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            window = []
-        if val_data is not None and (
-            done == config.steps or (config.val_every and done % config.val_every == 0)
+        result = _train_step(run, step, batch)
+        _advance(run, step, result)
+        if proc.rank == 0 and (run.done % config.log_every == 0 or run.done == run.end):
+            _log(run, result)
+        if run.val_data is not None and (
+            run.done == config.steps or (config.val_every and run.done % config.val_every == 0)
         ):
-            t_val = time.time()
-            sums = validation_sums(sam, val_data, config, rank, world).to(dev)
-            if distributed:
-                torch.distributed.all_reduce(sums)
-            if rank == 0:
-                val = {"step": done, "time_s": round(time.time() - t_start, 2)}
-                val.update(validation_record(sums.cpu(), config))
-                val["val_s"] = round(time.time() - t_val, 2)
-                if best is None or val["score"] > best:
-                    best, val["best"] = val["score"], True
-                    save_state_dict(sam.state_dict(), out / BEST_MODEL_NAME)
-                with open(val_file, "a") as f:
-                    f.write(json.dumps(val) + "\n")
-                if bar is not None:
-                    bar.write(f"step {done}: validation " + ", ".join(
-                        f"{k} pt {t:.3f}" for k, t in zip(val["clicks"], val["top"], strict=True)
-                    ) + f" (top mIoU, {val['masks']} masks)")  # fmt: skip
-        if done % config.checkpoint_every == 0 or done == end:
-            if rank == 0:
-                state = {
-                    "model": sam.state_dict(),
-                    "optimizer": opt.state_dict(),
-                    "step": done,
-                    "elapsed_s": time.time() - t_start,
-                    "config": config.to_dict(),
-                    "rng": _rng_state(),
-                }
-                _atomic_save(state, last_path)
-                if done % config.checkpoint_every == 0:
-                    _atomic_save(state, ckpt_dir / f"step_{done:07d}.pt")
-                plot_curves(log_file, out / CURVES_NAME, val_file)
-            if distributed:
-                torch.distributed.barrier()
-    if bar is not None:
-        bar.close()
-    if rank == 0 and done >= config.steps:
-        save_state_dict(sam.state_dict(), out / MODEL_NAME)
-    if distributed:
-        torch.distributed.barrier()
-        if owns_group:
-            torch.distributed.destroy_process_group()
-    return record
+            _validate(run)
+        if run.done % config.checkpoint_every == 0 or run.done == run.end:
+            _save_checkpoint(run)
+    _finish(run)
+    return run.record
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -501,13 +545,8 @@ def plot_curves(
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    png = Path(png_path)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, png)
-
-
-def steps_per_epoch(num_images: int, config: TrainConfig, world_size: int = 1) -> int:
-    """Steps needed to see every image once."""
-    return math.ceil(num_images / (config.images_per_step * world_size))
+    try:
+        with atomic_write(png_path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)
