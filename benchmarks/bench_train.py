@@ -19,7 +19,6 @@ Prints a Markdown table and writes JSON to ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -42,8 +41,9 @@ def main() -> None:
     if not 0 < args.warmup < args.steps:
         sys.exit(f"--warmup must be in (0, --steps={args.steps}), got {args.warmup}")
 
+    from segany.io.files import write_json_atomic
     from segany.train import load_train_config, train
-    from segany.train.trainer import read_log
+    from segany.train.outputs import read_log
 
     cfg = load_train_config(args.config, args.set)
     rank = int(os.environ.get("RANK", "0"))
@@ -107,7 +107,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = out / f"train_{Path(args.config).stem}_{world}p_{stamp}.json"
     result = {"config": args.config, "overrides": args.set, "processes": world, "machine": info}
-    path.write_text(json.dumps({**result, "phases": rows}, indent=2) + "\n")
+    write_json_atomic(path, {**result, "phases": rows}, indent=2, newline=True)
     print(f"wrote {path}")
 
 

@@ -9,7 +9,6 @@ metadata, and checks that it loads strictly as the bundled architecture.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -17,7 +16,8 @@ from pathlib import Path
 import torch
 
 from ..build import BUNDLED_MODEL, bundled_model_path
-from .trainer import save_state_dict
+from ..io.files import sha256_file
+from .outputs import save_state_dict
 
 
 def bundle_model(
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     meta = dict(item.split("=", 1) for item in args.meta)
     out = bundle_model(args.src, args.dst, metadata=meta)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    digest = sha256_file(out)
     print(json.dumps({"path": str(out), "bytes": out.stat().st_size, "sha256": digest}))
     return 0
 

@@ -56,7 +56,8 @@ class TrainConfig:
             as the next round's mask prompt and the region the next click corrects:
             ``"predicted"`` (the default, the paper: the one with the highest predicted IoU,
             which is also what a user of the top-scored mask sees) or ``"min_loss"`` (the
-            lowest-loss one, i.e. the best of three; what segany did before 2026-11-23).
+            lowest-loss one, i.e. the best of three; not in the paper, the rule stage 1 of the
+            bundled model was trained with).
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
         box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
     Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.

@@ -1,12 +1,12 @@
-"""The training loop: optimizer and schedule, mixed precision, DDP, checkpoints, logs, curves.
+"""The training loop: schedule, mixed precision, DDP, validation, checkpoints, logs, curves.
 
 ``train(config)`` runs (or resumes) a run in ``config.out_dir``:
 
 * ``checkpoints/last.pt`` (and ``step_XXXXXXX.pt`` every ``checkpoint_every`` steps): model,
-  optimizer, scheduler, step, RNG states and elapsed training time, written to a temporary
-  name and renamed. Re-running the same command resumes from ``last.pt``; because every batch
-  and prompt is a function of ``(seed, step, rank)``, the resumed run computes the same losses
-  as an uninterrupted one.
+  optimizer, step, config, RNG states and elapsed training time, written atomically.
+  Re-running the same command resumes from ``last.pt``; because every batch and prompt is a
+  function of ``(seed, step, rank)`` (:mod:`segany.train.seeds`), the resumed run computes the
+  same losses as an uninterrupted one.
 * ``log.jsonl`` (one line per logged step; ``time_s`` is the run's training wall time, summed
   over the segments of a resumed run), ``curves.png`` (loss and IoU curves),
   ``config.json``, and at the end ``model.safetensors`` (the SAM state dict with official
@@ -18,11 +18,15 @@
 Under ``torchrun`` (``WORLD_SIZE > 1``) it initialises ``torch.distributed`` (NCCL on CUDA,
 gloo on CPU) and wraps the model in DistributedDataParallel; each process takes its own slice
 of every step's images.
+
+:func:`train` is the outline of the loop; each part is a function of the run's state
+(:class:`_Run`): :func:`_set_up` (model, optimizer, resume, data), then per step
+:func:`_train_step`, :func:`_advance`, :func:`_log`, :func:`_validate` and
+:func:`_save_checkpoint`, and at the end :func:`_finish`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,13 +36,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io.files import atomic_write, write_json_atomic
+from ..io.files import write_json_atomic
 from ..modeling import Sam
 from ..precision import resolve_device, resolve_precision
 from .config import TrainConfig
 from .data import StepBatches, open_training_data
 from .engine import STAT_KEYS, InteractiveSam
 from .model import build_optimizer, build_training_model, lr_factor
+from .outputs import (
+    append_jsonl,
+    load_checkpoint,
+    plot_curves,
+    read_log,
+    rng_state,
+    save_checkpoint,
+    save_state_dict,
+)
 from .seeds import Stream, step_seed
 from .validate import BEST_MODEL_NAME, VAL_LOG_NAME, validation_record, validation_sums
 
@@ -53,6 +66,10 @@ class RunFiles:
     """Where a run in ``out`` keeps its files (see the module docstring)."""
 
     out: Path
+
+    @property
+    def config(self) -> Path:
+        return self.out / CONFIG_NAME
 
     @property
     def checkpoints(self) -> Path:
@@ -84,53 +101,6 @@ class RunFiles:
     @property
     def best_model(self) -> Path:
         return self.out / BEST_MODEL_NAME
-
-
-# --------------------------------------------------------------------------- files
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a training checkpoint (``weights_only`` unpickling: tensors and plain data)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise RuntimeError(f"cannot read training checkpoint {path}: {e}") from e
-
-
-def _save_checkpoint_file(state: dict[str, Any], path: Path) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Global RNG states (tensors only, so checkpoints load with ``weights_only``). Batches
-    and prompts do not depend on them: they come from generators seeded by the step."""
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def save_state_dict(
-    state_dict: dict[str, torch.Tensor],
-    path: str | os.PathLike,
-    *,
-    dtype: torch.dtype = torch.float32,
-    metadata: dict[str, str] | None = None,
-) -> None:
-    """Write a SAM state dict (official names) as safetensors in ``dtype``, atomically and
-    world-readable (it is a shareable artifact)."""
-    from safetensors.torch import save_file
-
-    sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in state_dict.items()}
-    meta = {"format": "pt", "producer": "segany.train", **(metadata or {})}
-    with atomic_write(path, mode=0o644) as tmp:
-        save_file(sd, str(tmp), metadata=meta)
-
-
-def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 # --------------------------------------------------------------------------- processes
@@ -271,6 +241,23 @@ def _batches(config: TrainConfig, sam: Sam, start: int, proc: _Process) -> Any:
     )
 
 
+def _distribute(module: nn.Module, proc: _Process) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel under ``torchrun``, else itself."""
+    if not proc.distributed:
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module,
+        device_ids=[proc.device.index] if proc.device.type == "cuda" else None,
+        find_unused_parameters=True,
+    )
+
+
+def _progress_bar(config: TrainConfig, start: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
 def _set_up(
     config: TrainConfig,
     proc: _Process,
@@ -285,26 +272,16 @@ def _set_up(
     files = RunFiles(Path(config.out_dir))
     if proc.rank == 0:
         files.checkpoints.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(files.out / CONFIG_NAME, config.to_dict(), indent=2, newline=True)
+        write_json_atomic(files.config, config.to_dict(), indent=2, newline=True)
     sam = build_training_model(config).to(proc.device)
     module = InteractiveSam(sam, config).to(proc.device)
     opt = build_optimizer(sam, config, proc.device)
     start, elapsed = _resume(files, sam, opt) if resume else (0, 0.0)
-    model: nn.Module = module
-    if proc.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            module,
-            device_ids=[proc.device.index] if proc.device.type == "cuda" else None,
-            find_unused_parameters=True,
-        )
+    model = _distribute(module, proc)
     loader = _batches(config, sam, start, proc)
     amp = _autocast_dtype(config, proc.device)
     end = config.steps if max_steps is None else min(config.steps, start + max_steps)
-    bar = None
-    if progress and proc.rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+    bar = _progress_bar(config, start) if progress and proc.rank == 0 else None
     run = _Run(
         config=config,
         proc=proc,
@@ -331,7 +308,7 @@ def _set_up(
 def _train_step(run: _Run, step: int, batch: dict[str, torch.Tensor]) -> _StepResult:
     """One optimizer step: the scheduled learning rate, the loss of the step's batch under
     autocast with the step's seeds, backward, clipping and AdamW; the statistics and the
-    out-of-time flag are all-reduced so every process stops at the same step."""
+    out-of-time flag are all-reduced, so every process stops at the same step."""
     cfg, proc = run.config, run.proc
     factor = lr_factor(step, cfg)
     for g in run.opt.param_groups:
@@ -355,13 +332,22 @@ def _train_step(run: _Run, step: int, batch: dict[str, torch.Tensor]) -> _StepRe
     run.opt.step()
     stats = {k: float(outputs[k].detach()) for k in STAT_KEYS}
     late = run.deadline is not None and time.time() > run.deadline
-    if proc.distributed:  # the out-of-time flag rides along
-        values = [stats[k] for k in STAT_KEYS] + [float(late)]
-        vec = proc.all_reduce(torch.tensor(values, dtype=torch.float64, device=proc.device))
-        *totals, late_ranks = vec.tolist()
-        stats = {k: float(x) / proc.world for k, x in zip(STAT_KEYS, totals, strict=True)}
-        late = late_ranks > 0
+    stats, late = _mean_over_processes(proc, stats, late)
     return _StepResult(stats, cfg.lr * factor, rounds, grad_norm, late)
+
+
+def _mean_over_processes(
+    proc: _Process, stats: dict[str, float], late: bool
+) -> tuple[dict[str, float], bool]:
+    """The statistics averaged over the processes, and whether any of them is out of time
+    (the flag rides along in the same all-reduce). Unchanged on one process."""
+    if not proc.distributed:
+        return stats, late
+    values = [stats[k] for k in STAT_KEYS] + [float(late)]
+    vec = proc.all_reduce(torch.tensor(values, dtype=torch.float64, device=proc.device))
+    *totals, late_ranks = vec.tolist()
+    stats = {k: float(x) / proc.world for k, x in zip(STAT_KEYS, totals, strict=True)}
+    return stats, late_ranks > 0
 
 
 def _advance(run: _Run, step: int, result: _StepResult) -> None:
@@ -388,7 +374,7 @@ def _log(run: _Run, result: _StepResult) -> None:
     }
     if result.grad_norm is not None:
         record["grad_norm"] = result.grad_norm
-    _append_jsonl(run.files.log, record)
+    append_jsonl(run.files.log, record)
     run.record, run.window = record, []
 
 
@@ -406,7 +392,7 @@ def _validate(run: _Run) -> None:
     if run.best is None or val["score"] > run.best:
         run.best, val["best"] = val["score"], True
         save_state_dict(run.sam.state_dict(), run.files.best_model)
-    _append_jsonl(run.files.val_log, val)
+    append_jsonl(run.files.val_log, val)
     if run.bar is not None:
         run.bar.write(f"step {run.done}: validation " + ", ".join(
             f"{k} pt {t:.3f}" for k, t in zip(val["clicks"], val["top"], strict=True)
@@ -423,11 +409,11 @@ def _save_checkpoint(run: _Run) -> None:
             "step": run.done,
             "elapsed_s": time.time() - run.t_start,
             "config": run.config.to_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
         }
-        _save_checkpoint_file(state, run.files.last_checkpoint)
+        save_checkpoint(state, run.files.last_checkpoint)
         if run.done % run.config.checkpoint_every == 0:
-            _save_checkpoint_file(state, run.files.step_checkpoint(run.done))
+            save_checkpoint(state, run.files.step_checkpoint(run.done))
         plot_curves(run.files.log, run.files.curves, run.files.val_log)
     run.proc.barrier()
 
@@ -484,69 +470,3 @@ def train(
             _save_checkpoint(run)
     _finish(run)
     return run.record
-
-
-def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a ``log.jsonl``; a run resumed after a crash may have logged a step
-    twice — the later record wins."""
-    records: dict[int, dict[str, Any]] = {}
-    p = Path(path)
-    if not p.exists():
-        return []
-    for line in p.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            records[int(r["step"])] = r
-    return [records[k] for k in sorted(records)]
-
-
-def plot_curves(
-    log_path: str | os.PathLike,
-    png_path: str | os.PathLike,
-    val_path: str | os.PathLike | None = None,
-) -> None:
-    """Plot loss terms and first/last-round IoU against step into a PNG (atomically), and
-    the validation mIoU per click count when ``val_path`` (a ``val.jsonl``) has records."""
-    records = read_log(log_path)
-    if not records:
-        return
-    val = read_log(val_path) if val_path is not None else []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r["step"] for r in records]
-    fig, axes = plt.subplots(1, 4 if val else 3, figsize=(20 if val else 15, 4))
-    if val:
-        same = [r for r in val if r["clicks"] == val[-1]["clicks"]]  # val_clicks may change
-        for j, k in enumerate(val[-1]["clicks"]):
-            ys = [r["top"][j] for r in same]
-            axes[3].plot([r["step"] for r in same], ys, marker="o", label=f"{k} pt")
-        axes[3].set_title("validation mIoU (top-scored mask)")
-        axes[3].legend()
-    for key in ("loss", "dice", "iou_mse"):
-        if key in records[0]:
-            axes[0].plot(steps, [r[key] for r in records], label=key)
-    axes[0].set_yscale("log")
-    axes[0].set_title("loss (mean over rounds)")
-    axes[0].legend()
-    if "focal" in records[0]:
-        axes[1].plot(steps, [r["focal"] for r in records], label="focal")
-        axes[1].set_yscale("log")
-        axes[1].set_title("focal")
-    for key, label in (("iou_first", "first prompt"), ("iou_last", "last round")):
-        if key in records[0]:
-            axes[2].plot(steps, [r[key] for r in records], label=label)
-    axes[2].set_ylim(0, 1)
-    axes[2].set_title("training IoU of the selected mask")
-    axes[2].legend()
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    try:
-        with atomic_write(png_path) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-    finally:
-        plt.close(fig)
