@@ -181,8 +181,8 @@ class _Run:
     """One invocation of :func:`train` (one segment of a possibly resumed run): the model
     being trained and where the loop stands.
 
-    ``start`` is the first step of this invocation, ``end`` the step it stops after (brought
-    forward when out of time), ``done`` the steps completed so far; ``t_start`` is the
+    ``done`` counts the steps completed so far (from the resumed step on), ``end`` is the
+    step this invocation stops after (brought forward when out of time); ``t_start`` is the
     ``time.time()`` at which the run's training time was 0 (earlier segments included).
     """
 
@@ -192,12 +192,11 @@ class _Run:
     sam: Sam  # fp32 master weights
     model: nn.Module  # what a step calls: InteractiveSam, under DDP with several processes
     opt: torch.optim.Optimizer
-    loader: Any  # this process's (step, batch) from ``start`` on
+    loader: Any  # this process's (step, batch) from the resumed step on
     amp: torch.dtype | None  # autocast dtype; None = plain fp32
     bar: Any  # the progress bar (rank 0), or None
-    start: int
-    end: int
     done: int
+    end: int
     t_start: float
     deadline: float | None
     val_data: Any = None
@@ -292,9 +291,8 @@ def _set_up(
         loader=loader,
         amp=amp,
         bar=bar,
-        start=start,
-        end=end,
         done=start,
+        end=end,
         t_start=time.time() - elapsed,
         deadline=None if max_time_s is None else time.time() + max_time_s,
     )
