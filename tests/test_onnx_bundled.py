@@ -1,5 +1,5 @@
 """ONNX export of the bundled model: ONNX Runtime agrees with PyTorch on generated scenes, int8
-keeps the masks (issue bar: mean mask IoU >= 0.95), and the automatic mask generator gives
+keeps the masks (mean mask IoU >= 0.95), and the automatic mask generator gives
 the same masks on either backend (``segany auto --backend onnx``)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.helpers import onnx_predictor, run_suite
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-INT8_BAR = 0.95  # issue 5: mean IoU between int8 and fp32 masks for the bundled model
+INT8_BAR = 0.95  # least mean IoU between int8 and fp32 masks for the bundled model
 
 
 @pytest.fixture(scope="module")
