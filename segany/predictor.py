@@ -175,28 +175,15 @@ class SamPredictor:
         Raises ValueError when the file was made by a different model (unless
         ``check_model=False``) or its size does not fit this model.
         """
-        rec = load_embedding_file(path)
-        expected = (
-            self.model.prompt_encoder.embed_dim,
-            *self.model.prompt_encoder.image_embedding_size,
+        pe = self.model.prompt_encoder
+        rec = load_embedding_file(
+            path,
+            img_size=self.model.image_encoder.img_size,
+            embedding_shape=(1, pe.embed_dim, *pe.image_embedding_size),
+            fingerprint=model_fingerprint(self.model) if check_model else None,
         )
-        if (
-            rec.img_size != self.model.image_encoder.img_size
-            or tuple(rec.features.shape[1:]) != expected
-        ):
-            raise ValueError(
-                f"{path}: embedding {tuple(rec.features.shape)} at img_size {rec.img_size} does "
-                f"not fit this model (expects (1, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"at {self.model.image_encoder.img_size})"
-            )
-        if check_model and rec.model_fingerprint != model_fingerprint(self.model):
-            raise ValueError(
-                f"{path} was computed with a different model (fingerprint "
-                f"{rec.model_fingerprint} vs {model_fingerprint(self.model)}); re-encode the "
-                f"image or pass check_model=False"
-            )
         self.reset_image()
-        self.features = rec.features.to(self.device, self.model.dtype)
+        self.features = torch.from_numpy(rec.features).to(self.device, self.model.dtype)
         self._finish_set([rec.original_size], [rec.input_size])
 
     # ------------------------------------------------------------------ prediction

@@ -15,14 +15,16 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "atomic_dir",
+    "atomic_files",
     "atomic_write",
     "is_image_file",
     "sha256_file",
@@ -31,11 +33,12 @@ __all__ = [
     "write_text_atomic",
 ]
 
-#: File suffixes (lower case) that segany treats as images when it scans a folder.
+#: File suffixes (lower case) that segany treats as images when it scans a folder; where an
+#: image of a given stem is looked for, in this order of preference.
 IMAGE_SUFFIXES: tuple[str, ...] = (
-    ".png",
     ".jpg",
     ".jpeg",
+    ".png",
     ".bmp",
     ".tif",
     ".tiff",
@@ -54,6 +57,11 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -83,8 +91,7 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
     tmp = _tmp_name(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync_file(tmp)
         if mode is not None:
             os.chmod(tmp, mode)
         os.replace(tmp, path)
@@ -120,6 +127,29 @@ def write_json_atomic(
     except (TypeError, ValueError) as e:
         raise ValueError(f"cannot write {os.fspath(path)!s} as JSON: {e}") from None
     write_text_atomic(path, text + "\n" if newline else text)
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | os.PathLike, names: Sequence[str]) -> Iterator[Path]:
+    """Context manager for writing files of ``folder`` that refer to each other by name (a model
+    and its external-data file), which therefore cannot be written under temporary names.
+
+    Yields an empty temporary folder inside ``folder``; write each of ``names`` there under its
+    final name. On a clean exit every file is fsynced and renamed into ``folder`` in the order
+    of ``names`` (put the file that refers to the others last: whoever finds it finds them
+    complete); on any error nothing is renamed. The temporary folder is removed either way.
+    """
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=folder))
+    try:
+        yield tmp
+        for name in names:
+            _fsync_file(tmp / name)
+        for name in names:
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(folder)
 
 
 @contextlib.contextmanager
