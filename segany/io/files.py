@@ -26,6 +26,7 @@ __all__ = [
     "atomic_dir",
     "atomic_files",
     "atomic_write",
+    "durable_replace",
     "is_image_file",
     "sha256_file",
     "write_bytes_atomic",
@@ -78,6 +79,15 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the complete file ``src`` onto ``dst`` (same folder) durably: fsync ``src``, then
+    ``os.replace``, then fsync the folder. The last step of every atomic write here; public for
+    writers that stage a file their own way (the resumable checkpoint download)."""
+    _fsync_file(Path(src))
+    os.replace(src, dst)
+    _fsync_dir(Path(dst).parent)
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[Path]:
     """Context manager for writing ``path`` atomically through a writer that takes a path.
@@ -91,15 +101,13 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
     tmp = _tmp_name(path)
     try:
         yield tmp
-        _fsync_file(tmp)
         if mode is not None:
             os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
