@@ -157,17 +157,14 @@ class SamPredictor:
         """Save the current single-image embedding (safetensors) so it can be re-prompted later
         without the encoder."""
         self._require_image(single=True)
-        assert self.features is not None
-        save_embedding_file(
-            path,
-            EmbeddingRecord(
-                features=self.features,
-                original_size=self.original_sizes[0],
-                input_size=self.input_sizes[0],
-                img_size=self.model.image_encoder.img_size,
-                model_fingerprint=model_fingerprint(self.model),
-            ),
+        record = EmbeddingRecord(
+            features=self.get_image_embedding(),
+            original_size=self.original_sizes[0],
+            input_size=self.input_sizes[0],
+            img_size=self.model.image_encoder.img_size,
+            model_fingerprint=model_fingerprint(self.model),
         )
+        save_embedding_file(path, record)
 
     def load_embedding(self, path: str | os.PathLike, check_model: bool = True) -> None:
         """Load an embedding saved by :meth:`save_embedding` in place of :meth:`set_image`.

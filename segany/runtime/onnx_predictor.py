@@ -115,9 +115,12 @@ class OnnxPredictor:
         self._require_image()
         return (self.input_h, self.input_w)  # type: ignore[return-value]
 
-    def _require_image(self) -> None:
+    def _require_image(self) -> np.ndarray:
+        """The embedding of the image set; RuntimeError if none is."""
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        assert self.features is not None
+        return self.features
 
     # ------------------------------------------------------------------ encoding
     def set_image(self, image: Any, image_format: str = "RGB") -> None:
@@ -166,22 +169,13 @@ class OnnxPredictor:
 
     def get_image_embedding(self) -> np.ndarray:
         """Image embedding ``(1, C, He, We)`` float32 (``(1, 256, 64, 64)`` at 1024 px)."""
-        self._require_image()
-        assert self.features is not None
-        return self.features
+        return self._require_image()
 
     def save_embedding(self, path: str | os.PathLike) -> None:
         """Save the embedding in segany's embedding-file format (readable by
         ``SamPredictor.load_embedding`` for the same model)."""
-        self._require_image()
-        assert self.features is not None
-        record = EmbeddingRecord(
-            self.features,
-            self.original_size,
-            self.input_size,
-            self.img_size,
-            self.model_fingerprint,
-        )
+        sizes = (self.original_size, self.input_size, self.img_size)
+        record = EmbeddingRecord(self.get_image_embedding(), *sizes, self.model_fingerprint)
         save_embedding_file(path, record)
 
     def load_embedding(self, path: str | os.PathLike, check_model: bool = True) -> None:
@@ -261,9 +255,8 @@ class OnnxPredictor:
             has_mask = np.zeros(1, np.float32)
         coords_all = np.concatenate(coords) if coords else np.zeros((0, 2))
         labels_all = np.concatenate(labels) if labels else np.zeros(0)
-        assert self.features is not None
         values = (
-            self.features,
+            self._require_image(),
             coords_all[None].astype(np.float32),
             labels_all[None].astype(np.float32),
             mask,
