@@ -283,9 +283,8 @@ def compare_with_official(ours, official, official_session, feeds_for, single=Fa
     """Our decoder.onnx vs the official one on the same raw inputs.
 
     The official ``segment-anything`` 1.0 export bakes the crop to the padded frame into the
-    graph for the aspect ratio of its dummy ``orig_im_size`` (1500x2250; facebookresearch/
-    segment-anything issue #56), so the official ONNX file is compared on images of that aspect
-    ratio, and on any other size our file is compared with the official ``SamOnnxModel`` module
+    graph for the aspect ratio of its dummy ``orig_im_size`` (1500x2250), so the official ONNX
+    file is compared on images of that aspect ratio, and on any other size our file is compared with the official ``SamOnnxModel`` module
     it was traced from."""
     from segment_anything.utils.onnx import SamOnnxModel
 

@@ -18,6 +18,7 @@ DEFAULT_OPSET = 17
 
 
 def check_opset(opset: int) -> int:
+    """``opset`` if it is an integer in ``MIN_OPSET..MAX_OPSET``; ValueError otherwise."""
     if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
         raise ValueError(f"opset must be an integer in {MIN_OPSET}..{MAX_OPSET}, got {opset!r}")
     return opset
@@ -58,6 +59,8 @@ class GraphBuilder:
 
 
 def finish_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
+    """A model of ``graph`` at ``opset``, its IR version capped at 8 (opset <= 18) or 9, which
+    runtimes of that opset read."""
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="segany"
     )
@@ -66,6 +69,8 @@ def finish_model(graph: onnx.GraphProto, opset: int) -> onnx.ModelProto:
 
 
 def value_info(name: str, elem: int, shape: Sequence[int | str]) -> onnx.ValueInfoProto:
+    """A tensor input/output ``name`` of element type ``elem`` (a ``TensorProto`` type) and
+    ``shape`` (ints, or names of dynamic dimensions)."""
     return helper.make_tensor_value_info(name, elem, list(shape))
 
 
