@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, run_worker, send_result, write_results
+from common import RESULTS, add_worker_arguments, run_worker, send_result, write_results
 
 
 def worker(args: argparse.Namespace) -> dict:
@@ -130,9 +130,7 @@ def main() -> None:
         help="fraction of candidates above pred_iou_thresh with random weights",
     )
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", default="segany", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
+    add_worker_arguments(p, impl="segany", precision="auto")
     args = p.parse_args()
     if args.worker:
         send_result(worker(args))

@@ -22,7 +22,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, machine, rss_kb, run_worker, send_result, write_results
+from common import (
+    RESULTS,
+    add_worker_arguments,
+    machine,
+    rss_kb,
+    run_worker,
+    send_result,
+    write_results,
+)
 
 
 def _trim_heap() -> None:
@@ -124,10 +132,7 @@ def main() -> None:
     p.add_argument("--compile", action="store_true", help="also time segany with torch.compile")
     p.add_argument("--skip-official", action="store_true")
     p.add_argument("--out", default=str(RESULTS))
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", default="segany", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
+    add_worker_arguments(p, impl="segany", precision="auto", weights=None)
     args = p.parse_args()
     if args.worker:
         send_result(worker(args))

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import RESULTS, rss_kb, run_worker, send_result, write_results
+from common import RESULTS, add_worker_arguments, rss_kb, run_worker, send_result, write_results
 from common import machine as core_machine
 
 
@@ -129,12 +129,8 @@ def main() -> None:
         default="vit_b",
         help="vit_b with random weights (default) or the bundled segany_tiny",
     )
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
-    p.add_argument("--export", help=argparse.SUPPRESS)
-    p.add_argument("--export-single", help=argparse.SUPPRESS)
+    hidden = {"weights": None, "export": None, "export_single": None}
+    add_worker_arguments(p, backend="onnx", precision="fp32", **hidden)
     args = p.parse_args()
     if args.worker:
         send_result(worker(args))

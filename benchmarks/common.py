@@ -4,6 +4,7 @@ configuration in a worker process of its own, and writing the results to
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -53,6 +54,14 @@ def machine() -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, **defaults: str | None) -> None:
+    """Add ``--worker`` (run one configuration and :func:`send_result` it) and the hidden
+    options that pass the configuration: one ``--name`` per keyword (``_`` becomes ``-``)."""
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    for name, default in defaults.items():
+        parser.add_argument("--" + name.replace("_", "-"), default=default, help=argparse.SUPPRESS)
 
 
 def send_result(result: dict[str, Any]) -> None:
