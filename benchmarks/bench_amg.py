@@ -15,19 +15,16 @@ both implementations. Run: ``python benchmarks/bench_amg.py [--crop-n-layers 1]`
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import RESULTS, add_worker_arguments, run_worker, send_result, write_results
 
-HERE = Path(__file__).resolve().parent
 
-
-def worker(args: argparse.Namespace) -> None:
+def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from segany.data.sample import sample_image
@@ -76,7 +73,7 @@ def worker(args: argparse.Namespace) -> None:
             for rle, r in zip(rles, records, strict=True)
         ],
     }
-    Path(args.result).write_text(json.dumps(out))
+    return out
 
 
 def calibrated_random_weights(pass_rate: float) -> dict:
@@ -132,14 +129,11 @@ def main() -> None:
         default=0.4,
         help="fraction of candidates above pred_iou_thresh with random weights",
     )
-    p.add_argument("--out", default=str(HERE / "results"))
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", default="segany", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=str(RESULTS))
+    add_worker_arguments(p, impl="segany", precision="auto")
     args = p.parse_args()
     if args.worker:
-        worker(args)
+        send_result(worker(args))
         return
     import torch
 
@@ -152,25 +146,11 @@ def main() -> None:
         runs += [("segany", "fp32"), ("segany", "auto")]
         results = []
         for impl, precision in runs:
-            result = Path(tmp) / f"{impl}_{precision}.json"
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--impl",
-                impl,
-                "--precision",
-                precision,
-                "--weights",
-                weights,
-                "--crop-n-layers",
-                str(args.crop_n_layers),
-                "--result",
-                str(result),
+            options = [
+                *("--impl", impl, "--precision", precision, "--weights", weights),
+                *("--crop-n-layers", str(args.crop_n_layers)),
             ]
-            print(f"running {impl} {precision} ...", file=sys.stderr, flush=True)
-            subprocess.run(cmd, check=True)
-            results.append(json.loads(result.read_text()))
+            results.append(run_worker(__file__, options, f"{impl} {precision}"))
     base = None if args.skip_official else results[0]
     print(
         f"\nautomatic masks, vit_b, 1024x768 image, crop_n_layers={args.crop_n_layers}, "
@@ -196,12 +176,13 @@ def main() -> None:
             f"| {r['impl']} | {r['precision']} | {r['total_s']:.1f} | {sp} | {r['encoder_s']:.1f} "
             f"| {rest:.1f} | {rsp} | {r['masks']} | {same} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"amg_vit_b_crops{args.crop_n_layers}_{time.strftime('%Y%m%d-%H%M%S')}.json"
     for r in results:
         r.pop("records")
-    path.write_text(json.dumps({"crop_n_layers": args.crop_n_layers, "results": results}, indent=2))
+    write_results(
+        args.out,
+        f"amg_vit_b_crops{args.crop_n_layers}",
+        {"crop_n_layers": args.crop_n_layers, "results": results},
+    )
 
 
 if __name__ == "__main__":

@@ -17,26 +17,20 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
-import platform
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-
-
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
+from common import (
+    RESULTS,
+    add_worker_arguments,
+    machine,
+    rss_kb,
+    run_worker,
+    send_result,
+    write_results,
+)
 
 
 def _trim_heap() -> None:
@@ -89,7 +83,7 @@ def worker(args: argparse.Namespace) -> dict:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     _trim_heap()
-    rss_before = _rss_kb("VmRSS")
+    rss_before = rss_kb("VmRSS")
     _reset_peak()
     times = []
     for i in range(args.repeats + (1 if args.device != "cpu" or args.compile else 0)):
@@ -99,7 +93,7 @@ def worker(args: argparse.Namespace) -> dict:
         _sync(args.device)
         times.append(time.perf_counter() - t)
         if i == 0:
-            peak_kb = _rss_kb("VmHWM")
+            peak_kb = rss_kb("VmHWM")
     if len(times) > args.repeats:  # warm-up run (GPU / compile) not counted
         times = times[1:]
     for _ in range(5):
@@ -130,33 +124,6 @@ def worker(args: argparse.Namespace) -> dict:
     return out
 
 
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    from segany.precision import cpu_has_native_bf16
-
-    info = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--variant", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
@@ -164,14 +131,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="set_image runs per configuration")
     p.add_argument("--compile", action="store_true", help="also time segany with torch.compile")
     p.add_argument("--skip-official", action="store_true")
-    p.add_argument("--out", default=str(HERE / "results"))
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--impl", default="segany", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
+    p.add_argument("--out", default=str(RESULTS))
+    add_worker_arguments(p, impl="segany", precision="auto", weights=None)
     args = p.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        send_result(worker(args))
         return
 
     import torch
@@ -190,30 +154,13 @@ def main() -> None:
             runs.append(("segany", "auto", True))
         results = []
         for impl, precision, comp in runs:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--impl",
-                impl,
-                "--precision",
-                precision,
-                "--weights",
-                str(weights),
-                "--variant",
-                args.variant,
-                "--device",
-                args.device,
-                "--repeats",
-                str(args.repeats),
+            options = [
+                *("--impl", impl, "--precision", precision, "--weights", str(weights)),
+                *("--variant", args.variant, "--device", args.device),
+                *("--repeats", str(args.repeats)),
             ] + (["--compile"] if comp else [])
-            print(f"running {impl} {precision}{' compiled' if comp else ''} ...", file=sys.stderr)
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout, proc.stderr, file=sys.stderr)
-                raise SystemExit(f"worker {impl}/{precision} failed")
-            results.append(json.loads(line[0][7:]))
+            label = f"{impl} {precision}{' compiled' if comp else ''}"
+            results.append(run_worker(__file__, options, label))
     base = results[0] if not args.skip_official else None
     m = machine()
     print(
@@ -242,17 +189,12 @@ def main() -> None:
             f"| {name} | {prec} | {r['set_image_s']:.2f} | {rel[0]} | {r['predict_ms']:.1f} | "
             f"{rel[1]} | {r['set_image_peak_mb']:.0f} | {rel[2]} | {r['set_image_added_mb']:.0f} |"
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out / f"core_{args.variant}_{args.device.replace(':', '')}_{stamp}.json"
-    path.write_text(
-        json.dumps(
-            {"machine": m, "variant": args.variant, "device": args.device, "results": results},
-            indent=2,
-        )
+    stem = f"core_{args.variant}_{args.device.replace(':', '')}"
+    write_results(
+        args.out,
+        stem,
+        {"machine": m, "variant": args.variant, "device": args.device, "results": results},
     )
-    print(f"\nwrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

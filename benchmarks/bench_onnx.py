@@ -21,18 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_core import _rss_kb  # noqa: E402
-from bench_core import machine as core_machine  # noqa: E402
+from common import RESULTS, add_worker_arguments, rss_kb, run_worker, send_result, write_results
+from common import machine as core_machine
 
 
 def _decoder_ms(predictor, point, labels, multimask: bool) -> tuple[float, np.ndarray]:
@@ -93,7 +89,7 @@ def worker(args: argparse.Namespace) -> dict:
         "set_image_first_s": times[0],
         "predict_ms": predict_ms,
         "predict_single_ms": predict_single_ms,
-        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
+        "peak_rss_mb": rss_kb("VmHWM") / 1024,
     }
 
 
@@ -126,22 +122,18 @@ def machine() -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--repeats", type=int, default=2, help="timed set_image runs per configuration")
-    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     p.add_argument(
         "--model",
         choices=("vit_b", "segany_tiny"),
         default="vit_b",
         help="vit_b with random weights (default) or the bundled segany_tiny",
     )
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--backend", default="onnx", help=argparse.SUPPRESS)
-    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
-    p.add_argument("--weights", help=argparse.SUPPRESS)
-    p.add_argument("--export", help=argparse.SUPPRESS)
-    p.add_argument("--export-single", help=argparse.SUPPRESS)
+    hidden = {"weights": None, "export": None, "export_single": None}
+    add_worker_arguments(p, backend="onnx", precision="fp32", **hidden)
     args = p.parse_args()
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        send_result(worker(args))
         return
 
     import segany
@@ -172,32 +164,12 @@ def main() -> None:
         runs = [("torch", "fp32"), ("torch", "auto"), ("onnx", "fp32"), ("onnx", "int8")]
         results = []
         for backend, precision in runs:
-            cmd = [
-                sys.executable,
-                __file__,
-                "--worker",
-                "--backend",
-                backend,
-                "--precision",
-                precision,
-                "--weights",
-                str(weights),
-                "--export",
-                str(export_dir),
-                "--export-single",
-                str(single_dir),
-                "--model",
-                args.model,
-                "--repeats",
-                str(args.repeats),
+            options = [
+                *("--backend", backend, "--precision", precision, "--weights", str(weights)),
+                *("--export", str(export_dir), "--export-single", str(single_dir)),
+                *("--model", args.model, "--repeats", str(args.repeats)),
             ]
-            print(f"running {backend} {precision} ...", file=sys.stderr)
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-            if proc.returncode or not line:
-                print(proc.stdout, proc.stderr, file=sys.stderr)
-                raise SystemExit(f"worker {backend}/{precision} failed")
-            results.append(json.loads(line[0][7:]))
+            results.append(run_worker(__file__, options, f"{backend} {precision}"))
     m = machine()
     img_size = manifest["img_size"]
     base = results[0]
@@ -232,23 +204,17 @@ def main() -> None:
         f"export {export_s:.0f} s; files (MB): "
         + ", ".join(f"{k} {v:.0f}" for k, v in sizes.items())
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out / f"onnx_{args.model}_cpu_{stamp}.json"
-    path.write_text(
-        json.dumps(
-            {
-                "machine": m,
-                "results": results,
-                "quantization_report": report,
-                "export_s": export_s,
-                "file_mb": sizes,
-            },
-            indent=2,
-        )
+    write_results(
+        args.out,
+        f"onnx_{args.model}_cpu",
+        {
+            "machine": m,
+            "results": results,
+            "quantization_report": report,
+            "export_s": export_s,
+            "file_mb": sizes,
+        },
     )
-    print(f"\nwrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -22,12 +22,9 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from bench_core import machine  # noqa: E402
+from common import RESULTS, machine, write_results
 
 
 def main() -> None:
@@ -36,12 +33,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="steps per phase (default 30)")
     p.add_argument("--warmup", type=int, default=10, help="steps not timed (default 10)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", default=str(HERE / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
     if not 0 < args.warmup < args.steps:
         sys.exit(f"--warmup must be in (0, --steps={args.steps}), got {args.warmup}")
 
-    from segany.io.files import write_json_atomic
     from segany.train import load_train_config, train
     from segany.train.outputs import read_log
 
@@ -102,13 +98,9 @@ def main() -> None:
               f"{r['schedule_min']:.1f} |")  # fmt: skip
     total = sum(r["schedule_min"] for r in rows)
     print(f"| whole schedule | | {cfg.steps} | {total:.1f} |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = out / f"train_{Path(args.config).stem}_{world}p_{stamp}.json"
     result = {"config": args.config, "overrides": args.set, "processes": world, "machine": info}
-    write_json_atomic(path, {**result, "phases": rows}, indent=2, newline=True)
-    print(f"wrote {path}")
+    stem = f"train_{Path(args.config).stem}_{world}p"
+    write_results(args.out, stem, {**result, "phases": rows})
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from .io.files import durable_replace, sha256_file, write_text_atomic
+
 __all__ = [
     "CHECKPOINTS",
     "CheckpointInfo",
@@ -140,16 +142,7 @@ def _part_path(path: Path) -> Path:
     return path.with_name(path.name + ".part")
 
 
-# --------------------------------------------------------------------------- hashing
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Return the hex SHA-256 digest of the file at ``path`` (read in chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK_SIZE):
-            h.update(chunk)
-    return h.hexdigest()
+# --------------------------------------------------------------------------- verification
 
 
 def _read_sidecar(path: Path) -> dict | None:
@@ -165,9 +158,7 @@ def _write_sidecar(path: Path, digest: str) -> None:
     try:
         st = path.stat()
         payload = {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-        tmp = path.with_name(path.name + ".sha256.tmp")
-        tmp.write_text(json.dumps(payload) + "\n", encoding="utf-8")
-        os.replace(tmp, _sidecar_path(path))
+        write_text_atomic(_sidecar_path(path), json.dumps(payload) + "\n")
     except OSError:
         pass  # e.g. read-only cache: we will simply re-hash next time
 
@@ -461,7 +452,7 @@ def download_checkpoint(
         )
 
     try:
-        os.replace(part, path)
+        durable_replace(part, path)
     except OSError as e:
         raise DownloadError(f"Could not move {part} to {path}: {e}") from e
     _write_sidecar(path, digest)

@@ -157,17 +157,14 @@ class SamPredictor:
         """Save the current single-image embedding (safetensors) so it can be re-prompted later
         without the encoder."""
         self._require_image(single=True)
-        assert self.features is not None
-        save_embedding_file(
-            path,
-            EmbeddingRecord(
-                features=self.features,
-                original_size=self.original_sizes[0],
-                input_size=self.input_sizes[0],
-                img_size=self.model.image_encoder.img_size,
-                model_fingerprint=model_fingerprint(self.model),
-            ),
+        record = EmbeddingRecord(
+            features=self.get_image_embedding(),
+            original_size=self.original_sizes[0],
+            input_size=self.input_sizes[0],
+            img_size=self.model.image_encoder.img_size,
+            model_fingerprint=model_fingerprint(self.model),
         )
+        save_embedding_file(path, record)
 
     def load_embedding(self, path: str | os.PathLike, check_model: bool = True) -> None:
         """Load an embedding saved by :meth:`save_embedding` in place of :meth:`set_image`.
@@ -175,28 +172,15 @@ class SamPredictor:
         Raises ValueError when the file was made by a different model (unless
         ``check_model=False``) or its size does not fit this model.
         """
-        rec = load_embedding_file(path)
-        expected = (
-            self.model.prompt_encoder.embed_dim,
-            *self.model.prompt_encoder.image_embedding_size,
+        pe = self.model.prompt_encoder
+        rec = load_embedding_file(
+            path,
+            img_size=self.model.image_encoder.img_size,
+            embedding_shape=(1, pe.embed_dim, *pe.image_embedding_size),
+            fingerprint=model_fingerprint(self.model) if check_model else None,
         )
-        if (
-            rec.img_size != self.model.image_encoder.img_size
-            or tuple(rec.features.shape[1:]) != expected
-        ):
-            raise ValueError(
-                f"{path}: embedding {tuple(rec.features.shape)} at img_size {rec.img_size} does "
-                f"not fit this model (expects (1, {expected[0]}, {expected[1]}, {expected[2]}) "
-                f"at {self.model.image_encoder.img_size})"
-            )
-        if check_model and rec.model_fingerprint != model_fingerprint(self.model):
-            raise ValueError(
-                f"{path} was computed with a different model (fingerprint "
-                f"{rec.model_fingerprint} vs {model_fingerprint(self.model)}); re-encode the "
-                f"image or pass check_model=False"
-            )
         self.reset_image()
-        self.features = rec.features.to(self.device, self.model.dtype)
+        self.features = torch.from_numpy(rec.features).to(self.device, self.model.dtype)
         self._finish_set([rec.original_size], [rec.input_size])
 
     # ------------------------------------------------------------------ prediction

@@ -14,15 +14,14 @@ Only numpy and Pillow are used.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import uuid
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .io.files import write_bytes_atomic
 
 __all__ = [
     "BOX_COLOR",
@@ -212,22 +211,6 @@ def overlay_masks(
 # ---------------------------------------------------------------------------- files
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: into a unique temporary file in the same folder,
-    then ``os.replace`` onto ``path``. Readers see the old file or the new one, never a partial
-    one; the temporary file is removed if writing fails. The folder must exist."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-
-
 def _png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -236,7 +219,7 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 def save_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     """Save a ``(H, W)`` mask (bool; non-zero is "in") as an 8-bit grayscale (mode ``L``) PNG
-    with values 0 (out) and 255 (in), atomically (see :func:`write_bytes_atomic`)."""
+    with values 0 (out) and 255 (in), atomically (see :func:`segany.io.files.atomic_write`)."""
     m = np.asarray(mask)
     if m.ndim != 2 or 0 in m.shape:
         raise ValueError(f"mask must be a non-empty (H, W) array; got shape {m.shape}")
@@ -246,6 +229,6 @@ def save_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
 
 def save_image_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Save an ``(H, W, 3)`` uint8 RGB array (e.g. from :func:`overlay_masks`) as a PNG,
-    atomically (see :func:`write_bytes_atomic`)."""
+    atomically (see :func:`segany.io.files.atomic_write`)."""
     image = _check_image(image)
     write_bytes_atomic(path, _png_bytes(Image.fromarray(np.ascontiguousarray(image))))

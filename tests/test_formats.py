@@ -30,14 +30,11 @@ from segany.formats import (
     uncompressed_to_coco_rle,
     write_sa1b_json,
 )
-from segany.formats import polygons as polygons_module
 
 # pycocotools' decode warns about numpy 2's __array__ copy keyword (its own code, harmless)
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_CV2 = polygons_module._cv2() is not None
-BACKENDS = ["numpy", pytest.param("cv2", marks=pytest.mark.skipif(not HAVE_CV2, reason="no cv2"))]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -601,58 +598,46 @@ def test_coco_writer_categories_and_validation(tmp_path, capsys):
 # --------------------------------------------------------------------------- polygons
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_rectangle_polygon_is_its_four_corners(backend):
+def test_rectangle_polygon_is_its_four_corners():
     mask = np.zeros((20, 30), dtype=bool)
     mask[4:11, 7:25] = True  # rows 4..10, cols 7..24
     for tolerance in (0, 1.0):
-        polys = mask_to_polygons(mask, tolerance=tolerance, backend=backend)
+        polys = mask_to_polygons(mask, tolerance=tolerance)
         assert polys == [[7.0, 4.0, 25.0, 4.0, 25.0, 11.0, 7.0, 11.0]]
     assert (polygons_to_mask(polys, 20, 30) == mask).all()
-    full = mask_to_polygons(np.ones((3, 5), dtype=bool), backend=backend)
+    full = mask_to_polygons(np.ones((3, 5), dtype=bool))
     assert full == [[0.0, 0.0, 5.0, 0.0, 5.0, 3.0, 0.0, 3.0]]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_exact_polygons_rasterise_to_the_hole_filled_mask(backend):
+def test_exact_polygons_rasterise_to_the_hole_filled_mask():
     rng = np.random.default_rng(5)
     for _ in range(150):
         h, w = rng.integers(1, 16, size=2)
         mask = rng.random((h, w)) < rng.random()
-        polys = mask_to_polygons(mask, tolerance=0, backend=backend)
+        polys = mask_to_polygons(mask, tolerance=0)
         assert all(len(p) >= 6 and len(p) % 2 == 0 for p in polys)
         assert (polygons_to_mask(polys, int(h), int(w)) == _fill_holes(mask)).all()
         if not mask.any():
             assert polys == []
 
 
-@pytest.mark.skipif(not HAVE_CV2, reason="no cv2")
-def test_numpy_backend_equals_cv2_backend():
-    rng = np.random.default_rng(6)
-    for _ in range(40):
-        mask = rng.random((24, 24)) < rng.random()
-        exact = mask_to_polygons(mask, tolerance=0, backend="cv2")
-        assert mask_to_polygons(mask, tolerance=0, backend="numpy") == exact
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_holes_are_filled_and_parts_sorted(backend):
+def test_holes_are_filled_and_parts_sorted():
     ring = np.zeros((12, 12), dtype=bool)
     ring[1:10, 1:10] = True
     ring[3:8, 3:8] = False
     ring[5, 5] = True  # a part inside the hole: covered by the outer polygon
-    polys = mask_to_polygons(ring, tolerance=0, backend=backend)
+    polys = mask_to_polygons(ring, tolerance=0)
     assert polys == [[1.0, 1.0, 10.0, 1.0, 10.0, 10.0, 1.0, 10.0]]
     two = np.zeros((20, 20), dtype=bool)
     two[1:3, 1:3] = True  # area 4
     two[8:18, 5:15] = True  # area 100
-    polys = mask_to_polygons(two, tolerance=0, backend=backend)
+    polys = mask_to_polygons(two, tolerance=0)
     assert polys == [
         [5.0, 8.0, 15.0, 8.0, 15.0, 18.0, 5.0, 18.0],
         [1.0, 1.0, 3.0, 1.0, 3.0, 3.0, 1.0, 3.0],
     ]
-    assert mask_to_polygons(two, tolerance=0, min_area=5, backend=backend) == polys[:1]
-    assert mask_to_polygons(np.zeros((4, 4), dtype=bool), backend=backend) == []
+    assert mask_to_polygons(two, tolerance=0, min_area=5) == polys[:1]
+    assert mask_to_polygons(np.zeros((4, 4), dtype=bool)) == []
 
 
 def _point_polygon_distance(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
@@ -663,12 +648,11 @@ def _point_polygon_distance(points: np.ndarray, poly: np.ndarray) -> np.ndarray:
     return np.linalg.norm(points[:, None] - nearest, axis=-1).min(axis=1)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_simplification_respects_tolerance(backend):
+def test_simplification_respects_tolerance():
     mask = _blob(120, 140, 60, 70, 45, 55, wobble=0.2)
-    exact = np.array(mask_to_polygons(mask, tolerance=0, backend=backend)[0]).reshape(-1, 2)
+    exact = np.array(mask_to_polygons(mask, tolerance=0)[0]).reshape(-1, 2)
     for tolerance in (1.0, 2.5):
-        polys = mask_to_polygons(mask, tolerance=tolerance, backend=backend)
+        polys = mask_to_polygons(mask, tolerance=tolerance)
         assert len(polys) == 1
         simple = np.array(polys[0]).reshape(-1, 2)
         assert 3 <= len(simple) < len(exact) // 2
@@ -676,7 +660,7 @@ def test_simplification_respects_tolerance(backend):
         assert _iou(polygons_to_mask(polys, 120, 140), mask) > 0.97
     # tiny parts keep a valid polygon instead of collapsing
     pixel = _single_pixel(5, 5, 2, 3)
-    polys = mask_to_polygons(pixel, tolerance=3.0, backend=backend)
+    polys = mask_to_polygons(pixel, tolerance=3.0)
     assert len(polys) == 1 and len(polys[0]) >= 6
     assert (polygons_to_mask(polys, 5, 5) == pixel).all()
 

@@ -24,9 +24,11 @@ ort = pytest.importorskip("onnxruntime")
 import segany  # noqa: E402
 from segany.cli.main import main  # noqa: E402
 from segany.export import export_onnx  # noqa: E402
+from segany.export import files as export_files  # noqa: E402
 from segany.export import onnx as onnx_export  # noqa: E402
-from segany.export.onnx import preprocess_model  # noqa: E402
+from segany.export.resize import preprocess_model  # noqa: E402
 from segany.io.embedding import model_fingerprint  # noqa: E402
+from segany.io.onnx_manifest import DECODER_INPUTS, DECODER_OUTPUTS  # noqa: E402
 from tests.helpers import (  # noqa: E402
     IOU_TOL,
     TINY,
@@ -67,8 +69,8 @@ def official_decoder_onnx(official, path: Path, return_single_mask: bool = False
             dynamo=False,
             opset_version=17,
             do_constant_folding=True,
-            input_names=list(onnx_export.DECODER_INPUTS),
-            output_names=list(onnx_export.DECODER_OUTPUTS),
+            input_names=list(DECODER_INPUTS),
+            output_names=list(DECODER_OUTPUTS),
             dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
         )
     return path
@@ -166,8 +168,8 @@ def test_export_writes_valid_graphs_and_manifest(tiny_export, tiny_model):
         assert [i.name for i in proto.graph.input] == [i["name"] for i in entry["inputs"]]
         assert [o.name for o in proto.graph.output] == [o["name"] for o in entry["outputs"]]
     dec = files["decoder"]
-    assert [i["name"] for i in dec["inputs"]] == list(onnx_export.DECODER_INPUTS)
-    assert [o["name"] for o in dec["outputs"]] == list(onnx_export.DECODER_OUTPUTS)
+    assert [i["name"] for i in dec["inputs"]] == list(DECODER_INPUTS)
+    assert [o["name"] for o in dec["outputs"]] == list(DECODER_OUTPUTS)
     shapes = {i["name"]: i["shape"] for i in dec["inputs"]}
     assert shapes["image_embeddings"] == [1, 32, 16, 16]  # from the config, not 256x64x64
     assert shapes["point_coords"] == [1, "num_points", 2]
@@ -281,9 +283,8 @@ def compare_with_official(ours, official, official_session, feeds_for, single=Fa
     """Our decoder.onnx vs the official one on the same raw inputs.
 
     The official ``segment-anything`` 1.0 export bakes the crop to the padded frame into the
-    graph for the aspect ratio of its dummy ``orig_im_size`` (1500x2250; facebookresearch/
-    segment-anything issue #56), so the official ONNX file is compared on images of that aspect
-    ratio, and on any other size our file is compared with the official ``SamOnnxModel`` module
+    graph for the aspect ratio of its dummy ``orig_im_size`` (1500x2250), so the official ONNX
+    file is compared on images of that aspect ratio, and on any other size our file is compared with the official ``SamOnnxModel`` module
     it was traced from."""
     from segment_anything.utils.onnx import SamOnnxModel
 
@@ -549,7 +550,7 @@ def test_int8_files_and_report(tiny_export, capsys):
 def test_external_data_no_preprocess_and_opset(tiny_model, tmp_path, monkeypatch):
     """Weights over the threshold go to one external data file; the encoder without
     preprocessing takes the padded tensor; other opsets export and run."""
-    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 0)
+    monkeypatch.setattr(export_files, "EXTERNAL_DATA_THRESHOLD", 0)
     export_onnx(tiny_model, tmp_path, encoder_preprocess=False, opset=20, quantize=True)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     for key, entry in manifest["files"].items():

@@ -4,7 +4,7 @@ Every dataset here returns a :class:`Sample`: an ``(H, W, 3)`` uint8 RGB image, 
 ``(K, H, W)`` bool instance masks (``K`` may be 0) and a name that is unique within the
 dataset and safe as a file stem. Sources:
 
-* :class:`SA1BFolder` — a folder in the SA-1B layout: ``<stem>.jpg`` (or ``.jpeg``/``.png``)
+* :class:`SA1BFolder` — a folder in the SA-1B layout: ``<stem>.jpg`` (or another image suffix)
   next to ``<stem>.json`` holding COCO-RLE annotations (:mod:`segany.formats.sa1b`);
 * :class:`CocoInstances` — a COCO "instances" JSON and its image folder (polygon, COCO RLE
   and uncompressed RLE segmentations; ``iscrowd=1`` annotations are skipped);
@@ -26,13 +26,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..formats.rle import as_coco_rle, decode_coco_rle
+from ..formats.rle import decode_coco_rle
 from ..formats.sa1b import read_sa1b_json, sa1b_masks, write_sa1b_json
+from ..formats.segmentation import as_coco_rle
+from ..io.files import IMAGE_SUFFIXES
 from ..io.image import load_image
 from .scenes import ProceduralScenes, SceneConfig
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "CocoInstances",
     "MaskDataset",
     "SA1BFolder",
@@ -42,8 +43,9 @@ __all__ = [
     "write_sa1b_dataset",
 ]
 
-#: Image file suffixes looked for next to an SA-1B JSON file, in order of preference.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG")
+#: Image file suffixes looked for next to an SA-1B JSON file, in order of preference: every
+#: image suffix in lower case, then in upper case.
+_PAIRED_SUFFIXES = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))
 
 _SPEC_HELP = (
     "a dataset spec is one of: a folder in the SA-1B layout (<stem>.jpg|png + <stem>.json), "
@@ -99,7 +101,8 @@ def _check_shapes(image: np.ndarray, masks: np.ndarray, where: str) -> None:
 
 class SA1BFolder:
     """A folder in the SA-1B layout: one ``<stem>.json`` (SA-1B per-image JSON, COCO RLE
-    masks) per image ``<stem>.jpg`` / ``.jpeg`` / ``.png``, samples sorted by stem.
+    masks) per image ``<stem>.jpg`` / ``.jpeg`` / ``.png`` (or any suffix of
+    :data:`segany.io.files.IMAGE_SUFFIXES`, lower or upper case), samples sorted by stem.
 
     JSON files without an image of the same stem are ignored (so other JSON files may sit in
     the folder). ``Sample.name`` is the stem; masks are in annotation order.
@@ -115,7 +118,7 @@ class SA1BFolder:
         pairs: list[tuple[Path, Path]] = []
         for js in sorted(self.root.glob("*.json")):
             image = next(
-                (p for s in IMAGE_SUFFIXES if (p := js.with_suffix(s)).is_file()),
+                (p for s in _PAIRED_SUFFIXES if (p := js.with_suffix(s)).is_file()),
                 None,
             )
             if image is not None:

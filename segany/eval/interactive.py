@@ -38,6 +38,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..io.files import write_bytes_atomic, write_json_atomic, write_text_atomic
+from ..masks import mask_iou as _bool_mask_iou
+
 __all__ = [
     "DEFAULT_CLICKS",
     "InteractiveResult",
@@ -50,7 +53,6 @@ __all__ = [
 
 #: Click counts reported by default (the SAM paper's 1, 2, 3, 5 and 9 points).
 DEFAULT_CLICKS: tuple[int, ...] = (1, 2, 3, 5, 9)
-TRACKS = ("top", "oracle")
 
 
 # --------------------------------------------------------------------------- clicks
@@ -123,23 +125,13 @@ def next_click(gt: np.ndarray, pred: np.ndarray) -> tuple[int, int, int] | None:
 
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """IoU of boolean masks ``pred (..., H, W)`` against ``gt`` (broadcast, e.g. ``(B, C, H,
-    W)`` against ``(B, 1, H, W)``); float64 of the broadcast leading shape. Two empty masks
-    have IoU 1."""
-    pred = np.asarray(pred, dtype=bool)
-    gt = np.asarray(gt, dtype=bool)
-    inter = np.logical_and(pred, gt).sum(axis=(-2, -1), dtype=np.int64)
-    union = np.logical_or(pred, gt).sum(axis=(-2, -1), dtype=np.int64)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    """IoU of masks ``pred (..., H, W)`` against ``gt`` (broadcast, e.g. ``(B, C, H, W)`` against
+    ``(B, 1, H, W)``), taken as bool; float64 of the broadcast leading shape. Two empty masks
+    have IoU 1 (:func:`segany.masks.mask_iou` on numpy bool arrays)."""
+    return _bool_mask_iou(np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool))
 
 
 # --------------------------------------------------------------------------- result
-
-
-def _atomic_bytes(path: str | os.PathLike, data: bytes) -> None:
-    from ..viz import write_bytes_atomic
-
-    write_bytes_atomic(path, data)
 
 
 @dataclass
@@ -217,14 +209,11 @@ class InteractiveResult:
     def write_json(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> None:
         """Write :meth:`to_dict` (plus ``extra`` keys, e.g. the model and data) as JSON,
         atomically. The folder must exist."""
-        from ..formats.sa1b import write_json_atomic
-
         write_json_atomic(path, {**self.to_dict(), **(dict(extra) if extra else {})})
 
     def write_markdown(self, path: str | os.PathLike) -> None:
         """Write :meth:`summary` and :meth:`table` as a Markdown file, atomically."""
-        text = f"{self.summary()}\n\n{self.table()}\n"
-        _atomic_bytes(path, text.encode("utf-8"))
+        write_text_atomic(path, f"{self.summary()}\n\n{self.table()}\n")
 
     def plot(self, path: str | os.PathLike) -> None:
         """Save a PNG line plot of mIoU against the number of clicks for both tracks
@@ -247,7 +236,7 @@ class InteractiveResult:
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
-        _atomic_bytes(path, buf.getvalue())
+        write_bytes_atomic(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- evaluation

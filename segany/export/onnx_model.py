@@ -21,7 +21,7 @@ the image-token projections folded into the prompt tokens, see
 
 :class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
 with the reference (eager) attention; resizing of raw pixels is prepended as plain ONNX nodes by
-the exporter (it needs a loop, see :func:`segany.export.onnx.preprocess_nodes`).
+the exporter (it needs a loop, see :func:`segany.export.resize.preprocess_nodes`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class DecoderOnnxModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits ``(1, M, 4He, 4We)`` and IoU predictions ``(1, M)``; the
         exporter appends the upscaling to ``orig_im_size`` as ONNX nodes
-        (:func:`segany.export.onnx.mask_postprocess_nodes`)."""
+        (:func:`segany.export.graph.mask_postprocess_nodes`)."""
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_mask(mask_input, has_mask_input)
         decoder = self.mask_decoder

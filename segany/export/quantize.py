@@ -18,50 +18,53 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from ..masks import mask_iou
+from .files import external_locations, save_model
+
 #: Generated scenes (width, height, seed) used by :func:`quantization_report`.
 REPORT_SCENES = ((1024, 768, 0), (800, 600, 1), (600, 900, 2))
 
 
 def quantize_file(src: str | os.PathLike, dst: str | os.PathLike) -> list[Path]:
-    """Dynamic int8 quantization of ``src`` into ``dst``; returns the files written."""
+    """Dynamic int8 quantization of ``src`` into ``dst``; returns the files written. The
+    quantizer writes into a temporary folder beside ``dst``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from .onnx import external_locations, save_model
 
     src, dst = Path(src), Path(dst)
     external = bool(external_locations(onnx.load(str(src), load_external_data=False)))
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger
-    try:
-        quantize_dynamic(
-            src,
-            dst,
-            op_types_to_quantize=["MatMul", "Conv"],
-            per_channel=True,
-            # 7-bit weights: ONNX Runtime's u8 x s8 kernels can saturate on x86 CPUs without
-            # VNNI (AVX2, AVX512 without VNNI); the full range halved the tiny test model's
-            # int8 mask IoU on an AVX2 machine (0.632 vs 0.907 with the reduced range).
-            reduce_range=True,
-            weight_type=QuantType.QInt8,
-            use_external_data_format=external,
-            extra_options={"EnableSubgraph": False},
-        )
-    finally:
-        root.setLevel(level)
+    with tempfile.TemporaryDirectory(prefix=f".{dst.name}.", dir=dst.parent) as tmp:
+        staged = Path(tmp) / dst.name
+        # the quantizer logs a pre-processing hint on the root logger
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(
+                src,
+                staged,
+                op_types_to_quantize=["MatMul", "Conv"],
+                per_channel=True,
+                # 7-bit weights: ONNX Runtime's u8 x s8 kernels can saturate on x86 CPUs without
+                # VNNI (AVX2, AVX512 without VNNI); the full range halved the tiny test model's
+                # int8 mask IoU on an AVX2 machine (0.632 vs 0.907 with the reduced range).
+                reduce_range=True,
+                weight_type=QuantType.QInt8,
+                use_external_data_format=external,
+                extra_options={"EnableSubgraph": False},
+            )
+        finally:
+            root.setLevel(level)
+        proto = onnx.load(str(staged), load_external_data=True)
     # The quantizer re-sorts nodes without counting the outer-scope values that Loop/If bodies
     # read; ONNX Runtime does not mind, but the ONNX checker (and other runtimes) do. The model
-    # is then written as every other file (external data only when needed, as ``dst.data``).
-    locations = external_locations(onnx.load(str(dst), load_external_data=False))
-    proto = onnx.load(str(dst), load_external_data=True)
-    for name in locations:
-        (dst.parent / name).unlink(missing_ok=True)
+    # is then written as every other file (atomically; external data only when needed).
     toposort(proto.graph)
     return save_model(proto, dst)
 
@@ -116,12 +119,6 @@ def toposort(graph: onnx.GraphProto) -> None:
         dst.CopyFrom(graph.node[i])
     del graph.node[:]
     graph.node.extend(nodes)
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two boolean masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
 def _prompts(objects: list[Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -210,7 +207,7 @@ def quantization_report(out_dir: str | os.PathLike, model: Any = None) -> dict[s
             for combo in combos:
                 masks, scores, low = results[combo]
                 ious[combo].extend(
-                    mask_iou(a > 0, b > 0) for a, b in zip(masks, ref_masks, strict=True)
+                    float(mask_iou(a > 0, b > 0)) for a, b in zip(masks, ref_masks, strict=True)
                 )
                 errs[combo].extend(np.abs(scores - ref_scores).tolist())
                 rms = np.sqrt(((low - ref_low) ** 2).mean(axis=(1, 2)))

@@ -24,9 +24,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..io.files import write_json_atomic
 from .polygons import mask_to_polygons, polygons_to_rle
-from .rle import RLE, as_coco_rle, decode_coco_rle, rle_area, rle_to_bbox
-from .sa1b import _integer, _number, _plain, write_json_atomic
+from .rle import RLE, decode_coco_rle, rle_area, rle_to_bbox
+from .segmentation import as_coco_rle
+from .values import integer, number, plain
 
 __all__ = ["DEFAULT_CATEGORIES", "CocoWriter"]
 
@@ -68,20 +70,20 @@ class CocoWriter:
         self.segmentation = segmentation
         self.polygon_tolerance = polygon_tolerance
         self.polygon_min_area = polygon_min_area
-        cats = [_plain(dict(c)) for c in (DEFAULT_CATEGORIES if categories is None else categories)]
+        cats = [plain(dict(c)) for c in (DEFAULT_CATEGORIES if categories is None else categories)]
         if not cats:
             raise ValueError("categories must not be empty")
         for c in cats:
             if not isinstance(c.get("name"), str):
                 raise ValueError(f"every category needs a str 'name'; got {c!r}")
-            c["id"] = _integer(c.get("id"), f"category {c.get('name')!r} id")
+            c["id"] = integer(c.get("id"), f"category {c.get('name')!r} id")
         ids = [c["id"] for c in cats]
         if len(set(ids)) != len(ids):
             raise ValueError(f"duplicate category ids in {ids}")
         self.categories: list[dict[str, Any]] = cats
         today = datetime.date.today()
         self.info: dict[str, Any] = (
-            _plain(dict(info))
+            plain(dict(info))
             if info is not None
             else {
                 "description": "masks exported by segany",
@@ -91,7 +93,7 @@ class CocoWriter:
                 "date_created": today.isoformat(),
             }
         )
-        self.licenses: list[dict[str, Any]] = [_plain(dict(x)) for x in (licenses or ())]
+        self.licenses: list[dict[str, Any]] = [plain(dict(x)) for x in (licenses or ())]
         self.images: list[dict[str, Any]] = []
         self.annotations: list[dict[str, Any]] = []
         self._images_by_id: dict[int, dict[str, Any]] = {}
@@ -119,13 +121,13 @@ class CocoWriter:
             raise ValueError(f"file_name must be a non-empty string; got {file_name!r}")
         if file_name in self._file_names:
             raise ValueError(f"image {file_name!r} was already added")
-        width = _integer(width, f"{file_name}: width", minimum=1)
-        height = _integer(height, f"{file_name}: height", minimum=1)
-        image_id = self._next_image_id if id is None else _integer(id, f"{file_name}: id")
+        width = integer(width, f"{file_name}: width", minimum=1)
+        height = integer(height, f"{file_name}: height", minimum=1)
+        image_id = self._next_image_id if id is None else integer(id, f"{file_name}: id")
         if image_id in self._images_by_id:
             raise ValueError(f"image id {image_id} is already used")
         image = {
-            **_plain(extra),
+            **plain(extra),
             "id": image_id,
             "file_name": file_name,
             "width": width,
@@ -167,7 +169,7 @@ class CocoWriter:
             segmentation, record = record, {}
         if category_id is None:
             category_id = record.get("category_id", self.categories[0]["id"])
-        category_id = _integer(category_id, f"{where} category_id")
+        category_id = integer(category_id, f"{where} category_id")
         if category_id not in {c["id"] for c in self.categories}:
             raise ValueError(f"{where}: category_id {category_id} is not a known category")
         h, w = image["height"], image["width"]
@@ -196,7 +198,7 @@ class CocoWriter:
         }
         for key in _KEPT_KEYS:
             if key in record:
-                ann[key] = _number(record[key], f"{where} {key}")
+                ann[key] = number(record[key], f"{where} {key}")
         self.annotations.append(ann)
         self._next_ann_id += 1
         return ann["id"]
@@ -215,6 +217,6 @@ class CocoWriter:
         }
 
     def write(self, path: str | os.PathLike) -> None:
-        """Write :meth:`to_dict` as JSON to ``path`` atomically (temporary file in the same
-        folder, then ``os.replace``); the folder must exist."""
+        """Write :meth:`to_dict` as compact JSON to ``path`` atomically (see
+        :func:`segany.io.files.write_json_atomic`); the folder must exist."""
         write_json_atomic(path, self.to_dict())

@@ -13,20 +13,18 @@ a mask becomes a list of them, one per connected part (8-connectivity, as in Ope
 gives the mask with its holes filled (a part lying inside another part's hole is covered by
 the outer polygon). Store masks with holes as RLE (:mod:`segany.formats.rle`).
 
-Tracing uses OpenCV (``cv2.findContours`` on the mask upsampled 2x, which makes the traced
-pixel centres land exactly on the pixel-edge boundary, then ``cv2.approxPolyDP``) when
-``cv2`` is importable, otherwise an equivalent pure numpy tracer and Douglas-Peucker
-simplification. With ``tolerance=0`` both give the exact pixel-edge boundary.
-No torch.
+Tracing uses OpenCV: ``cv2.findContours`` on the mask upsampled 2x, which makes the traced
+pixel centres land exactly on the pixel-edge boundary, then ``cv2.approxPolyDP``. With
+``tolerance=0`` the polygons are the exact pixel-edge boundary. No torch.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -35,21 +33,11 @@ from .rle import RLE, decode_coco_rle, encode_coco_rle
 __all__ = ["mask_to_polygons", "polygons_to_mask", "polygons_to_rle"]
 
 
-@functools.cache
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:  # pragma: no cover - depends on the environment
-        return None
-    return cv2
-
-
 def mask_to_polygons(
     mask: np.ndarray,
     *,
     tolerance: float = 1.0,
     min_area: float = 0,
-    backend: str = "auto",
 ) -> list[list[float]]:
     """Outer boundaries of a mask's connected parts as COCO polygons.
 
@@ -60,13 +48,12 @@ def mask_to_polygons(
             polygon. ``0`` keeps the exact boundary (only collinear vertices dropped). A part
             that simplification would reduce to fewer than 3 vertices keeps its exact boundary.
         min_area: drop parts whose area (pixels, holes counted as filled) is below this.
-        backend: ``"auto"`` (OpenCV when installed, else numpy), ``"cv2"`` or ``"numpy"``.
 
     Returns:
         A list of flat ``[x1, y1, x2, y2, ...]`` float lists (pixel-edge coordinates, see the
-        module docstring), largest part first (ties: top-most, then left-most), each starting at its top-most then left-most
-        vertex and running clockwise on screen (positive shoelace area with y down). Empty
-        for an empty mask.
+        module docstring), largest part first (ties: top-most, then left-most), each starting
+        at its top-most then left-most vertex and running clockwise on screen (positive
+        shoelace area with y down). Empty for an empty mask.
     """
     m = np.asarray(mask)
     if m.ndim != 2 or 0 in m.shape:
@@ -79,11 +66,6 @@ def mask_to_polygons(
         raise ValueError(f"tolerance must be a finite number >= 0; got {tolerance!r}")
     if not (isinstance(min_area, int | float) and math.isfinite(min_area)):
         raise ValueError(f"min_area must be a finite number; got {min_area!r}")
-    if backend not in ("auto", "cv2", "numpy"):
-        raise ValueError(f"backend must be 'auto', 'cv2' or 'numpy'; got {backend!r}")
-    cv2 = _cv2() if backend != "numpy" else None
-    if backend == "cv2" and cv2 is None:
-        raise ValueError("backend='cv2' needs opencv (pip install opencv-python-headless)")
 
     rows = np.flatnonzero(m.any(axis=1))
     if rows.size == 0:
@@ -92,19 +74,14 @@ def mask_to_polygons(
     r0, c0 = int(rows[0]), int(cols[0])
     sub = m[r0 : rows[-1] + 1, c0 : cols[-1] + 1]  # trace only the bounding box
 
-    loops = _outer_loops_cv2(sub, cv2) if cv2 is not None else _outer_loops_numpy(sub)
     parts: list[tuple[float, np.ndarray]] = []
-    for loop in loops:
+    for loop in _outer_loops(sub):
         area = _signed_area(loop)
         if area <= 0 or area < min_area:
             continue
         if tolerance > 0:
-            if cv2 is not None:
-                approx = cv2.approxPolyDP(loop.reshape(-1, 1, 2).astype(np.int32), tolerance, True)
-                simplified = approx.reshape(-1, 2).astype(np.int64)
-            else:
-                simplified = _douglas_peucker_closed(loop, tolerance)
-            simplified = _normalize_loop(simplified)
+            approx = cv2.approxPolyDP(loop.reshape(-1, 1, 2).astype(np.int32), tolerance, True)
+            simplified = _normalize_loop(approx.reshape(-1, 2))
             if len(simplified) >= 3 and _signed_area(simplified) > 0:
                 loop = simplified
         parts.append((area, loop + np.array([c0, r0])))
@@ -138,129 +115,14 @@ def _normalize_loop(loop: np.ndarray) -> np.ndarray:
     return loop
 
 
-def _outer_loops_cv2(sub: np.ndarray, cv2: Any) -> list[np.ndarray]:
+def _outer_loops(sub: np.ndarray) -> list[np.ndarray]:
+    """Closed pixel-edge loops of the outer boundaries of ``sub``'s parts (8-connectivity)."""
     # On the 2x upsampled mask (padded by 1), the pixel-centre contour of the outer boundary
     # maps onto the exact pixel-edge boundary of the original with (x, y) -> (x // 2, y // 2).
     up = np.repeat(np.repeat(sub, 2, axis=0), 2, axis=1)
     up = np.pad(up, 1).astype(np.uint8)
     contours = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[-2]
     return [_normalize_loop(c.reshape(-1, 2) // 2) for c in contours]
-
-
-def _outer_loops_numpy(sub: np.ndarray) -> list[np.ndarray]:
-    """Closed pixel-edge loops of ``sub`` (outer boundaries positive, holes negative area).
-
-    Every boundary edge of a foreground pixel is a directed unit edge with the foreground on
-    its right (on screen); at a vertex where two foreground pixels touch only diagonally the
-    loop turns left, which joins them (8-connectivity, like OpenCV)."""
-    h, w = sub.shape
-    p = np.pad(sub, 1)
-    core = p[1:-1, 1:-1]
-    sx, sy, dx, dy = [], [], [], []
-    for side, (ox, oy), (ddx, ddy) in (
-        (core & ~p[:-2, 1:-1], (0, 0), (1, 0)),  # top edge, left to right
-        (core & ~p[1:-1, 2:], (1, 0), (0, 1)),  # right edge, downwards
-        (core & ~p[2:, 1:-1], (1, 1), (-1, 0)),  # bottom edge, right to left
-        (core & ~p[1:-1, :-2], (0, 1), (0, -1)),  # left edge, upwards
-    ):
-        r, c = np.nonzero(side)
-        sx.append(c + ox)
-        sy.append(r + oy)
-        dx.append(np.full(r.size, ddx))
-        dy.append(np.full(r.size, ddy))
-    sx, sy, dx, dy = (np.concatenate(a) for a in (sx, sy, dx, dy))
-    start_key = sy * (w + 1) + sx
-    end_key = (sy + dy) * (w + 1) + (sx + dx)
-    order = np.argsort(start_key, kind="stable")
-    first = np.searchsorted(start_key[order], end_key, side="left")
-    n_out = np.searchsorted(start_key[order], end_key, side="right") - first
-    succ = order[first]
-    two = np.flatnonzero(n_out == 2)
-    if two.size:
-        cand1, cand2 = order[first[two]], order[first[two] + 1]
-        cand1_left = (dx[cand1] == dy[two]) & (dy[cand1] == -dx[two])  # left of (dx, dy)
-        succ[two] = np.where(cand1_left, cand1, cand2)
-
-    successor = succ.tolist()
-    seen = bytearray(len(successor))
-    loops = []
-    for e0 in range(len(successor)):
-        if seen[e0]:
-            continue
-        cycle = []
-        e = e0
-        while not seen[e]:
-            seen[e] = 1
-            cycle.append(e)
-            e = successor[e]
-        idx = np.asarray(cycle)
-        loop = np.stack([sx[idx], sy[idx]], axis=1)
-        if _signed_area(loop) > 0:  # holes run the other way round: not represented
-            loops.append(_normalize_loop(loop))
-    return _drop_nested(loops)
-
-
-def _drop_nested(loops: list[np.ndarray]) -> list[np.ndarray]:
-    """Drop outer loops lying inside another outer loop (parts inside another part's hole),
-    as ``cv2.RETR_EXTERNAL`` does. A loop's first vertex is the top-left corner of one of its
-    pixels; that pixel's centre is tested (even-odd rule) against the other loops."""
-    if len(loops) < 2:
-        return loops
-    lo = np.array([loop.min(axis=0) for loop in loops])
-    hi = np.array([loop.max(axis=0) for loop in loops])
-    kept = []
-    for i, loop in enumerate(loops):
-        px, py = loop[0] + 0.5
-        inside = False
-        candidates = np.flatnonzero(
-            (lo[:, 0] < px) & (px < hi[:, 0]) & (lo[:, 1] < py) & (py < hi[:, 1])
-        )
-        for j in candidates:
-            if j == i:
-                continue
-            a = loops[j].astype(np.float64)
-            b = np.roll(a, -1, axis=0)
-            crosses = (a[:, 1] > py) != (b[:, 1] > py)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                x_at = a[:, 0] + (py - a[:, 1]) * (b[:, 0] - a[:, 0]) / (b[:, 1] - a[:, 1])
-            if np.count_nonzero(crosses & (x_at > px)) % 2:
-                inside = True
-                break
-        if not inside:
-            kept.append(loop)
-    return kept
-
-
-def _douglas_peucker_closed(loop: np.ndarray, epsilon: float) -> np.ndarray:
-    """Douglas-Peucker on a closed loop: split at vertex 0 and the vertex farthest from it."""
-    n = len(loop)
-    if n <= 3:
-        return loop
-    pts = loop.astype(np.float64)
-    far = int(np.argmax(np.hypot(*(pts - pts[0]).T)))
-    closed = np.vstack([pts, pts[:1]])
-    keep = np.zeros(n + 1, dtype=bool)
-    keep[[0, far, n]] = True
-    stack = [(0, far), (far, n)]
-    while stack:
-        i, j = stack.pop()
-        if j - i < 2:
-            continue
-        a, b = closed[i], closed[j]
-        seg = closed[i + 1 : j]
-        ab = b - a
-        denom = float(np.dot(ab, ab))
-        if denom == 0:
-            dist = np.hypot(*(seg - a).T)
-        else:
-            t = np.clip((seg - a) @ ab / denom, 0.0, 1.0)
-            dist = np.hypot(*(seg - (a + t[:, None] * ab)).T)
-        k = int(np.argmax(dist))
-        if dist[k] > epsilon:
-            mid = i + 1 + k
-            keep[mid] = True
-            stack.extend([(i, mid), (mid, j)])
-    return loop[keep[:n]]
 
 
 def _check_polygons(polygons: Any) -> list[list[float]]:

@@ -31,7 +31,6 @@ from pycocotools import mask as mask_utils
 
 __all__ = [
     "RLE",
-    "as_coco_rle",
     "coco_to_uncompressed_rle",
     "decode_coco_rle",
     "decode_uncompressed_rle",
@@ -160,8 +159,9 @@ def _check_runs(runs: np.ndarray, h: int, w: int, kind: str) -> None:
         )
 
 
-def _coco_rle_checked(rle: Any) -> tuple[dict[str, Any], np.ndarray]:
-    """A validated COCO RLE as pycocotools wants it (bytes counts) and its run lengths."""
+def checked_coco_rle(rle: Any) -> tuple[dict[str, Any], np.ndarray]:
+    """A validated COCO RLE as pycocotools wants it (``{"size": [H, W], "counts": bytes}``) and
+    its run lengths (int64); ValueError naming what is wrong otherwise."""
     h, w, counts = _check_rle_dict(rle)
     data = _counts_bytes(counts)
     runs = _parse_coco_counts(data)
@@ -239,14 +239,14 @@ def decode_coco_rle(rles: RLE | Sequence[RLE]) -> np.ndarray:
             an empty list, or differing sizes in a list.
     """
     if isinstance(rles, Mapping):
-        checked, runs = _coco_rle_checked(rles)
+        checked, runs = checked_coco_rle(rles)
         h, w = checked["size"]
         return _runs_to_masks([runs], h, w)[0]
     if isinstance(rles, str | bytes) or not isinstance(rles, Sequence):
         raise ValueError(f"expected an RLE dict or a list of them; got {type(rles).__name__}")
     if len(rles) == 0:
         raise ValueError("cannot decode an empty list of RLEs (the mask size is unknown)")
-    checked = [_coco_rle_checked(r) for r in rles]
+    checked = [checked_coco_rle(r) for r in rles]
     sizes = {tuple(c["size"]) for c, _ in checked}
     if len(sizes) > 1:
         raise ValueError(f"all RLEs in a list must have the same size; got {sorted(sizes)}")
@@ -319,43 +319,8 @@ def coco_to_uncompressed_rle(rle: RLE) -> RLE:
     """COCO RLE (``str``/``bytes`` counts) -> uncompressed RLE, parsed directly from the
     counts string (no mask is materialised). The result is canonical: equal to
     :func:`encode_uncompressed_rle` of the decoded mask."""
-    checked, runs = _coco_rle_checked(rle)
+    checked, runs = checked_coco_rle(rle)
     return {"size": list(checked["size"]), "counts": _canonical_runs(runs)}
-
-
-def as_coco_rle(segmentation: Any, height: int | None = None, width: int | None = None) -> RLE:
-    """Any single-mask segmentation as a validated COCO RLE with ``str`` counts.
-
-    Accepts a ``(H, W)`` bool/integer mask, an uncompressed RLE, a COCO RLE (``str`` or
-    ``bytes`` counts) or COCO polygons (``[[x1, y1, x2, y2, ...], ...]`` in pixel-edge
-    coordinates; needs ``height`` and ``width``). When ``height``/``width`` are given, the
-    segmentation's size must match them.
-    """
-    if isinstance(segmentation, Mapping):
-        if is_uncompressed_rle(segmentation):
-            rle = uncompressed_to_coco_rle(segmentation)
-        else:
-            checked, _ = _coco_rle_checked(segmentation)
-            rle = {"size": checked["size"], "counts": checked["counts"].decode("ascii")}
-    elif isinstance(segmentation, list) and (
-        not segmentation or isinstance(segmentation[0], list | tuple | np.ndarray)
-    ):
-        if height is None or width is None:
-            raise ValueError("polygon segmentations need the image height and width")
-        from .polygons import polygons_to_rle  # local: polygons imports this module
-
-        rle = polygons_to_rle(segmentation, height, width)
-    else:
-        mask = np.asarray(segmentation)
-        if mask.ndim != 2:
-            raise ValueError(f"a mask segmentation must be a (H, W) array; got shape {mask.shape}")
-        rle = encode_coco_rle(mask)
-    if height is not None and width is not None and list(rle["size"]) != [height, width]:
-        raise ValueError(
-            f"segmentation size {list(rle['size'])} does not match the image"
-            f" (height, width) = ({height}, {width})"
-        )
-    return rle
 
 
 # --------------------------------------------------------------------------- measures
@@ -367,7 +332,7 @@ def rle_area(rle: RLE) -> int:
     if is_uncompressed_rle(rle):
         _, _, runs = _uncompressed_runs(rle)
         return int(runs[1::2].sum())
-    checked, _ = _coco_rle_checked(rle)
+    checked, _ = checked_coco_rle(rle)
     return int(mask_utils.area(checked))
 
 
@@ -382,5 +347,5 @@ def rle_to_bbox(rle: RLE) -> list[float]:
         h, w, runs = _uncompressed_runs(rle)
         checked = mask_utils.frPyObjects({"size": [h, w], "counts": runs.tolist()}, h, w)
     else:
-        checked, _ = _coco_rle_checked(rle)
+        checked, _ = checked_coco_rle(rle)
     return [float(v) for v in mask_utils.toBbox(checked)]

@@ -27,25 +27,23 @@ plain JSON (numpy scalars converted) atomically. :func:`read_sa1b_json` validate
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .rle import RLE, _coco_rle_checked, as_coco_rle, decode_coco_rle, rle_area, rle_to_bbox
+from ..io.files import write_json_atomic
+from .rle import RLE, checked_coco_rle, decode_coco_rle, rle_area, rle_to_bbox
+from .segmentation import as_coco_rle
+from .values import integer, number, plain
 
 __all__ = [
     "SA1B_ANNOTATION_KEYS",
     "SA1B_IMAGE_KEYS",
     "read_sa1b_json",
     "sa1b_masks",
-    "write_json_atomic",
     "write_sa1b_json",
 ]
 
@@ -64,90 +62,28 @@ SA1B_ANNOTATION_KEYS = (
 )
 
 
-# --------------------------------------------------------------------------- plain values
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with numpy (or torch) scalars/arrays turned into Python ints/floats/lists."""
-    if isinstance(value, bool | int | float | str) or value is None:
-        return value
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):  # numpy arrays, torch tensors (no torch import needed)
-        return _plain(value.tolist())
-    if isinstance(value, bytes):
-        return value.decode("ascii")
-    raise ValueError(f"cannot store a {type(value).__name__} in JSON: {value!r}")
-
-
-def _number(value: Any, what: str) -> float:
-    value = _plain(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number; got {value!r}")
-    return float(value)
-
-
-def _integer(value: Any, what: str, *, minimum: int | None = None) -> int:
-    value = _plain(value)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer; got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}; got {value}")
-    return value
+# --------------------------------------------------------------------------- values
 
 
 def _box(value: Any, what: str) -> list[float]:
-    value = _plain(value)
+    value = plain(value)
     if not isinstance(value, list) or len(value) != 4:
         raise ValueError(f"{what} must be [x, y, w, h] (4 numbers); got {value!r}")
-    return [_number(v, what) for v in value]
+    return [number(v, what) for v in value]
 
 
 def _points(value: Any, what: str) -> list[list[float]]:
-    value = _plain(value)
+    value = plain(value)
     if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
         raise ValueError(f"{what} must be a list of [x, y] pairs; got {value!r}")
-    return [[_number(x, what), _number(y, what)] for x, y in value]
+    return [[number(x, what), number(y, what)] for x, y in value]
 
 
 def _image_id(value: Any, what: str) -> int | str:
-    value = _plain(value)
+    value = plain(value)
     if isinstance(value, str):
         return value
-    return _integer(value, what)
-
-
-# --------------------------------------------------------------------------- atomic JSON
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Serialise ``obj`` to compact JSON (NaN/inf refused) and write it to ``path``
-    atomically: into a unique temporary file in the same folder, flushed and fsynced, then
-    ``os.replace``-d onto ``path``. Readers see the old file or the complete new one; on any
-    error the temporary file is removed and ``path`` is left as it was. The folder must
-    exist."""
-    try:
-        data = json.dumps(obj, allow_nan=False, separators=(",", ":")).encode("utf-8")
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"cannot write {os.fspath(path)!s} as JSON: {e}") from None
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    return integer(value, what)
 
 
 # --------------------------------------------------------------------------- writing
@@ -163,18 +99,18 @@ def _annotation(rec: Any, where: str, height: int, width: int, ann_id: Any) -> d
     except ValueError as e:
         raise ValueError(f"{where}.segmentation: {e}") from None
     area = rle_area(rle)
-    if "area" in rec and _integer(rec["area"], f"{where}.area") != area:
+    if "area" in rec and integer(rec["area"], f"{where}.area") != area:
         raise ValueError(f"{where}.area is {rec['area']} but its segmentation has {area} pixels")
     for key in ("predicted_iou", "stability_score"):
         if key not in rec:
             raise ValueError(f"{where} has no {key!r}")
     return {
-        "id": _integer(ann_id, f"{where}.id"),
+        "id": integer(ann_id, f"{where}.id"),
         "segmentation": rle,
         "bbox": _box(rec["bbox"], f"{where}.bbox") if "bbox" in rec else rle_to_bbox(rle),
         "area": area,
-        "predicted_iou": _number(rec["predicted_iou"], f"{where}.predicted_iou"),
-        "stability_score": _number(rec["stability_score"], f"{where}.stability_score"),
+        "predicted_iou": number(rec["predicted_iou"], f"{where}.predicted_iou"),
+        "stability_score": number(rec["stability_score"], f"{where}.stability_score"),
         "crop_box": _box(rec.get("crop_box", [0, 0, width, height]), f"{where}.crop_box"),
         "point_coords": _points(rec.get("point_coords", []), f"{where}.point_coords"),
     }
@@ -190,7 +126,7 @@ def write_sa1b_json(
     annotations: Sequence[Mapping[str, Any]],
 ) -> None:
     """Write one image's masks as an SA-1B JSON file, atomically (see
-    :func:`write_json_atomic`).
+    :func:`segany.io.files.write_json_atomic`).
 
     Args:
         path: the ``.json`` file to write (its folder must exist).
@@ -212,8 +148,8 @@ def write_sa1b_json(
     where = os.fspath(path)
     if not isinstance(file_name, str) or not file_name:
         raise ValueError(f"{where}: file_name must be a non-empty string; got {file_name!r}")
-    width = _integer(width, f"{where}: width", minimum=1)
-    height = _integer(height, f"{where}: height", minimum=1)
+    width = integer(width, f"{where}: width", minimum=1)
+    height = integer(height, f"{where}: height", minimum=1)
     if isinstance(annotations, Mapping | str | bytes) or not isinstance(annotations, Sequence):
         raise ValueError(f"{where}: annotations must be a list of mask records")
     anns = []
@@ -270,8 +206,8 @@ def read_sa1b_json(path: str | os.PathLike) -> dict[str, Any]:
         if key not in image:
             raise ValueError(f"{where}: 'image' is missing {key!r}")
     _image_id(image["image_id"], f"{where}: image.image_id")
-    width = _integer(image["width"], f"{where}: image.width", minimum=1)
-    height = _integer(image["height"], f"{where}: image.height", minimum=1)
+    width = integer(image["width"], f"{where}: image.width", minimum=1)
+    height = integer(image["height"], f"{where}: image.height", minimum=1)
     if not isinstance(image["file_name"], str):
         raise ValueError(f"{where}: image.file_name must be a string")
     anns = data["annotations"]
@@ -284,10 +220,10 @@ def read_sa1b_json(path: str | os.PathLike) -> dict[str, Any]:
         for key in SA1B_ANNOTATION_KEYS:
             if key not in ann:
                 raise ValueError(f"{at} is missing {key!r}")
-        _integer(ann["id"], f"{at}.id")
+        integer(ann["id"], f"{at}.id")
         seg = ann["segmentation"]
         try:
-            checked, _ = _coco_rle_checked(seg)
+            checked, _ = checked_coco_rle(seg)
         except ValueError as e:
             raise ValueError(f"{at}.segmentation: {e}") from None
         if not isinstance(seg["counts"], str):
@@ -298,9 +234,9 @@ def read_sa1b_json(path: str | os.PathLike) -> dict[str, Any]:
                 f" {[height, width]}"
             )
         _box(ann["bbox"], f"{at}.bbox")
-        _integer(ann["area"], f"{at}.area", minimum=0)
-        _number(ann["predicted_iou"], f"{at}.predicted_iou")
-        _number(ann["stability_score"], f"{at}.stability_score")
+        integer(ann["area"], f"{at}.area", minimum=0)
+        number(ann["predicted_iou"], f"{at}.predicted_iou")
+        number(ann["stability_score"], f"{at}.stability_score")
         _box(ann["crop_box"], f"{at}.crop_box")
         _points(ann["point_coords"], f"{at}.point_coords")
     _check_unique_ids(anns, where)

@@ -15,15 +15,18 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "atomic_dir",
+    "atomic_files",
     "atomic_write",
+    "durable_replace",
     "is_image_file",
     "sha256_file",
     "write_bytes_atomic",
@@ -31,11 +34,12 @@ __all__ = [
     "write_text_atomic",
 ]
 
-#: File suffixes (lower case) that segany treats as images when it scans a folder.
+#: File suffixes (lower case) that segany treats as images when it scans a folder; where an
+#: image of a given stem is looked for, in this order of preference.
 IMAGE_SUFFIXES: tuple[str, ...] = (
-    ".png",
     ".jpg",
     ".jpeg",
+    ".png",
     ".bmp",
     ".tif",
     ".tiff",
@@ -56,6 +60,11 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (best effort: not every OS opens folders)."""
     try:
@@ -68,6 +77,15 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def durable_replace(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename the complete file ``src`` onto ``dst`` (same folder) durably: fsync ``src``, then
+    ``os.replace``, then fsync the folder. The last step of every atomic write here; public for
+    writers that stage a file their own way (the resumable checkpoint download)."""
+    _fsync_file(Path(src))
+    os.replace(src, dst)
+    _fsync_dir(Path(dst).parent)
 
 
 @contextlib.contextmanager
@@ -83,16 +101,13 @@ def atomic_write(path: str | os.PathLike, *, mode: int | None = None) -> Iterato
     tmp = _tmp_name(path)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
         if mode is not None:
             os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        durable_replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    _fsync_dir(path.parent)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, mode: int | None = None) -> None:
@@ -120,6 +135,29 @@ def write_json_atomic(
     except (TypeError, ValueError) as e:
         raise ValueError(f"cannot write {os.fspath(path)!s} as JSON: {e}") from None
     write_text_atomic(path, text + "\n" if newline else text)
+
+
+@contextlib.contextmanager
+def atomic_files(folder: str | os.PathLike, names: Sequence[str]) -> Iterator[Path]:
+    """Context manager for writing files of ``folder`` that refer to each other by name (a model
+    and its external-data file), which therefore cannot be written under temporary names.
+
+    Yields an empty temporary folder inside ``folder``; write each of ``names`` there under its
+    final name. On a clean exit every file is fsynced and renamed into ``folder`` in the order
+    of ``names`` (put the file that refers to the others last: whoever finds it finds them
+    complete); on any error nothing is renamed. The temporary folder is removed either way.
+    """
+    folder = Path(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".", suffix=".tmp", dir=folder))
+    try:
+        yield tmp
+        for name in names:
+            _fsync_file(tmp / name)
+        for name in names:
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _fsync_dir(folder)
 
 
 @contextlib.contextmanager

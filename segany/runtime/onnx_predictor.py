@@ -10,106 +10,18 @@ must never import torch, directly or through other segany modules.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..io.embedding import EmbeddingRecord, load_embedding_file, save_embedding_file
 from ..io.image import to_rgb_uint8
+from ..io.onnx_manifest import DECODER_INPUTS, read_manifest
 from ..prompts import PromptSet, parse_prompts
 from ..transforms import ResizeLongestSide, get_preprocess_shape
-
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = "segany-onnx"
-EMBEDDING_FORMAT_VERSION = "1"  # same layout as segany.io.embedding
-
-_SAFETENSORS_DTYPES = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "BF16": "<u2"}
-
-
-# ---------------------------------------------------------------------------- embedding files
-
-
-def read_embedding_file(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, str]]:
-    """``features`` (float32) and metadata of a segany embedding file (safetensors; fp32, fp16
-    and bf16 tensors are read), without torch."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise ValueError("file too short")
-            (n,) = struct.unpack("<Q", head)
-            if n > 1 << 24:
-                raise ValueError("header too large")
-            header = json.loads(f.read(n))
-            meta = header.pop("__metadata__", None) or {}
-            info = header["features"]
-            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            start, end = info["data_offsets"]
-            f.seek(8 + n + start)
-            raw = f.read(end - start)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"embedding file not found: {path}") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path} is not a segany embedding file: {e!r}") from None
-    shape = tuple(int(s) for s in info["shape"])
-    data = np.frombuffer(raw, dtype=dtype)
-    if info["dtype"] == "BF16":
-        data = (data.astype(np.uint32) << 16).view(np.float32)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is not a segany embedding file: truncated tensor data")
-    return data.reshape(shape).astype(np.float32), meta
-
-
-def write_embedding_file(
-    path: str | os.PathLike,
-    features: np.ndarray,
-    original_size: tuple[int, int],
-    input_size: tuple[int, int],
-    img_size: int,
-    fingerprint: str,
-) -> None:
-    """Write the layout of :func:`segany.io.embedding.save_embedding_file` (atomically)."""
-    from safetensors.numpy import save_file
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {"features": np.ascontiguousarray(features)},
-        str(tmp),
-        metadata={
-            "format_version": EMBEDDING_FORMAT_VERSION,
-            "original_size": f"{original_size[0]},{original_size[1]}",
-            "input_size": f"{input_size[0]},{input_size[1]}",
-            "img_size": str(img_size),
-            "model_fingerprint": fingerprint,
-        },
-    )
-    os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------- predictor
-
-
-def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
-    """The ``manifest.json`` of an export folder; FileNotFoundError/ValueError if it is not
-    one."""
-    path = Path(model_dir) / MANIFEST_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{model_dir} is not an ONNX export folder (no {MANIFEST_NAME}); create one with "
-            f"'segany export-onnx --model M --out DIR'"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a segany ONNX manifest")
-    return manifest
 
 
 class OnnxPredictor:
@@ -203,9 +115,12 @@ class OnnxPredictor:
         self._require_image()
         return (self.input_h, self.input_w)  # type: ignore[return-value]
 
-    def _require_image(self) -> None:
+    def _require_image(self) -> np.ndarray:
+        """The embedding of the image set; RuntimeError if none is."""
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        assert self.features is not None
+        return self.features
 
     # ------------------------------------------------------------------ encoding
     def set_image(self, image: Any, image_format: str = "RGB") -> None:
@@ -254,47 +169,26 @@ class OnnxPredictor:
 
     def get_image_embedding(self) -> np.ndarray:
         """Image embedding ``(1, C, He, We)`` float32 (``(1, 256, 64, 64)`` at 1024 px)."""
-        self._require_image()
-        assert self.features is not None
-        return self.features
+        return self._require_image()
 
     def save_embedding(self, path: str | os.PathLike) -> None:
         """Save the embedding in segany's embedding-file format (readable by
         ``SamPredictor.load_embedding`` for the same model)."""
-        self._require_image()
-        assert self.features is not None
-        write_embedding_file(
-            path,
-            self.features,
-            self.original_size,
-            self.input_size,
-            self.img_size,
-            self.model_fingerprint,
-        )
+        sizes = (self.original_size, self.input_size, self.img_size)
+        record = EmbeddingRecord(self.get_image_embedding(), *sizes, self.model_fingerprint)
+        save_embedding_file(path, record)
 
     def load_embedding(self, path: str | os.PathLike, check_model: bool = True) -> None:
         """Load an embedding file (from this predictor or ``SamPredictor.save_embedding``) in
         place of :meth:`set_image`. ValueError if it was made by another model (unless
         ``check_model=False``) or does not fit this model."""
-        features, meta = read_embedding_file(path)
-        try:
-            original_size = tuple(int(v) for v in meta["original_size"].split(","))
-            input_size = tuple(int(v) for v in meta["input_size"].split(","))
-            img_size = int(meta["img_size"])
-            fingerprint = meta["model_fingerprint"]
-        except (KeyError, ValueError) as e:
-            raise ValueError(f"{path} is not a segany embedding file (bad metadata: {e})") from None
-        if img_size != self.img_size or features.shape != self.embedding_shape:
-            raise ValueError(
-                f"{path}: embedding {features.shape} at img_size {img_size} does not fit this "
-                f"model (expects {self.embedding_shape} at {self.img_size})"
-            )
-        if check_model and fingerprint != self.model_fingerprint:
-            raise ValueError(
-                f"{path} was computed with a different model (fingerprint {fingerprint} vs "
-                f"{self.model_fingerprint}); re-encode the image or pass check_model=False"
-            )
-        self.set_embedding(features, original_size, input_size)  # type: ignore[arg-type]
+        rec = load_embedding_file(
+            path,
+            img_size=self.img_size,
+            embedding_shape=self.embedding_shape,
+            fingerprint=self.model_fingerprint if check_model else None,
+        )
+        self.set_embedding(rec.features, rec.original_size, rec.input_size)
 
     # ------------------------------------------------------------------ prediction
     def predict(
@@ -359,19 +253,17 @@ class OnnxPredictor:
         else:
             mask = np.zeros((1, 1, lh, lw), np.float32)
             has_mask = np.zeros(1, np.float32)
-        assert self.features is not None
-        return {
-            "image_embeddings": self.features,
-            "point_coords": (np.concatenate(coords) if coords else np.zeros((0, 2)))[None].astype(
-                np.float32
-            ),
-            "point_labels": (np.concatenate(labels) if labels else np.zeros(0))[None].astype(
-                np.float32
-            ),
-            "mask_input": mask,
-            "has_mask_input": has_mask,
-            "orig_im_size": np.array(size, np.float32),
-        }
+        coords_all = np.concatenate(coords) if coords else np.zeros((0, 2))
+        labels_all = np.concatenate(labels) if labels else np.zeros(0)
+        values = (
+            self._require_image(),
+            coords_all[None].astype(np.float32),
+            labels_all[None].astype(np.float32),
+            mask,
+            has_mask,
+            np.array(size, np.float32),
+        )
+        return dict(zip(DECODER_INPUTS, values, strict=True))
 
     def _decode(
         self, prompt: PromptSet, multimask_output: bool, return_logits: bool

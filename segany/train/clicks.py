@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from ..utils.amg import batched_mask_to_box
+
 
 def _sample_pixels(
     region: torch.Tensor, generator: torch.Generator | None
@@ -45,18 +47,9 @@ def sample_points_in_masks(
 
 def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     """Tight XYXY boxes ``(N, 4)`` float of ``(N, H, W)`` masks, in pixel-index coordinates
-    (x0, y0 of the first and x1, y1 of the last foreground column/row). Empty → zeros."""
-    n, h, w = masks.shape
-    m = masks.bool()
-    cols, rows = m.any(1), m.any(2)
-    ar_w = torch.arange(w, device=m.device)
-    ar_h = torch.arange(h, device=m.device)
-    x0 = torch.where(cols, ar_w, w).amin(1)
-    x1 = torch.where(cols, ar_w, -1).amax(1)
-    y0 = torch.where(rows, ar_h, h).amin(1)
-    y1 = torch.where(rows, ar_h, -1).amax(1)
-    boxes = torch.stack([x0, y0, x1, y1], 1).float()
-    return torch.where(m.flatten(1).any(1)[:, None], boxes, torch.zeros_like(boxes))
+    (x0, y0 of the first and x1, y1 of the last foreground column/row). Empty → zeros.
+    (:func:`segany.utils.amg.batched_mask_to_box` as float.)"""
+    return batched_mask_to_box(masks.bool()).float()
 
 
 def noisy_boxes(

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import masks
+
 
 def _valid(target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
     return torch.ones_like(target) if valid is None else valid.to(target.dtype)
@@ -65,16 +67,14 @@ def dice_loss(
 def mask_iou(
     logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """IoU of the binarized prediction (``logits > 0``) with the target per mask: ``(N, M)``.
-    An empty prediction of an empty target counts as IoU 1. No gradient."""
+    """IoU of the binarized prediction (``logits > 0``, restricted to ``valid`` pixels) with the
+    target per mask: ``(N, M)`` float32 (:func:`segany.masks.mask_iou`). An empty prediction
+    of an empty target counts as IoU 1. No gradient."""
     with torch.no_grad():
         pred = logits > 0
-        t = target.bool().expand_as(pred)
         if valid is not None:
-            pred = pred & valid.bool().expand_as(pred)
-        inter = (pred & t).flatten(2).sum(-1).float()
-        union = (pred | t).flatten(2).sum(-1).float()
-        return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+            pred = pred & valid.bool()
+        return masks.mask_iou(pred, target.bool())
 
 
 def sam_loss(

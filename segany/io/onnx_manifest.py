@@ -1,0 +1,87 @@
+"""The ONNX export folder: its file names, the models' input and output names, and
+``manifest.json``, shared by the exporter (:mod:`segany.export`) and the runtime
+(:mod:`segany.runtime`). Imports neither torch nor onnx.
+
+A folder written by :func:`segany.export.export_onnx` holds ``decoder.onnx``, usually
+``encoder.onnx``, with ``quantize`` also ``decoder.int8.onnx``/``encoder.int8.onnx`` and
+``quantization_report.json``, and ``manifest.json``: format and version, the model (name,
+fingerprint, sizes, pixel statistics, mask threshold), the export options and, under
+``"files"``, one entry per model file (keys ``decoder``, ``encoder``, ``decoder_int8``,
+``encoder_int8``) with its precision, size, sha256 and input/output specs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .files import write_json_atomic
+
+__all__ = [
+    "DECODER_FILE",
+    "DECODER_INPUTS",
+    "DECODER_INT8_FILE",
+    "DECODER_OUTPUTS",
+    "ENCODER_FILE",
+    "ENCODER_IMAGE_INPUT",
+    "ENCODER_INT8_FILE",
+    "ENCODER_OUTPUT",
+    "ENCODER_TENSOR_INPUT",
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "MANIFEST_VERSION",
+    "REPORT_FILE",
+    "read_manifest",
+    "write_manifest",
+]
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "segany-onnx"
+MANIFEST_VERSION = 1
+DECODER_FILE = "decoder.onnx"
+ENCODER_FILE = "encoder.onnx"
+DECODER_INT8_FILE = "decoder.int8.onnx"
+ENCODER_INT8_FILE = "encoder.int8.onnx"
+REPORT_FILE = "quantization_report.json"
+
+#: Inputs of ``decoder.onnx``, in order: the official ``SamOnnxModel`` interface.
+DECODER_INPUTS = (
+    "image_embeddings",
+    "point_coords",
+    "point_labels",
+    "mask_input",
+    "has_mask_input",
+    "orig_im_size",
+)
+DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+ENCODER_IMAGE_INPUT = "image"  # uint8 (H, W, 3), with preprocessing in the graph
+ENCODER_TENSOR_INPUT = "images"  # float32 (1, 3, S, S), normalized and padded
+ENCODER_OUTPUT = "image_embeddings"
+
+
+def read_manifest(model_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``manifest.json`` of an export folder; FileNotFoundError/ValueError if it is not
+    one."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{model_dir} is not an ONNX export folder (no {MANIFEST_NAME}); create one with "
+            f"'segany export-onnx --model M --out DIR'"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {path}: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path} is not a segany ONNX manifest")
+    return manifest
+
+
+def write_manifest(out_dir: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` as ``out_dir/manifest.json`` (indented JSON), atomically; returns
+    its path."""
+    path = Path(out_dir) / MANIFEST_NAME
+    write_json_atomic(path, manifest, indent=2, newline=True)
+    return path
