@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import segany
+from segany.modeling import image_encoder
 from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
 from segany.precision import cpu_has_native_bf16, resolve_precision
 from tests.helpers import TINY, make_amg_pair, random_image, randomize_
@@ -41,18 +42,42 @@ def test_biased_attention_matches_eager(grid, dtype):
 @pytest.mark.parametrize("size", [128, 64])  # 64: a reduced training input (progressive resizing)
 def test_encoder_fast_equals_eager(tiny_model, size):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    enc = tiny_model.image_encoder
+    enc = copy.deepcopy(tiny_model.image_encoder)
     with torch.no_grad():
         fast = enc(x)
         assert fast.shape[-2:] == (size // 8, size // 8) and torch.isfinite(fast).all()
         enc.set_attention_backend("eager")
-        try:
-            ref = enc(x)
-        finally:
-            enc.set_attention_backend("fast")
+        ref = enc(x)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         enc.set_attention_backend("flash")
+
+
+def test_blocked_attention_equals_default(tiny_model, monkeypatch):
+    """The ``"blocked"`` backend (what the ONNX export traces) is the default attention's
+    function, with the 256-token global attention in blocks of 100 queries (the last shorter)
+    and the 25-token windows in one block."""
+    monkeypatch.setattr(image_encoder, "BLOCKED_QUERY_BLOCK", 100)
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    enc = copy.deepcopy(tiny_model.image_encoder)
+    with torch.no_grad():
+        ref = enc(x)
+        enc.set_attention_backend("blocked")
+        assert all(blk.attn.backend == "blocked" for blk in enc.blocks)
+        out = enc(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_backend_is_checked(tiny_model):
+    """A bad backend is a ValueError naming the allowed ones, whichever way it is set, and
+    leaves the backend as it was."""
+    enc = copy.deepcopy(tiny_model.image_encoder)
+    allowed = r"\('fast', 'eager', 'blocked'\), got 'flash'"
+    with pytest.raises(ValueError, match=allowed):
+        enc.set_attention_backend("flash")
+    with pytest.raises(ValueError, match=allowed):
+        enc.blocks[0].attn.backend = "flash"
+    assert all(blk.attn.backend == "fast" for blk in enc.blocks)
 
 
 @pytest.mark.parametrize("multimask", [True, False])

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import hashlib
 import io
 import json
@@ -41,12 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .. import __version__
 from ..modeling import Sam
-from .onnx_model import (
-    DecoderOnnxModel,
-    EncoderOnnxModel,
-    chunked_attention_forward,
-    use_tanh_gelu,
-)
+from .onnx_model import DecoderOnnxModel, EncoderOnnxModel, use_tanh_gelu
 
 MIN_OPSET = 14
 MAX_OPSET = 20  # the highest opset torch's TorchScript exporter writes
@@ -76,9 +70,6 @@ ENCODER_OUTPUT = "image_embeddings"
 
 #: Weight bytes above which a model is written with external data (protobuf caps at 2 GiB).
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**27
-
-#: Queries per block in the exported global attention (bounds the score tensor).
-ATTENTION_BLOCK = 1024
 
 PILLOW_PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit resampling (32 - 8 - 2)
 
@@ -497,7 +488,9 @@ def squeeze_unit_gathers(proto: onnx.ModelProto) -> int:
 
 @contextlib.contextmanager
 def export_copy(model: Sam, gelu_approximate: bool = False) -> Iterator[Sam]:
-    """The model in fp32 on the CPU with reference (eager) encoder attention, for tracing.
+    """The model in fp32 on the CPU with the reference encoder attention computed in blocks of
+    queries (the ``"blocked"`` attention backend: the graph never holds a full global score
+    tensor), for tracing.
 
     A copy is made only when something must change (precision, device, GELU); attention
     backends switched on ``model`` itself are restored afterwards."""
@@ -510,20 +503,10 @@ def export_copy(model: Sam, gelu_approximate: bool = False) -> Iterator[Sam]:
         use_tanh_gelu(m)
     blocks = list(m.image_encoder.blocks)
     saved = [blk.attn.backend for blk in blocks]
-    patched = []
     try:
-        m.image_encoder.set_attention_backend("eager")
-        for blk in blocks:
-            grid = m.image_encoder.img_size // m.image_encoder.patch_embed.proj.stride[0]
-            if blk.window_size == 0 and grid * grid > ATTENTION_BLOCK:
-                blk.attn.forward = functools.partial(
-                    chunked_attention_forward, blk.attn, block=ATTENTION_BLOCK
-                )
-                patched.append(blk.attn)
+        m.image_encoder.set_attention_backend("blocked")
         yield m
     finally:
-        for attn in patched:
-            del attn.forward
         for blk, backend in zip(blocks, saved, strict=True):
             blk.attn.backend = backend
 
