@@ -124,4 +124,3 @@ def use_tanh_gelu(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.GELU):
             m.approximate = "tanh"
-
