@@ -15,9 +15,10 @@ tools call), written against segany's modules:
   with ``return_single_mask`` (chosen as the official model does: the single-mask token for 3
   or more points, padding included, else the best multimask token).
 
-The mask decoder runs either through segany's fast path (``fast=True``: the same function with
-the image-token projections folded into the prompt tokens, see
-:mod:`segany.modeling.fast_decoder`) or the reference ``predict_masks``.
+The mask decoder runs either through segany's fast path (``fast=True``:
+``MaskDecoder.predict_masks_fast``, the same function with the image-token projections folded
+into the prompt tokens, see :mod:`segany.modeling.fast_decoder`) or the reference
+``MaskDecoder.predict_masks``, whatever the decoder's ``backend`` says.
 
 :class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
 with the attention backend the exporter selects (``"blocked"``: the reference in blocks of
@@ -31,7 +32,6 @@ import torch
 from torch import nn
 
 from ..modeling import Sam
-from ..modeling.fast_decoder import image_tokens
 
 
 class DecoderOnnxModel(nn.Module):
@@ -96,9 +96,10 @@ class DecoderOnnxModel(nn.Module):
         dense = self._embed_mask(mask_input, has_mask_input)
         decoder = self.mask_decoder
         if self.fast:
-            tokens = image_tokens(image_embeddings, self.dense_pe, dense)
-            out = decoder.decode_fast(tokens, sparse, slice(0, None))
-            low_res, iou = out[0], out[1]
+            image = decoder.prepare_image(
+                image_embeddings, self.dense_pe, dense, cache_projections=False
+            )
+            low_res, iou = decoder.predict_masks_fast(image, sparse)
         else:
             low_res, iou = decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
         if self.return_single_mask:
