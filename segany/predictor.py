@@ -26,7 +26,7 @@ from .io.embedding import (
 )
 from .io.image import to_rgb_uint8
 from .modeling import Sam
-from .modeling.fast_decoder import ImageTokens, image_projections, image_tokens
+from .modeling.mask_decoder import PreparedImage
 from .prompts import PromptSet, parse_prompts
 from .transforms import ResizeLongestSide
 
@@ -57,7 +57,7 @@ class SamPredictor:
         self.original_sizes: list[tuple[int, int]] = []
         self.input_sizes: list[tuple[int, int]] = []
         self._dense_pe: torch.Tensor | None = None
-        self._image_tokens: dict[int, ImageTokens] = {}
+        self._prepared: dict[int, PreparedImage] = {}  # per image index, without mask prompts
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
 
     @property
@@ -144,7 +144,7 @@ class SamPredictor:
         self.orig_h, self.orig_w = original_sizes[0]
         self.input_h, self.input_w = input_sizes[0]
         self._dense_pe = None
-        self._image_tokens = {}
+        self._prepared = {}
         self.is_image_set = True
 
     def get_image_embedding(self) -> torch.Tensor:
@@ -292,8 +292,8 @@ class SamPredictor:
     @torch.no_grad()
     def predict_low_res(
         self,
-        point_coords: torch.Tensor | None,
-        point_labels: torch.Tensor | None,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
@@ -319,7 +319,8 @@ class SamPredictor:
         image_index: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Like :meth:`predict_low_res`, but low-res masks are computed only for prompts with at
-        least one predicted IoU above ``min_iou`` (used by the automatic mask generator).
+        least one predicted IoU above ``min_iou`` (the automatic mask generator's pre-filter:
+        ``MaskDecoder.decode(..., min_iou=)``).
 
         Returns ``low_res (S, C, 256, 256)`` for those prompts, ``iou_predictions (B, C)`` for
         all, and the ``(S,)`` indices of the prompts whose masks were computed.
@@ -327,9 +328,7 @@ class SamPredictor:
         low_res, iou, rows = self._decode(
             point_coords, point_labels, None, None, multimask_output, image_index, min_iou
         )
-        if rows is None:
-            rows = torch.nonzero((iou > min_iou).any(dim=1))[:, 0]
-            low_res = low_res[rows]
+        assert rows is not None
         return low_res, iou, rows
 
     def _decode(
@@ -342,6 +341,8 @@ class SamPredictor:
         image_index: int,
         min_iou: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Prompts in the input frame -> :meth:`MaskDecoder.decode` on image ``image_index``,
+        float32. Without a mask prompt the prepared image is kept for the next calls."""
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
@@ -354,30 +355,22 @@ class SamPredictor:
         dtype = decoder.iou_token.weight.dtype
         if self._dense_pe is None or self._dense_pe.dtype != dtype:
             self._dense_pe = model.prompt_encoder.get_dense_pe().to(dtype)
-        assert self.features is not None
-        features = self.features[image_index : image_index + 1].to(dtype)
-        if dense.shape[0] > 1 and dense.stride(0) == 0:  # broadcast no-mask embedding
-            dense = dense[:1]
-        if decoder.backend == "fast":
-            # without a mask prompt the image tokens do not depend on the prompt: cache them
-            # with their projections (see segany.modeling.fast_decoder)
-            tokens = self._image_tokens.get(image_index) if mask_input is None else None
-            if tokens is None:
-                tokens = image_tokens(features, self._dense_pe, dense.to(dtype))
-                if mask_input is None:
-                    tokens = image_projections(decoder.transformer, tokens)
-                    self._image_tokens[image_index] = tokens
-            sl = slice(1, None) if multimask_output else slice(0, 1)
-            low_res, iou, rows = decoder.decode_fast(tokens, sparse.to(dtype), sl, min_iou)
-        else:
-            rows = None
-            low_res, iou = decoder(
-                image_embeddings=features,
-                image_pe=self._dense_pe,
-                sparse_prompt_embeddings=sparse.to(dtype),
-                dense_prompt_embeddings=dense.to(dtype).expand(sparse.shape[0], -1, -1, -1),
-                multimask_output=multimask_output,
+        # without a mask prompt, the dense embedding (no-mask) is the same for every prompt:
+        # the image is prepared once and kept, with the projections the fast path reuses
+        shared = mask_input is None
+        image = self._prepared.get(image_index) if shared else None
+        if image is None:
+            assert self.features is not None
+            features = self.features[image_index : image_index + 1].to(dtype)
+            dense = dense[:1] if shared else dense
+            image = decoder.prepare_image(
+                features, self._dense_pe, dense.to(dtype), cache_projections=shared
             )
+            if shared:
+                self._prepared[image_index] = image
+        low_res, iou, rows = decoder.decode(
+            image, sparse.to(dtype), multimask_output, min_iou=min_iou
+        )
         return low_res.float(), iou.float(), rows
 
     # ------------------------------------------------------------------ helpers

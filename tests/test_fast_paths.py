@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import segany
+from segany.modeling import image_encoder
 from segany.modeling.image_encoder import LONG_SEQUENCE, biased_attention
 from segany.precision import cpu_has_native_bf16, resolve_precision
 from tests.helpers import TINY, make_amg_pair, random_image, randomize_
@@ -41,18 +42,42 @@ def test_biased_attention_matches_eager(grid, dtype):
 @pytest.mark.parametrize("size", [128, 64])  # 64: a reduced training input (progressive resizing)
 def test_encoder_fast_equals_eager(tiny_model, size):
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-    enc = tiny_model.image_encoder
+    enc = copy.deepcopy(tiny_model.image_encoder)
     with torch.no_grad():
         fast = enc(x)
         assert fast.shape[-2:] == (size // 8, size // 8) and torch.isfinite(fast).all()
         enc.set_attention_backend("eager")
-        try:
-            ref = enc(x)
-        finally:
-            enc.set_attention_backend("fast")
+        ref = enc(x)
     torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="backend"):
         enc.set_attention_backend("flash")
+
+
+def test_blocked_attention_equals_default(tiny_model, monkeypatch):
+    """The ``"blocked"`` backend (what the ONNX export traces) is the default attention's
+    function, with the 256-token global attention in blocks of 100 queries (the last shorter)
+    and the 25-token windows in one block."""
+    monkeypatch.setattr(image_encoder, "BLOCKED_QUERY_BLOCK", 100)
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(4))
+    enc = copy.deepcopy(tiny_model.image_encoder)
+    with torch.no_grad():
+        ref = enc(x)
+        enc.set_attention_backend("blocked")
+        assert all(blk.attn.backend == "blocked" for blk in enc.blocks)
+        out = enc(x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_backend_is_checked(tiny_model):
+    """A bad backend is a ValueError naming the allowed ones, whichever way it is set, and
+    leaves the backend as it was."""
+    enc = copy.deepcopy(tiny_model.image_encoder)
+    allowed = r"\('fast', 'eager', 'blocked'\), got 'flash'"
+    with pytest.raises(ValueError, match=allowed):
+        enc.set_attention_backend("flash")
+    with pytest.raises(ValueError, match=allowed):
+        enc.blocks[0].attn.backend = "flash"
+    assert all(blk.attn.backend == "fast" for blk in enc.blocks)
 
 
 @pytest.mark.parametrize("multimask", [True, False])
@@ -93,15 +118,13 @@ def test_decoder_fast_equals_eager(tiny_model, multimask, with_mask):
 
 
 def test_predictor_fast_equals_eager_decoder(tiny_model):
-    p = segany.SamPredictor(tiny_model)
+    model = copy.deepcopy(tiny_model)
+    p = segany.SamPredictor(model)
     p.set_image(random_image(70, 110, seed=4))
     kwargs = dict(point_coords=[[20, 30], [80, 40]], point_labels=[1, 0], return_logits=True)
     fast = p.predict(**kwargs)
-    tiny_model.mask_decoder.backend = "eager"
-    try:
-        ref = p.predict(**kwargs)
-    finally:
-        tiny_model.mask_decoder.backend = "fast"
+    model.mask_decoder.backend = "eager"
+    ref = p.predict(**kwargs)
     np.testing.assert_allclose(fast[0], ref[0], atol=1e-4)
     np.testing.assert_allclose(fast[1], ref[1], atol=1e-5)
 
@@ -221,20 +244,18 @@ def test_cached_image_projections_equal_plain_fast_path(depth):
 
 @pytest.mark.parametrize("min_iou", [None, "median"])
 def test_decode_chunks_do_not_change_results(tiny_model, min_iou):
-    """decode_fast run in chunks of 1, 3 or 64 prompts gives the same masks, IoUs and rows."""
-    from segany.modeling.fast_decoder import image_projections, image_tokens
-
+    """decode run in chunks of 1, 3 or 64 prompts gives the same masks, IoUs and rows."""
     g = torch.Generator().manual_seed(6)
     pe, dec = tiny_model.prompt_encoder, tiny_model.mask_decoder
     sparse, dense = pe((torch.rand(7, 1, 2, generator=g) * 128, torch.ones(7, 1)), None, None)
     emb = torch.randn(1, sparse.shape[-1], 16, 16, generator=g)
-    tokens = image_projections(dec.transformer, image_tokens(emb, pe.get_dense_pe(), dense[:1]))
+    image = dec.prepare_image(emb, pe.get_dense_pe(), dense[:1])
     with torch.no_grad():
-        _, iou, _ = dec.decode_fast(tokens, sparse, slice(1, None), None, chunk=64)
+        _, iou, _ = dec.decode(image, sparse, True, chunk=64)
         thresh = None if min_iou is None else float(iou.max(1).values.median())
-        ref = dec.decode_fast(tokens, sparse, slice(1, None), thresh, chunk=64)
+        ref = dec.decode(image, sparse, True, min_iou=thresh, chunk=64)
         for chunk in (1, 3):
-            out = dec.decode_fast(tokens, sparse, slice(1, None), thresh, chunk=chunk)
+            out = dec.decode(image, sparse, True, min_iou=thresh, chunk=chunk)
             torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
             if thresh is None:
@@ -242,13 +263,112 @@ def test_decode_chunks_do_not_change_results(tiny_model, min_iou):
             else:
                 assert 0 < len(ref[2]) < 7 and torch.equal(out[2], ref[2])
         # per-prompt image tokens (dense mask prompts) are split with their prompts
-        per_prompt = tokens._replace(
-            src=tokens.src + 0.1 * torch.randn(7, *tokens.src.shape[1:], generator=g), proj=None
+        per_prompt = dec.prepare_image(
+            emb,
+            pe.get_dense_pe(),
+            dense[:1] + 0.1 * torch.randn(7, *dense.shape[1:], generator=g),
+            cache_projections=False,
         )
-        ref = dec.decode_fast(per_prompt, sparse, slice(1, None), thresh, chunk=64)
-        out = dec.decode_fast(per_prompt, sparse, slice(1, None), thresh, chunk=3)
+        ref = dec.decode(per_prompt, sparse, True, min_iou=thresh, chunk=64)
+        out = dec.decode(per_prompt, sparse, True, min_iou=thresh, chunk=3)
         torch.testing.assert_close(out[0], ref[0], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out[1], ref[1], atol=1e-6, rtol=1e-6)
+
+
+def _decoder_inputs(model, with_mask: bool):
+    """Embeddings and prompts for 5 prompt sets (points and boxes, mask prompts optional),
+    none of them requiring grad."""
+    g = torch.Generator().manual_seed(12)
+    pe = model.prompt_encoder
+    coords = torch.rand(5, 2, 2, generator=g) * 128
+    labels = torch.tensor([[1, 0], [1, 1], [0, 1], [1, -1], [1, 1]])
+    corner = torch.rand(5, 2, generator=g) * 60
+    boxes = torch.cat([corner, corner + 40], 1)
+    masks = torch.randn(5, 1, 64, 64, generator=g) if with_mask else None
+    sparse, dense = (t.detach() for t in pe((coords, labels), boxes, masks))
+    emb = torch.randn(1, sparse.shape[-1], 16, 16, generator=g)
+    return emb, pe.get_dense_pe().detach(), sparse, dense
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_prepare_and_decode_equal_reference_forward(tiny_model, multimask, with_mask):
+    """prepare_image + decode (the fast path, projections cached when the image is shared)
+    give the reference forward's masks and IoUs; with min_iou, the masks of exactly the prompts
+    with some IoU above it; the eager backend's decode is the reference itself."""
+    dec = tiny_model.mask_decoder
+    emb, pe, sparse, dense = _decoder_inputs(tiny_model, with_mask)
+    ref_masks, ref_iou = dec(emb, pe, sparse, dense, multimask)  # autograd on -> reference
+    assert ref_masks.requires_grad
+    ref_masks, ref_iou = ref_masks.detach(), ref_iou.detach()
+    image = dec.prepare_image(
+        emb, pe, dense if with_mask else dense[:1], cache_projections=not with_mask
+    )
+    best = ref_iou.max(1).values.sort().values
+    thresh = float(best[2] + best[3]) / 2  # between two prompts' best IoUs, far from both
+    eager = copy.deepcopy(dec)
+    eager.backend = "eager"
+    with torch.no_grad():
+        masks, iou, rows = dec.decode(image, sparse, multimask)
+        assert rows is None
+        torch.testing.assert_close(masks, ref_masks, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
+        sel_masks, sel_iou, rows = dec.decode(image, sparse, multimask, min_iou=thresh)
+        expected = torch.nonzero((ref_iou > thresh).any(1))[:, 0]
+        assert 0 < len(rows) < 5 and torch.equal(rows, expected)
+        torch.testing.assert_close(sel_iou, ref_iou, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sel_masks, ref_masks[expected], atol=1e-4, rtol=1e-4)
+        masks, iou, rows = eager.decode(image, sparse, multimask, min_iou=thresh)
+    assert torch.equal(rows, expected)
+    assert torch.equal(masks, ref_masks[expected]) and torch.equal(iou, ref_iou)
+
+
+def test_fast_path_only_where_autograd_records_nothing(tiny_model):
+    """With grad mode on, the fast path still runs when nothing requires grad (a frozen
+    decoder); an input that requires grad gets the reference (and its gradients)."""
+    emb, pe, sparse, dense = _decoder_inputs(tiny_model, False)
+    frozen = copy.deepcopy(tiny_model.mask_decoder).requires_grad_(False)
+    with torch.no_grad():
+        fast = frozen(emb, pe, sparse, dense, True)
+    masks, iou = frozen(emb, pe, sparse, dense, True)
+    assert not masks.requires_grad
+    assert torch.equal(masks, fast[0]) and torch.equal(iou, fast[1])
+    masks, _ = frozen(emb.requires_grad_(), pe, sparse, dense, True)
+    assert masks.requires_grad
+    masks.sum().backward()
+    assert emb.grad is not None and torch.isfinite(emb.grad).all()
+    torch.testing.assert_close(masks.detach(), fast[0], atol=1e-4, rtol=1e-4)
+
+
+def test_decoder_backend_is_checked(tiny_model):
+    dec = copy.deepcopy(tiny_model.mask_decoder)
+    with pytest.raises(ValueError, match=r"\('fast', 'eager'\), got 'flash'"):
+        dec.backend = "flash"
+    assert dec.backend == "fast"
+    dec.backend = "eager"
+    assert dec.backend == "eager"
+    emb, pe, sparse, dense = _decoder_inputs(tiny_model, True)
+    with pytest.raises(ValueError, match="shared by all prompts"):
+        dec.prepare_image(emb, pe, dense)  # per-prompt mask prompts: nothing to cache
+
+
+def test_min_iou_is_compared_in_float32():
+    """The pre-filter keeps every prompt the generator's float32 filter would keep, also for
+    a bf16 decoder whose IoUs sit just above a threshold that bf16 would round up."""
+    model = segany.set_precision(randomize_(segany.build_sam_model(TINY), 3).eval(), "bf16")
+    dec = model.mask_decoder
+    emb, pe, sparse, dense = _decoder_inputs(model, False)
+    emb, pe, sparse, dense = (t.to(torch.bfloat16) for t in (emb, pe, sparse, dense))
+    image = dec.prepare_image(emb, pe, dense[:1])
+    with torch.no_grad():
+        _, iou, _ = dec.decode(image, sparse, True)
+        top = float(iou.float().max())
+        # just below the top IoU, but rounding to it in bf16 (its spacing there is >= 2**-9)
+        thresh = top - 2.0**-12
+        assert torch.tensor(thresh).bfloat16().item() == top
+        _, _, rows = dec.decode(image, sparse, True, min_iou=thresh)
+    assert torch.equal(rows, torch.nonzero((iou.float() > thresh).any(1))[:, 0])
+    assert len(rows) >= 1
 
 
 def test_low_res_above_is_the_filtered_subset():

@@ -25,7 +25,6 @@ import segany  # noqa: E402
 from segany.cli.main import main  # noqa: E402
 from segany.export import export_onnx  # noqa: E402
 from segany.export import files as export_files  # noqa: E402
-from segany.export import onnx as onnx_export  # noqa: E402
 from segany.export.resize import preprocess_model  # noqa: E402
 from segany.io.embedding import model_fingerprint  # noqa: E402
 from segany.io.onnx_manifest import DECODER_INPUTS, DECODER_OUTPUTS  # noqa: E402
@@ -585,7 +584,9 @@ def test_external_data_no_preprocess_and_opset(tiny_model, tmp_path, monkeypatch
 def test_chunked_global_attention(tiny_model, tmp_path, monkeypatch):
     """Global attention is exported in query blocks (vit_b: 4 blocks of 1024 of 4096 tokens);
     here 256 tokens in blocks of 100, the last one shorter."""
-    monkeypatch.setattr(onnx_export, "ATTENTION_BLOCK", 100)
+    from segany.modeling import image_encoder
+
+    monkeypatch.setattr(image_encoder, "BLOCKED_QUERY_BLOCK", 100)
     export_onnx(tiny_model, tmp_path)
     proto = onnx.load(str(tmp_path / "encoder.onnx"))
     softmax = sum(n.op_type == "Softmax" for n in proto.graph.node)
@@ -600,6 +601,7 @@ def test_chunked_global_attention(tiny_model, tmp_path, monkeypatch):
     )
     # the model handed to export_onnx is left as it was
     assert all("forward" not in vars(b.attn) for b in tiny_model.image_encoder.blocks)
+    assert all(b.attn.backend == "fast" for b in tiny_model.image_encoder.blocks)
 
 
 def test_gelu_approximate_and_bf16_model(tiny_model, tmp_path):

@@ -5,7 +5,7 @@ Same arguments, semantics and output as the official generator; the speed comes 
 less work for the same answer:
 
 * the decoder runs on point batches through its fast path, with the prompt-independent image
-  tokens and their projections computed once per crop (see
+  tokens and their projections computed once per crop (``MaskDecoder.prepare_image``, see
   :mod:`segany.modeling.fast_decoder`);
 * the predicted-IoU filter runs before the decoder's upscaler and before any upsampling, so
   only its survivors are upsampled (exactly as the official code upsamples them, a few at a

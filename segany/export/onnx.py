@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import io
 import os
 import tempfile
@@ -66,12 +65,7 @@ from .graph import (
     squeeze_unit_gathers,
     value_info,
 )
-from .onnx_model import (
-    DecoderOnnxModel,
-    EncoderOnnxModel,
-    chunked_attention_forward,
-    use_tanh_gelu,
-)
+from .onnx_model import DecoderOnnxModel, EncoderOnnxModel, use_tanh_gelu
 from .resize import preprocess_nodes
 
 __all__ = [
@@ -85,8 +79,6 @@ __all__ = [
     "export_onnx",
 ]
 
-#: Queries per block in the exported global attention (bounds the score tensor).
-ATTENTION_BLOCK = 1024
 
 Status = Callable[[str], None]
 
@@ -100,7 +92,9 @@ def _no_status(message: str) -> None:
 
 @contextlib.contextmanager
 def export_copy(model: Sam, gelu_approximate: bool = False) -> Iterator[Sam]:
-    """The model in fp32 on the CPU with reference (eager) encoder attention, for tracing.
+    """The model in fp32 on the CPU with the reference encoder attention computed in blocks of
+    queries (the ``"blocked"`` attention backend: the graph never holds a full global score
+    tensor), for tracing.
 
     A copy is made only when something must change (precision, device, GELU); attention
     backends switched on ``model`` itself are restored afterwards."""
@@ -113,20 +107,10 @@ def export_copy(model: Sam, gelu_approximate: bool = False) -> Iterator[Sam]:
         use_tanh_gelu(m)
     blocks = list(m.image_encoder.blocks)
     saved = [blk.attn.backend for blk in blocks]
-    patched = []
     try:
-        m.image_encoder.set_attention_backend("eager")
-        for blk in blocks:
-            grid = m.image_encoder.img_size // m.image_encoder.patch_embed.proj.stride[0]
-            if blk.window_size == 0 and grid * grid > ATTENTION_BLOCK:
-                blk.attn.forward = functools.partial(
-                    chunked_attention_forward, blk.attn, block=ATTENTION_BLOCK
-                )
-                patched.append(blk.attn)
+        m.image_encoder.set_attention_backend("blocked")
         yield m
     finally:
-        for attn in patched:
-            del attn.forward
         for blk, backend in zip(blocks, saved, strict=True):
             blk.attn.backend = backend
 
@@ -212,7 +196,7 @@ def build_decoder(
 def build_encoder(
     model: Sam, *, opset: int = DEFAULT_OPSET, preprocess: bool = True
 ) -> onnx.ModelProto:
-    """The image-encoder graph (``model`` fp32 on the CPU, eager attention)."""
+    """The image-encoder graph (``model`` fp32 on the CPU, inside :func:`export_copy`)."""
     s = model.image_encoder.img_size
     c = model.prompt_encoder.embed_dim
     he, we = model.prompt_encoder.image_embedding_size

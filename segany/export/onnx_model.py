@@ -15,12 +15,14 @@ tools call), written against segany's modules:
   with ``return_single_mask`` (chosen as the official model does: the single-mask token for 3
   or more points, padding included, else the best multimask token).
 
-The mask decoder runs either through segany's fast path (``fast=True``: the same function with
-the image-token projections folded into the prompt tokens, see
-:mod:`segany.modeling.fast_decoder`) or the reference ``predict_masks``.
+The mask decoder runs either through segany's fast path (``fast=True``:
+``MaskDecoder.predict_masks_fast``, the same function with the image-token projections folded
+into the prompt tokens, see :mod:`segany.modeling.fast_decoder`) or the reference
+``MaskDecoder.predict_masks``, whatever the decoder's ``backend`` says.
 
 :class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
-with the reference (eager) attention; resizing of raw pixels is prepended as plain ONNX nodes by
+with the attention backend the exporter selects (``"blocked"``: the reference in blocks of
+queries); resizing of raw pixels is prepended as plain ONNX nodes by
 the exporter (it needs a loop, see :func:`segany.export.resize.preprocess_nodes`).
 """
 
@@ -30,7 +32,6 @@ import torch
 from torch import nn
 
 from ..modeling import Sam
-from ..modeling.fast_decoder import image_tokens
 
 
 class DecoderOnnxModel(nn.Module):
@@ -95,9 +96,10 @@ class DecoderOnnxModel(nn.Module):
         dense = self._embed_mask(mask_input, has_mask_input)
         decoder = self.mask_decoder
         if self.fast:
-            tokens = image_tokens(image_embeddings, self.dense_pe, dense)
-            out = decoder.decode_fast(tokens, sparse, slice(0, None))
-            low_res, iou = out[0], out[1]
+            image = decoder.prepare_image(
+                image_embeddings, self.dense_pe, dense, cache_projections=False
+            )
+            low_res, iou = decoder.predict_masks_fast(image, sparse)
         else:
             low_res, iou = decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
         if self.return_single_mask:
@@ -123,33 +125,3 @@ def use_tanh_gelu(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, nn.GELU):
             m.approximate = "tanh"
-
-
-def chunked_attention_forward(attn: nn.Module, x: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """The reference (eager) attention of :class:`segany.modeling.image_encoder.Attention`,
-    with queries processed in blocks so that the exported graph never holds a
-    ``(heads, N, N)`` score tensor (805 MB for vit_b's global attention)."""
-    from ..modeling.image_encoder import rel_pos_terms
-
-    b, h, w, _ = x.shape
-    n = h * w
-    heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, b * heads, n, -1).unbind(0)
-    k_t = k.transpose(-2, -1)
-    rel_h = rel_w = None
-    if attn.use_rel_pos:
-        rel_h, rel_w = rel_pos_terms(q, attn.rel_pos_h, attn.rel_pos_w, (h, w), (h, w))
-    outs = []
-    for start in range(0, n, block):
-        rows = slice(start, min(start + block, n))
-        scores = (q[:, rows] * attn.scale) @ k_t
-        if rel_h is not None and rel_w is not None:
-            m = scores.shape[1]
-            scores = (
-                scores.view(-1, m, h, w) + rel_h[:, rows, :, None] + rel_w[:, rows, None, :]
-            ).view(-1, m, n)
-        outs.append(scores.softmax(dim=-1) @ v)
-    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]
-    out = out.view(b, heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
-    return attn.proj(out)

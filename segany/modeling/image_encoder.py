@@ -4,17 +4,21 @@ Input: ``(B, 3, S, S)`` float tensor, already normalized and padded to the squar
 ``S = img_size``. Output: ``(B, C_out, S/patch, S/patch)`` image embedding (256x64x64 for the
 official models at 1024 px).
 
-Attention has two implementations computing the same function:
+Attention has three implementations computing the same function:
 
 * ``"eager"`` — the reference: an explicit ``(N, N)`` attention matrix plus the decomposed
   relative-position bias, softmax, then ``@ v``.
+* ``"blocked"`` — the reference computed in blocks of :data:`BLOCKED_QUERY_BLOCK` queries for
+  longer sequences (global attention; windows are shorter), so the largest score tensor is
+  ``(heads, block, N)``; plain ops only, which is what the ONNX export traces.
 * ``"fast"`` (default) — :func:`biased_attention`: for window attention, fused
   :func:`torch.nn.functional.scaled_dot_product_attention` with the relative-position bias as a
   float mask (fp32) or one ``baddbmm`` (bf16/fp16); for global attention over 64x64 tokens, per-head
   attention in blocks of queries, so no ``(heads, N, N)`` tensor is ever materialized (the
   reference holds ~0.8 GB there for vit_b) and the GEMMs run on the fast bf16 kernels.
 
-The choice is a plain attribute (``Attention.backend``), not a parameter, so the state dict is
+The choice is a plain attribute (``Attention.backend``, checked on assignment; set every block's
+with :meth:`ImageEncoderViT.set_attention_backend`), not a parameter, so the state dict is
 unchanged.
 """
 
@@ -27,7 +31,10 @@ from torch.utils.checkpoint import checkpoint
 
 from .common import LayerNorm2d, MLPBlock
 
-ATTENTION_BACKENDS = ("fast", "eager")
+ATTENTION_BACKENDS = ("fast", "eager", "blocked")
+#: Queries per block of the ``"blocked"`` backend (vit_b's global attention: 4 blocks of 1024
+#: of its 4096 tokens, a ``(12, 1024, 4096)`` score tensor instead of ``(12, 4096, 4096)``).
+BLOCKED_QUERY_BLOCK = 1024
 
 
 class PatchEmbed(nn.Module):
@@ -116,12 +123,25 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.use_rel_pos = use_rel_pos
-        self.backend = "fast"
+        self.backend = "fast"  # checked by the property below; not part of the state dict
         if use_rel_pos:
             if input_size is None:
                 raise ValueError("input_size is required when use_rel_pos=True")
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    @property
+    def backend(self) -> str:
+        """The implementation: one of :data:`ATTENTION_BACKENDS` (see the module docstring)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}"
+            )
+        self._backend = backend
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
@@ -130,6 +150,8 @@ class Attention(nn.Module):
         q, k, v = qkv.reshape(3, b * self.num_heads, n, -1).unbind(0)
         if self.backend == "eager":
             out = self._eager(q, k, v, (h, w))
+        elif self.backend == "blocked":
+            out = self._blocked(q, k, v, (h, w))
         else:
             out = self._fast(q, k, v, (h, w))
         out = out.view(b, self.num_heads, h, w, -1).permute(0, 2, 3, 1, 4).reshape(b, h, w, -1)
@@ -144,6 +166,29 @@ class Attention(nn.Module):
                 attn.view(bh, n, size[0], size[1]) + rel_h[:, :, :, None] + rel_w[:, :, None, :]
             ).view(bh, n, n)
         return attn.softmax(dim=-1) @ v
+
+    def _blocked(self, q, k, v, size: tuple[int, int]) -> torch.Tensor:
+        """:meth:`_eager` with the queries in blocks of :data:`BLOCKED_QUERY_BLOCK`, so no
+        ``(B*heads, N, N)`` score tensor is ever held (805 MB for vit_b's global attention)."""
+        h, w = size
+        n = h * w
+        if n <= BLOCKED_QUERY_BLOCK:
+            return self._eager(q, k, v, size)
+        k_t = k.transpose(-2, -1)
+        rel_h = rel_w = None
+        if self.use_rel_pos:
+            rel_h, rel_w = rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, size, size)
+        outs = []
+        for start in range(0, n, BLOCKED_QUERY_BLOCK):
+            rows = slice(start, min(start + BLOCKED_QUERY_BLOCK, n))
+            scores = (q[:, rows] * self.scale) @ k_t
+            if rel_h is not None and rel_w is not None:
+                m = scores.shape[1]
+                scores = (
+                    scores.view(-1, m, h, w) + rel_h[:, rows, :, None] + rel_w[:, rows, None, :]
+                ).view(-1, m, n)
+            outs.append(scores.softmax(dim=-1) @ v)
+        return torch.cat(outs, dim=1)
 
     def _fast(self, q, k, v, size: tuple[int, int]) -> torch.Tensor:
         if not self.use_rel_pos:
@@ -360,10 +405,8 @@ class ImageEncoderViT(nn.Module):
             blk.drop_path = rate * i / max(n - 1, 1)
 
     def set_attention_backend(self, backend: str) -> None:
-        """Select ``"fast"`` (default) or ``"eager"`` (reference) attention."""
-        if backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"attention backend must be one of {ATTENTION_BACKENDS}, got {backend!r}"
-            )
+        """Select every block's attention: ``"fast"`` (default), ``"eager"`` (the reference) or
+        ``"blocked"`` (the reference in blocks of queries); anything else is a ValueError
+        naming the allowed values (:data:`ATTENTION_BACKENDS`)."""
         for blk in self.blocks:
             blk.attn.backend = backend
