@@ -343,15 +343,15 @@ def cmd_auto(args: argparse.Namespace) -> int:
     targets = _targets(Path(source))
     out = Path(args.out)
     check_out_dir(out)
-    knobs = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in KNOBS}
+    values = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in KNOBS}
+    knobs = {k: v for k, v in values.items() if not isinstance(v, GeneratorDefault)}
 
     def generator() -> Any:
         from ..predictor import SamPredictor
 
         predictor = load_predictor(args)
         model = predictor.model if isinstance(predictor, SamPredictor) else predictor
-        given = {k: v for k, v in knobs.items() if not isinstance(v, GeneratorDefault)}
-        return make_generator(model, fmt, args.overlay, **given)
+        return make_generator(model, fmt, args.overlay, **knobs)
 
     summary = segment_everything(
         generator, targets, out, fmt, overlay=args.overlay, overwrite=args.overwrite

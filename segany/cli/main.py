@@ -1,17 +1,8 @@
 """The ``segany`` command line: builds the parser from the command modules, runs the chosen
 command and turns its errors into exit codes.
 
-Subcommands (each in its own module, ``segany COMMAND --help`` for its options)::
-
-    segany segment IMAGE --point X,Y[,LABEL] ... --box X0,Y0,X1,Y1 ... [--out DIR]
-    segany embed IMAGE --out FILE.safetensors
-    segany download VARIANT [--root DIR]
-    segany info
-    segany demo [--out DIR]
-    segany auto INPUT --out DIR [--format png|coco_rle|sa1b|coco]
-    segany eval DATA [--clicks 1,2,3,5,9] [--out DIR]
-    segany export-onnx --out DIR
-    segany train CONFIG [--set KEY=VALUE ...] [--out-dir DIR] [--restart]
+Each command lives in its own module (``segment_cmd``, ``auto_cmd``, ...) whose ``register``
+adds its parser; what they share is in :mod:`segany.cli.common`.
 
 Exit codes (stable, for scripts):
 
