@@ -324,6 +324,20 @@ def test_unexpected_error_exits_1_traceback_only_with_debug(
     assert "Traceback" in capsys.readouterr().err
 
 
+def test_library_value_error_is_a_bug_exit_1(files, model_args, tmp_path, capsys, monkeypatch):
+    """Only bad input is exit code 2: a ValueError from inside the library is a bug."""
+
+    def forward(self, x):
+        raise ValueError("a bug in the encoder")
+
+    monkeypatch.setattr(ImageEncoderViT, "forward", forward)
+    monkeypatch.delenv("SEGANY_DEBUG", raising=False)
+    assert segment(files, model_args, tmp_path / "o", "--point", "30,40") == 1
+    err = capsys.readouterr().err
+    assert "segany: error: ValueError: a bug in the encoder" in err
+    assert "set SEGANY_DEBUG=1 to see the traceback" in err and "Traceback" not in err
+
+
 def test_usage_errors_exit_2(capsys):
     assert main([]) == 2
     assert main(["frobnicate"]) == 2
@@ -443,3 +457,80 @@ def test_demo_runs_end_to_end(tmp_path):
     ]
     assert (out / "box" / "overlay.png").is_file() and (out / "box" / "mask_0.png").is_file()
     assert (out / "sample.embedding.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------------- eval / train input
+
+
+def test_eval_unreadable_sample_exits_2_and_an_evaluation_bug_exits_1(
+    files, model_args, tmp_path, capsys, monkeypatch
+):
+    data = tmp_path / "sa1b"
+    data.mkdir()
+    Image.fromarray(random_image(20, 30, seed=5)).save(data / "x.png")
+    (data / "x.json").write_text("{ not json")
+    assert main(["eval", str(data), "--quiet", *model_args]) == 2
+    err = capsys.readouterr().err
+    assert "segany: error:" in err and "x.json" in err and "SEGANY_DEBUG" not in err
+
+    import segany.eval.interactive
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in the evaluation")
+
+    monkeypatch.setattr(segany.eval.interactive, "evaluate_interactive", bug)
+    assert main(["eval", "procedural:1", "--quiet", *model_args]) == 1
+    assert "ValueError: a bug in the evaluation" in capsys.readouterr().err
+
+
+def test_train_bad_data_or_device_exits_2_and_a_training_bug_exits_1(tmp_path, capsys, monkeypatch):
+    import segany.train
+
+    def config(data: str) -> str:
+        path = tmp_path / "c.json"
+        path.write_text(json.dumps({"data": [data], "steps": 1, "out_dir": str(tmp_path / "r")}))
+        return str(path)
+
+    assert main(["train", config(str(tmp_path / "nope")), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "segany: error: dataset not found" in err and "nope" in err
+    assert main(["train", config("procedural:2"), "--device", "nonsense"]) == 2
+    assert "invalid device 'nonsense'" in capsys.readouterr().err
+
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in training")
+
+    monkeypatch.setattr(segany.train, "train", bug)
+    assert main(["train", config("procedural:2"), "--device", "cpu"]) == 1
+    assert "ValueError: a bug in training (set SEGANY_DEBUG=1" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def test_cli_modules_import_no_circle():
+    """common imports no command module; a command imports common and library code, never main
+    or another command (the demo uses segment's and auto's functions); main imports them all."""
+    import ast
+
+    cli = REPO / "segany" / "cli"
+    modules = {p.stem for p in cli.glob("*.py")}
+    deps = {}
+    for path in cli.glob("*.py"):
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level == 1:
+                found |= {node.module} if node.module else {a.name for a in node.names}
+            elif node.level == 0 and (node.module or "").startswith("segany.cli"):
+                found |= {node.module.split(".")[2]} if node.module.count(".") >= 2 else set()
+                found |= {a.name for a in node.names}
+        deps[path.stem] = found & modules
+    commands = {m for m in modules if m.endswith("_cmd")}
+    assert len(commands) == 9
+    assert deps["common"] == set()
+    for command in commands - {"demo_cmd"}:
+        assert deps[command] <= {"common"}, (command, deps[command])
+    assert deps["demo_cmd"] <= {"common", "segment_cmd", "auto_cmd"}
+    assert deps["main"] == commands | {"common"}

@@ -165,3 +165,49 @@ def test_auto_matches_library(ckpt, tmp_path, capsys):
     ).generate(arr)
     got = json.loads((out / "z.json").read_text())
     assert [r["segmentation"] for r in got] == [r["segmentation"] for r in expected]
+
+
+def test_usage_errors_and_a_generator_bug(ckpt, folder, tmp_path, capsys, monkeypatch):
+    img, out = str(folder / "a.png"), str(tmp_path / "o")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for argv, message in [
+        (["--out", out], "give an INPUT image or folder"),
+        ([img, "--input", str(folder / "b.jpg"), "--out", out], "give INPUT once"),
+        ([str(empty), "--out", out], "no image files (.bmp, .gif"),
+        ([img, "--out", out, "--points-per-side", "0"], "points_per_side must be >= 1"),
+    ]:
+        assert main(["auto", *argv, "--model", ckpt]) == 2
+        err = capsys.readouterr().err
+        assert f"segany: error: {message}" in err and "SEGANY_DEBUG" not in err
+
+    def generate(self, image):
+        raise ValueError("a bug in the generator")
+
+    monkeypatch.setattr(segany.SamAutomaticMaskGenerator, "generate", generate)
+    assert main(["auto", img, "--out", out, "--model", ckpt, *LOOSE]) == 1
+    assert "ValueError: a bug in the generator (set SEGANY_DEBUG=1" in capsys.readouterr().err
+
+
+def test_knob_defaults_are_the_generators(capsys):
+    """Knobs left unset are not passed (the generator's own defaults apply; the CLI sizes
+    batches from free memory) and help shows the generator's defaults."""
+    import inspect
+
+    from segany.cli import auto_cmd
+    from segany.cli.main import build_parser
+
+    signature = inspect.signature(segany.SamAutomaticMaskGenerator.__init__).parameters
+    args = build_parser().parse_args(["auto", "x.png", "--out", "o", "--box-nms-thresh", "0.5"])
+    knobs = {flag.replace("-", "_") for flag, _, _ in auto_cmd.KNOBS}
+    assert knobs <= set(signature)
+    for name in knobs - {"points_per_batch", "box_nms_thresh"}:
+        default = getattr(args, name)
+        assert isinstance(default, auto_cmd.GeneratorDefault)
+        assert str(default) == str(signature[name].default)
+    assert args.points_per_batch is None and args.box_nms_thresh == 0.5
+    assert auto_cmd.generator_defaults()["pred_iou_thresh"] == signature["pred_iou_thresh"].default
+    assert main(["auto", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"at most this (default: {signature['pred_iou_thresh'].default})" in help_text
+    assert f"below this (default: {signature['stability_score_thresh'].default})" in help_text

@@ -8,64 +8,105 @@ and unreadable images reported and skipped with a non-zero exit at the end.
 from __future__ import annotations
 
 import argparse
+import functools
+import inspect
 import json
-import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm"}
+from ..io.files import IMAGE_SUFFIXES
+from .common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    UsageError,
+    add_backend_arg,
+    add_model_args,
+    bad_input,
+    check_out_dir,
+    load_predictor,
+    status,
+)
+
 FORMATS = ("png", "coco_rle", "sa1b", "coco")
-EXIT_SOME_FAILED = 4
 METADATA_HEADER = (
     "id,area,bbox_x0,bbox_y0,bbox_w,bbox_h,point_input_x,point_input_y,predicted_iou,"
     "stability_score,crop_box_x0,crop_box_y0,crop_box_w,crop_box_h"
 )
 COCO_FILE = "annotations.coco.json"
 
-# (flag, type, default, help) of the generator knobs, named as in the official script
-KNOBS: list[tuple[str, type, Any, str]] = [
-    ("points-per-side", int, 32, "points sampled along one side of the image (grid n x n)"),
+#: (flag, type, help) of the generator knobs, named as in the official script; each flag sets
+#: the generator's keyword argument of the same name (dashes as underscores).
+KNOBS: list[tuple[str, type, str]] = [
+    ("points-per-side", int, "points sampled along one side of the image (grid n x n)"),
     (
         "points-per-batch",
         int,
-        None,
         "points run through the decoder at once (default: from "
         "free memory; results do not depend on it)",
     ),
-    ("pred-iou-thresh", float, 0.88, "drop masks whose predicted IoU is at most this"),
-    ("stability-score-thresh", float, 0.95, "drop masks whose stability score is below this"),
-    ("stability-score-offset", float, 1.0, "logit offset used for the stability score"),
-    ("box-nms-thresh", float, 0.7, "box IoU above which duplicate masks are removed"),
-    ("crop-n-layers", int, 0, "also run on 2**i x 2**i zoomed-in crops for i = 1..N"),
-    ("crop-nms-thresh", float, 0.7, "box IoU for removing duplicates across crops"),
-    (
-        "crop-overlap-ratio",
-        float,
-        512 / 1500,
-        "overlap of neighbouring crops (fraction of the short side)",
-    ),
+    ("pred-iou-thresh", float, "drop masks whose predicted IoU is at most this"),
+    ("stability-score-thresh", float, "drop masks whose stability score is below this"),
+    ("stability-score-offset", float, "logit offset used for the stability score"),
+    ("box-nms-thresh", float, "box IoU above which duplicate masks are removed"),
+    ("crop-n-layers", int, "also run on 2**i x 2**i zoomed-in crops for i = 1..N"),
+    ("crop-nms-thresh", float, "box IoU for removing duplicates across crops"),
+    ("crop-overlap-ratio", float, "overlap of neighbouring crops (fraction of the short side)"),
     (
         "crop-n-points-downscale-factor",
         int,
-        1,
         "points per side in crop layer i are divided by this**i",
     ),
-    ("min-mask-region-area", int, 0, "remove islands and fill holes smaller than this (px)"),
-    ("max-masks", int, None, "keep at most this many masks per image (highest predicted IoU)"),
-    ("min-area-fraction", float, 0.0, "drop masks covering less than this fraction of the image"),
-    (
-        "max-area-fraction",
-        float,
-        1.0,
-        "drop masks covering at least this fraction (SA-1B used 0.95)",
-    ),
+    ("min-mask-region-area", int, "remove islands and fill holes smaller than this (px)"),
+    ("max-masks", int, "keep at most this many masks per image (highest predicted IoU)"),
+    ("min-area-fraction", float, "drop masks covering less than this fraction of the image"),
+    ("max-area-fraction", float, "drop masks covering at least this fraction (SA-1B used 0.95)"),
 ]
+#: Knobs whose default here is not the generator's: the CLI sizes batches from free memory.
+CLI_DEFAULTS: dict[str, Any] = {"points_per_batch": None}
 
 
-def add_auto_parser(sub: Any, add_model_args: Any) -> argparse.ArgumentParser:
-    """Register ``segany auto`` on an argparse subparsers object."""
+@functools.cache
+def generator_defaults() -> dict[str, Any]:
+    """The keyword defaults of :class:`segany.amg.SamAutomaticMaskGenerator`, from its
+    signature: the one place they are written."""
+    from ..amg import SamAutomaticMaskGenerator
+
+    params = inspect.signature(SamAutomaticMaskGenerator.__init__).parameters.values()
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+class GeneratorDefault:
+    """The argparse default of a knob left to the generator: such a knob is not passed, so the
+    generator's own default applies. Printed (``%(default)s`` in help) as that default, read
+    only then: importing the generator costs every command about a second (torchvision)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __str__(self) -> str:
+        return str(generator_defaults()[self.name])
+
+
+def make_generator(model: Any, fmt: str, overlay: bool, **knobs: Any) -> Any:
+    """A SamAutomaticMaskGenerator on ``model`` (a Sam or an OnnxPredictor) whose records suit
+    ``fmt`` (and ``overlay``); knobs not given take the CLI's defaults, else the generator's.
+    Invalid knob values are bad usage."""
+    from ..amg import SamAutomaticMaskGenerator
+
+    mode = "binary_mask" if fmt == "png" or overlay else "coco_rle"
+    with bad_input():
+        return SamAutomaticMaskGenerator(model, output_mode=mode, **{**CLI_DEFAULTS, **knobs})
+
+
+def _dest(flag: str) -> str:
+    return flag.replace("-", "_")
+
+
+def register(sub: Any) -> None:
+    """Add ``segany auto`` to the subparsers ``sub``."""
     p = sub.add_parser(
         "auto",
         help="segment everything in an image or a folder (automatic mask generator)",
@@ -114,13 +155,14 @@ def add_auto_parser(sub: Any, add_model_args: Any) -> argparse.ArgumentParser:
         help="with --checkpoint: official amg.py spelling of --model",
     )
     p.add_argument("--checkpoint", help="checkpoint path (official amg.py spelling of --model)")
-    for flag, typ, default, text in KNOBS:
-        p.add_argument(f"--{flag}", type=typ, default=default, help=f"{text} (default: {default})")
+    for flag, typ, text in KNOBS:
+        default = CLI_DEFAULTS.get(_dest(flag), GeneratorDefault(_dest(flag)))
+        p.add_argument(
+            f"--{flag}", type=typ, default=default, help=f"{text} (default: %(default)s)"
+        )
     add_model_args(p)
-    from .export_cmd import add_backend_arg
-
     add_backend_arg(p)
-    return p
+    p.set_defaults(func=cmd_auto)
 
 
 def _targets(path: Path) -> list[Path]:
@@ -129,10 +171,10 @@ def _targets(path: Path) -> list[Path]:
             f for f in path.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
         )
         if not files:
-            raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+            raise UsageError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
         return files
     if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
+        raise UsageError(f"input not found: {path}")
     return [path]
 
 
@@ -147,95 +189,82 @@ def _final_path(out: Path, name: str, fmt: str) -> Path:
 
 
 def _write_png_folder(final: Path, records: list[dict]) -> None:
+    """amg.py's output: ``{i}.png`` per mask and ``metadata.csv``, replacing ``final`` whole."""
+    from ..io.files import atomic_dir, write_text_atomic
     from ..viz import save_mask_png
 
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    rows = [METADATA_HEADER]
-    for i, r in enumerate(records):
-        save_mask_png(tmp / f"{i}.png", r["segmentation"])
-        rows.append(
-            ",".join(
-                str(v)
-                for v in [
-                    i,
-                    r["area"],
-                    *r["bbox"],
-                    *r["point_coords"][0],
-                    r["predicted_iou"],
-                    r["stability_score"],
-                    *r["crop_box"],
-                ]
+    with atomic_dir(final) as tmp:
+        rows = [METADATA_HEADER]
+        for i, r in enumerate(records):
+            save_mask_png(tmp / f"{i}.png", r["segmentation"])
+            rows.append(
+                ",".join(
+                    str(v)
+                    for v in [
+                        i,
+                        r["area"],
+                        *r["bbox"],
+                        *r["point_coords"][0],
+                        r["predicted_iou"],
+                        r["stability_score"],
+                        *r["crop_box"],
+                    ]
+                )
             )
-        )
-    (tmp / "metadata.csv").write_text("\n".join(rows) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+        write_text_atomic(tmp / "metadata.csv", "\n".join(rows) + "\n")
 
 
-def cmd_auto(args: argparse.Namespace, load_model: Any, status: Any) -> int:
-    """Run ``segany auto``; returns the exit code."""
+def segment_everything(
+    generator: Callable[[], Any],
+    targets: list[Path],
+    out: Path,
+    fmt: str = "png",
+    *,
+    overlay: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run the automatic mask generator on each image of ``targets`` and write its outputs.
+
+    Args:
+        generator: returns the SamAutomaticMaskGenerator (see :func:`make_generator`); called
+            once, and only if some image is to be done (so a finished run loads no model).
+        targets: image files; outputs are named by stem (full name where stems collide).
+        out: output folder (created).
+        fmt: one of :data:`FORMATS`.
+        overlay: also write ``NAME.overlay.png``.
+        overwrite: redo images whose outputs exist (else they are skipped).
+
+    Images that cannot be read are reported on stderr and skipped. Prints the summary as one
+    JSON line on stdout and returns it: ``images``, ``done``, ``skipped`` counts and
+    ``failed`` (the paths of the unreadable images).
+    """
     import numpy as np
     from tqdm import tqdm
 
-    from ..amg import SamAutomaticMaskGenerator
-    from ..formats import CocoWriter, read_sa1b_json, write_json_atomic, write_sa1b_json
+    from ..formats import (
+        CocoWriter,
+        as_coco_rle,
+        decode_coco_rle,
+        read_sa1b_json,
+        write_sa1b_json,
+    )
+    from ..io.files import write_json_atomic
     from ..io.image import load_image
     from ..viz import overlay_masks, save_image_png
 
-    source = args.input or args.input_flag
-    if not source:
-        raise ValueError("give an INPUT image or folder")
-    if args.input and args.input_flag and args.input != args.input_flag:
-        raise ValueError("give INPUT once (positional or --input)")
-    fmt = "coco_rle" if args.convert_to_rle else args.format
-    if args.checkpoint:
-        args.model = args.checkpoint
-    elif args.model_type:
-        args.model = args.model_type
-    targets = _targets(Path(source))
     names = _names(targets)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-
     todo = [
         (t, n)
         for t, n in zip(targets, names, strict=True)
-        if args.overwrite or not _final_path(out, n, "png" if fmt == "png" else "json").exists()
+        if overwrite or not _final_path(out, n, fmt).exists()
     ]
     skipped = len(targets) - len(todo)
     if skipped:
         status(f"skipping {skipped} image(s) already done (use --overwrite to redo them)")
     failures: list[str] = []
     if todo:
-        if getattr(args, "backend", "torch") == "onnx":
-            from .export_cmd import load_onnx_predictor
-
-            model = load_onnx_predictor(args)
-        else:
-            model = load_model(args)
-        generator = SamAutomaticMaskGenerator(
-            model,
-            points_per_side=args.points_per_side,
-            points_per_batch=args.points_per_batch,
-            pred_iou_thresh=args.pred_iou_thresh,
-            stability_score_thresh=args.stability_score_thresh,
-            stability_score_offset=args.stability_score_offset,
-            box_nms_thresh=args.box_nms_thresh,
-            crop_n_layers=args.crop_n_layers,
-            crop_nms_thresh=args.crop_nms_thresh,
-            crop_overlap_ratio=args.crop_overlap_ratio,
-            crop_n_points_downscale_factor=args.crop_n_points_downscale_factor,
-            min_mask_region_area=args.min_mask_region_area,
-            output_mode="binary_mask" if fmt == "png" or args.overlay else "coco_rle",
-            max_masks=args.max_masks,
-            min_area_fraction=args.min_area_fraction,
-            max_area_fraction=args.max_area_fraction,
-        )
+        gen = generator()
         bar = tqdm(todo, desc="segany auto", unit="image", file=sys.stderr, disable=None)
         for target, name in bar:
             bar.set_postfix_str(target.name)
@@ -246,14 +275,12 @@ def cmd_auto(args: argparse.Namespace, load_model: Any, status: Any) -> int:
                 print(f"segany: error: {e}; skipping", file=sys.stderr)
                 continue
             start = time.perf_counter()
-            records = generator.generate(image)
+            records = gen.generate(image)
             h, w = image.shape[:2]
-            final = _final_path(out, name, "png" if fmt == "png" else "json")
+            final = _final_path(out, name, fmt)
             if fmt == "png":
                 _write_png_folder(final, records)
             else:
-                from ..formats import as_coco_rle
-
                 for r in records:
                     r["segmentation"] = as_coco_rle(r["segmentation"], h, w)
                 if fmt == "coco_rle":
@@ -267,9 +294,7 @@ def cmd_auto(args: argparse.Namespace, load_model: Any, status: Any) -> int:
                         height=h,
                         annotations=records,
                     )
-            if args.overlay:
-                from ..formats import decode_coco_rle
-
+            if overlay:
                 masks = [
                     r["segmentation"]
                     if isinstance(r["segmentation"], np.ndarray)
@@ -283,23 +308,52 @@ def cmd_auto(args: argparse.Namespace, load_model: Any, status: Any) -> int:
     if fmt == "coco":
         writer = CocoWriter()
         for name in names:
-            path = _final_path(out, name, "json")
+            path = _final_path(out, name, fmt)
             if path.exists():
-                rec = read_sa1b_json(path)
+                with bad_input():  # a damaged file left in --out
+                    rec = read_sa1b_json(path)
                 img = rec["image"]
                 writer.add_image(
                     img["file_name"], img["width"], img["height"], annotations=rec["annotations"]
                 )
         writer.write(out / COCO_FILE)
         status(f"wrote {out / COCO_FILE}")
-    print(
-        json.dumps(
-            {
-                "images": len(targets),
-                "done": len(todo) - len(failures),
-                "skipped": skipped,
-                "failed": failures,
-            }
-        )
+    summary = {
+        "images": len(targets),
+        "done": len(todo) - len(failures),
+        "skipped": skipped,
+        "failed": failures,
+    }
+    print(json.dumps(summary))
+    return summary
+
+
+def cmd_auto(args: argparse.Namespace) -> int:
+    """``segany auto``: exit code 0, or 4 when some images could not be read."""
+    source = args.input or args.input_flag
+    if not source:
+        raise UsageError("give an INPUT image or folder")
+    if args.input and args.input_flag and args.input != args.input_flag:
+        raise UsageError("give INPUT once (positional or --input)")
+    fmt = "coco_rle" if args.convert_to_rle else args.format
+    if args.checkpoint:
+        args.model = args.checkpoint
+    elif args.model_type:
+        args.model = args.model_type
+    targets = _targets(Path(source))
+    out = Path(args.out)
+    check_out_dir(out)
+    values = {_dest(flag): getattr(args, _dest(flag)) for flag, _, _ in KNOBS}
+    knobs = {k: v for k, v in values.items() if not isinstance(v, GeneratorDefault)}
+
+    def generator() -> Any:
+        from ..predictor import SamPredictor
+
+        predictor = load_predictor(args)
+        model = predictor.model if isinstance(predictor, SamPredictor) else predictor
+        return make_generator(model, fmt, args.overlay, **knobs)
+
+    summary = segment_everything(
+        generator, targets, out, fmt, overlay=args.overlay, overwrite=args.overwrite
     )
-    return EXIT_SOME_FAILED if failures else 0
+    return EXIT_SOME_FAILED if summary["failed"] else EXIT_OK

@@ -1,15 +1,22 @@
-"""``segany eval``: the SAM paper's interactive point evaluation on a dataset.
-
-Registered by :mod:`segany.cli.main` (``add_eval_parser``); exit codes and error reporting are
-main's: 0 success, 2 bad usage or input (bad DATA spec, unreadable annotations), 3 model not
-available.
-"""
+"""``segany eval DATA [--clicks 1,2,3,5,9] [--out DIR]``: the SAM paper's interactive point
+evaluation on a dataset. A bad DATA spec or an unreadable image or annotation file is bad input
+(exit code 2)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 from typing import Any
+
+from .common import (
+    EXIT_OK,
+    add_model_args,
+    bad_input,
+    check_out_dir,
+    load_predictor,
+    make_dir,
+    status,
+)
 
 #: Same as :data:`segany.eval.DEFAULT_CLICKS` (not imported: keeps ``segany --help`` free of
 #: OpenCV and the evaluation code).
@@ -44,9 +51,8 @@ def _positive(text: str) -> int:
     return v
 
 
-def add_eval_parser(sub: Any, add_model_args: Any) -> argparse.ArgumentParser:
-    """Register ``segany eval`` on main's subparsers; ``add_model_args`` adds --model,
-    --device and --precision."""
+def register(sub: Any) -> None:
+    """Add ``segany eval`` to the subparsers ``sub``."""
     default = ",".join(str(k) for k in DEFAULT_CLICKS)
     p = sub.add_parser(
         "eval",
@@ -106,25 +112,38 @@ def add_eval_parser(sub: Any, add_model_args: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
-    return p
+    p.set_defaults(func=cmd_eval)
 
 
-def cmd_eval(args: argparse.Namespace, load_model: Any, status: Any) -> int:
-    """Run ``segany eval``; returns the exit code (0). Errors propagate to main, which maps
-    ValueError/FileNotFoundError to 2 and model problems to 3."""
+class _Samples:
+    """A dataset whose samples that cannot be read (image or annotation file) are bad input."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        with bad_input():
+            return self.dataset[i]
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """``segany eval``: print the mIoU table; with ``--out`` also write the result files."""
     from ..data.datasets import open_dataset
     from ..eval.interactive import evaluate_interactive
-    from ..predictor import SamPredictor
 
     out = Path(args.out) if args.out else None
-    if out is not None and out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    dataset = open_dataset(args.data)  # bad DATA fails before the model loads
+    if out is not None:
+        check_out_dir(out)
+    with bad_input():  # bad DATA fails before the model loads
+        dataset = open_dataset(args.data)
     status(f"dataset {args.data}: {len(dataset)} image(s)")
-    predictor = SamPredictor(load_model(args))
+    predictor = load_predictor(args)
     result = evaluate_interactive(
         predictor,
-        dataset,
+        _Samples(dataset),
         clicks=args.clicks,
         max_masks_per_image=args.max_masks_per_image,
         max_images=args.max_images,
@@ -134,10 +153,7 @@ def cmd_eval(args: argparse.Namespace, load_model: Any, status: Any) -> int:
     status(result.summary())
     print(result.table())
     if out is not None:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"cannot create --out {out}: {e.strerror or e}") from None
+        make_dir(out, "--out")
         result.write_json(
             out / "eval.json",
             extra={
@@ -152,4 +168,4 @@ def cmd_eval(args: argparse.Namespace, load_model: Any, status: Any) -> int:
         result.write_markdown(out / "eval.md")
         result.plot(out / "eval.png")
         status(f"wrote {', '.join(OUTPUT_FILES)} to {out}")
-    return 0
+    return EXIT_OK

@@ -1,8 +1,5 @@
-"""``segany export-onnx`` and the ONNX Runtime backend of ``segany segment``.
-
-Registered by :mod:`segany.cli.main` (``add_export_parser``, ``add_backend_arg``); exit codes and
-error reporting are main's: 0 success, 2 bad usage or input, 3 model not available.
-"""
+"""``segany export-onnx --out DIR``: the model as ONNX files (encoder, decoder) and a manifest,
+for ONNX Runtime (``segany segment --backend onnx``, :class:`segany.runtime.OnnxPredictor`)."""
 
 from __future__ import annotations
 
@@ -11,13 +8,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-BACKENDS = ("torch", "onnx")
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_OK,
+    UsageError,
+    check_out_dir,
+    load_model,
+    make_dir,
+    status,
+)
 
 
-def add_export_parser(sub: Any) -> None:
-    """Register the ``export-onnx`` subcommand on main's subparsers."""
-    from .main import DEFAULT_MODEL
-
+def register(sub: Any) -> None:
+    """Add ``segany export-onnx`` to the subparsers ``sub``."""
     p = sub.add_parser(
         "export-onnx",
         help="export the model to ONNX (encoder, decoder, manifest)",
@@ -76,38 +79,20 @@ def add_export_parser(sub: Any) -> None:
     p.set_defaults(func=cmd_export_onnx, device="cpu", precision="fp32")
 
 
-def add_backend_arg(parser: argparse.ArgumentParser) -> None:
-    """``--backend {torch,onnx}`` for ``segany segment`` and ``segany auto``."""
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help=(
-            "torch (default) or onnx: ONNX Runtime on a folder written by 'segany export-onnx', "
-            "given as --model DIR (--device/--precision do not apply)"
-        ),
-    )
-
-
 def cmd_export_onnx(args: argparse.Namespace) -> int:
     """``segany export-onnx``: write the ONNX files and manifest, print the manifest path."""
     from ..export.onnx import MAX_OPSET, MIN_OPSET, export_onnx
-    from .main import EXIT_OK, UsageError, _load_model, _status
 
     if not MIN_OPSET <= args.opset <= MAX_OPSET:
         raise UsageError(f"--opset must be in {MIN_OPSET}..{MAX_OPSET}, got {args.opset}")
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a folder")
+    check_out_dir(out)
     if args.no_preprocess and args.no_encoder:
         raise UsageError("--no-preprocess applies to the encoder, which --no-encoder leaves out")
-    model = _load_model(args)
+    model = load_model(args)
     start = time.perf_counter()
     name = Path(str(args.model)).stem if Path(str(args.model)).exists() else str(args.model)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create --out {out}: {e.strerror or e}") from None
+    make_dir(out, "--out")
     manifest = export_onnx(
         model,
         out,
@@ -118,32 +103,8 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
         encoder=not args.no_encoder,
         encoder_preprocess=not args.no_preprocess,
         name=name,
-        status=_status,
+        status=status,
     )
-    _status(f"exported in {time.perf_counter() - start:.1f} s")
+    status(f"exported in {time.perf_counter() - start:.1f} s")
     print(manifest)
     return EXIT_OK
-
-
-def load_onnx_predictor(args: argparse.Namespace) -> Any:
-    """``--backend onnx``: an OnnxPredictor on ``--model DIR``; a folder that is not an
-    export (or lacks its files) is 'model not available' (exit code 3)."""
-    from ..runtime.onnx_predictor import OnnxPredictor
-    from .main import ModelUnavailableError, _status
-
-    path = Path(str(args.model))
-    if not path.is_dir():
-        raise ModelUnavailableError(
-            f"--backend onnx needs --model DIR, a folder written by 'segany export-onnx' "
-            f"(got {args.model!r})"
-        )
-    _status(f"loading ONNX model {path} ...")
-    start = time.perf_counter()
-    try:
-        predictor = OnnxPredictor(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise ModelUnavailableError(str(e)) from e
-    except Exception as e:  # onnxruntime refusing a file: corrupt or foreign model
-        raise ModelUnavailableError(f"cannot load the ONNX model in {path}: {e}") from e
-    _status(f"ONNX model ready in {time.perf_counter() - start:.1f} s (onnxruntime, CPU)")
-    return predictor
