@@ -57,7 +57,7 @@ def _check_inputs(config: Any, device: str | None) -> None:
     to tell bad input from a bug without opening everything twice on every run."""
     from ..precision import resolve_device
     from ..train.data import open_training_data
-    from ..train.trainer import build_training_model
+    from ..train.model import build_training_model
 
     with bad_input():
         resolve_device(device)
