@@ -196,6 +196,16 @@ def scenes():
     return open_dataset({"type": "procedural", "length": 3, "seed": 1, "height": 64, "width": 80})
 
 
+def capped_masks(dataset, cap: int) -> int:
+    """Masks the protocol evaluates with ``max_masks_per_image=cap``: each image's non-empty
+    masks, at most ``cap`` of them."""
+    total = 0
+    for i in range(len(dataset)):
+        masks = dataset[i].masks
+        total += min(int(masks.any(axis=(1, 2)).sum()), cap)
+    return total
+
+
 def reference_track(predictor, gt: np.ndarray, n: int, oracle: bool) -> list[float]:
     """The protocol for one mask, written plainly with unbatched ``predict`` calls."""
     x, y = first_click(gt)
@@ -225,7 +235,7 @@ def test_batched_evaluation_matches_reference_loop(scenes):
     r = evaluate_interactive(
         predictor, scenes, clicks=(1, 2, 4), max_masks_per_image=3, batch_size=2, progress=False
     )
-    assert r.num_masks == 9
+    assert r.num_masks == capped_masks(scenes, 3) > 0
     for row in range(r.num_masks):
         sample = scenes[int(r.mask_image[row])]
         predictor.set_image(sample.image)
@@ -289,7 +299,8 @@ def test_cli_eval_writes_outputs(tiny_ckpt, tmp_path, capsys):
     assert "| track | 1 pt | 2 pt | 3 pt | 5 pt | 9 pt |" in stdout
     assert sorted(p.name for p in out.iterdir()) == ["eval.json", "eval.md", "eval.png"]
     data = json.loads((out / "eval.json").read_text())
-    assert data["data"] == "procedural:2" and data["num_masks"] == 6
+    assert data["data"] == "procedural:2"
+    assert data["num_masks"] == capped_masks(open_dataset("procedural:2"), 3) > 0
     assert data["model"] == str(tiny_ckpt)
 
 
