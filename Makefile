@@ -1,6 +1,6 @@
 # segany — the two commands that matter:
 #   make demo   set up .venv and run the main job (segment a sample image; MODEL=segany_tiny|vit_b|path)
-#   make test   set up .venv and run the test suite
+#   make test   set up .venv (and the Debian packages the tests need) and run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -18,11 +18,13 @@ demo: $(VENV)/.installed
 	$(VENV)/bin/segany demo --model $(MODEL) --out $(OUT)
 
 test: $(VENV)/.installed
+	bash scripts/install-system-deps.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # The edit loop: everything but the vit_b-sized tests (CI runs `make test`, all of them).
 test-fast: $(VENV)/.installed
+	bash scripts/install-system-deps.sh
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
 
