@@ -1,12 +1,23 @@
-"""Shared fixtures: random-weight model pairs (official package vs segany) with equal weights."""
+"""Shared fixtures: random-weight model pairs (official package vs segany) with equal weights,
+and a throwaway PostgreSQL server (``postgres_url``, ``fresh_postgres_url``)."""
 
 from __future__ import annotations
+
+import itertools
+import os
 
 import pytest
 import torch
 
 import segany
-from tests.helpers import TINY, make_pair, randomize_
+from tests.helpers import (
+    PG_INSTALL_HINT,
+    TINY,
+    PostgresServer,
+    find_postgres_bin,
+    make_pair,
+    randomize_,
+)
 
 torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -44,3 +55,44 @@ def vit_b_pair(tmp_path_factory):
     ours = segany.sam_model_registry["vit_b"](checkpoint=str(path))
     path.unlink()
     return official, ours
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway :class:`tests.helpers.PostgresServer` for the session (127.0.0.1 only),
+    stopped and removed at the end. Without PostgreSQL's binaries (or psycopg) the tests that
+    use it are skipped locally, and fail under CI (``$CI`` set): CI must run them."""
+    problem = None if find_postgres_bin() else PG_INSTALL_HINT
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        problem = "psycopg is not installed: pip install -e '.[test]'"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {problem}", pytrace=False)
+        pytest.skip(problem)
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_server) -> str:
+    """SQLAlchemy URL ``postgresql+psycopg://test@127.0.0.1:PORT/segany_test`` of a database
+    that is empty when the session starts and shared by every test that asks for it (a test
+    must not rely on it being empty; use ``fresh_postgres_url`` for that)."""
+    return postgres_server.create_database("segany_test")
+
+
+_fresh_databases = itertools.count()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_server):
+    """SQLAlchemy URL of a new, empty database for this test alone (on the session's server),
+    dropped afterwards (open connections are closed by the drop)."""
+    name = f"segany_fresh_{next(_fresh_databases)}"
+    yield postgres_server.create_database(name)
+    postgres_server.drop_database(name)

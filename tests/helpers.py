@@ -1,9 +1,21 @@
 """Helpers shared by the tests (imported as ``tests.helpers``; tests import no other test
 module): the tiny test config, random-weight model pairs (official package vs segany with equal
-weights), a structured random image, and the ONNX Runtime vs PyTorch comparisons."""
+weights), a structured random image, the ONNX Runtime vs PyTorch comparisons, and a throwaway PostgreSQL
+server (:class:`PostgresServer`)."""
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +220,325 @@ def onnx_predictor(path: Path, **kwargs):
     from segany.runtime import OnnxPredictor
 
     return OnnxPredictor(path, session_options=quiet_options(), **kwargs)
+
+
+# ---------------------------------------------------------------------------- PostgreSQL
+
+PG_DIR_PREFIX = "segany-pg-"  # the throwaway clusters' folders under /tmp
+PG_INSTALL_HINT = (
+    "PostgreSQL's server binaries (initdb, pg_ctl) were not found under "
+    "/usr/lib/postgresql/*/bin or $SEGANY_PG_BIN; install them with "
+    "`bash scripts/install-system-deps.sh` (Debian's postgresql package)"
+)
+_DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def find_postgres_bin() -> Path | None:
+    """The newest PostgreSQL server bin folder: ``$SEGANY_PG_BIN`` if set, else the highest
+    version under ``/usr/lib/postgresql/*/bin`` (Debian's layout), else the folder of an
+    ``initdb`` on ``PATH``; ``None`` when there is none with both ``initdb`` and ``pg_ctl``."""
+
+    def ok(d: Path) -> bool:
+        return (d / "initdb").is_file() and (d / "pg_ctl").is_file()
+
+    if os.environ.get("SEGANY_PG_BIN"):
+        d = Path(os.environ["SEGANY_PG_BIN"])
+        return d if ok(d) else None
+
+    def version(d: Path) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", d.parent.name)) or (0,)
+
+    found = sorted((d for d in Path("/usr/lib/postgresql").glob("*/bin") if ok(d)), key=version)
+    if found:
+        return found[-1]
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path and ok(Path(on_path).parent) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+    return not re.search(r"^State:\s+[ZX]", status, re.M)
+
+
+def listening_tcp_sockets(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket in state LISTEN that process ``pid`` holds open,
+    read from ``/proc/PID/fd`` and ``/proc/net/tcp{,6}`` (Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        path = Path(f"/proc/net/{table}")
+        if not path.exists():
+            continue
+        for line in path.read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state != "0A" or inode not in inodes:  # 0A: TCP_LISTEN
+                continue
+            addr_hex, port_hex = local.split(":")
+            # the kernel prints each 32-bit word of the address in host (little-endian) order
+            raw = b"".join(
+                bytes.fromhex(addr_hex[i : i + 8])[::-1] for i in range(0, len(addr_hex), 8)
+            )
+            found.append((socket.inet_ntop(family, raw), int(port_hex, 16)))
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago (the OS's choice)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 2.0) -> bool:
+    """Whether a TCP connection to ``host:port`` succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _postmaster_pid(data: Path) -> int | None:
+    try:
+        return int((data / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return None
+
+
+def _kill_postmaster(data: Path) -> None:
+    """Stop the postmaster of ``data`` without pg_ctl: SIGQUIT (immediate shutdown), then
+    SIGKILL after 10 s. Only a process whose command line names ``data`` is signalled."""
+    pid = _postmaster_pid(data)
+    if pid is None or not pid_alive(pid):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return
+    if str(data) not in cmdline:  # a reused pid: not ours
+        return
+    for sig, wait in ((signal.SIGQUIT, 10.0), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not pid_alive(pid):
+            return
+
+
+def reap_stale_postgres(root: Path = Path("/tmp")) -> None:
+    """Stop and remove the throwaway clusters of test runs that died without cleaning up
+    (their folder's ``owner.pid`` names a process that no longer exists)."""
+    for d in root.glob(PG_DIR_PREFIX + "*"):
+        try:
+            owner = int((d / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if pid_alive(owner):
+            continue
+        _kill_postmaster(d / "data")
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL cluster for tests, as a context manager.
+
+    ``initdb`` makes a cluster (trust authentication, superuser ``user``) in a fresh folder
+    ``/tmp/segany-pg-*``; the server listens on TCP ``127.0.0.1:port`` only (a free port) and
+    on a Unix socket in that folder. PostgreSQL refuses to run as root: under root the cluster
+    is owned by and run as the ``postgres`` user (Debian's package creates it), otherwise as
+    the current user. fsync is off (the tests kill clients, not the machine). Leaving the
+    context (also on an error, and at interpreter exit if never left) stops the server and
+    removes the folder; :func:`reap_stale_postgres` clears what a killed run left behind.
+
+    >>> with PostgresServer() as pg:
+    ...     url = pg.create_database("store")  # postgresql+psycopg://test@127.0.0.1:PORT/store
+    """
+
+    def __init__(
+        self,
+        *,
+        bin_dir: Path | None = None,
+        user: str = "test",
+        host: str = "127.0.0.1",
+        start_timeout: int = 30,
+    ) -> None:
+        self.bin_dir = Path(bin_dir) if bin_dir else find_postgres_bin()
+        if self.bin_dir is None:
+            raise RuntimeError(PG_INSTALL_HINT)
+        self.user, self.host, self.start_timeout = user, host, start_timeout
+        self.port: int | None = None
+        self.dir: Path | None = None
+        self._run_as: tuple[int, int] | None = None
+
+    # -- lifecycle
+    def __enter__(self) -> PostgresServer:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def data(self) -> Path:
+        assert self.dir is not None, "the server is not started"
+        return self.dir / "data"
+
+    @property
+    def pid(self) -> int | None:
+        """The postmaster's process id (``None`` when not running)."""
+        return _postmaster_pid(self.data) if self.dir else None
+
+    def start(self) -> None:
+        """initdb a new cluster and start it; retried on a fresh port if the port was taken."""
+        reap_stale_postgres()
+        self._run_as = self._server_user()
+        self.dir = Path(tempfile.mkdtemp(prefix=PG_DIR_PREFIX, dir="/tmp"))
+        (self.dir / "owner.pid").write_text(str(os.getpid()))
+        if self._run_as:
+            os.chown(self.dir, *self._run_as)
+        atexit.register(self.stop)
+        self._pg(
+            "initdb", "-D", str(self.data), "-A", "trust", "-U", self.user,
+            "-E", "UTF8", "--locale=C", "--no-sync",
+        )  # fmt: skip
+        for attempt in range(3):
+            self.port = free_port(self.host)
+            (self.data / "postmaster.pid").unlink(missing_ok=True)  # a stale one blocks start
+            opts = (
+                f"-k {self.dir} -h {self.host} -p {self.port} -c listen_addresses={self.host} "
+                "-c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+            )
+            try:
+                self._pg(
+                    "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.dir / "log"),
+                    "-w", "-t", str(self.start_timeout), "start",
+                )  # fmt: skip
+                break
+            except RuntimeError:
+                _kill_postmaster(self.data)
+                if attempt == 2 or "already in use" not in self._log():
+                    raise
+        self._check_connect()
+
+    def stop(self) -> None:
+        """Stop the server (pg_ctl fast shutdown, then signals) and remove its folder."""
+        if self.dir is None:
+            return
+        atexit.unregister(self.stop)
+        if self.pid is not None and pid_alive(self.pid):
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self._pg("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "30", "stop")
+            _kill_postmaster(self.data)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+    # -- databases
+    def url(self, dbname: str = "postgres") -> str:
+        """SQLAlchemy URL of database ``dbname`` over TCP on 127.0.0.1."""
+        return f"postgresql+psycopg://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple]:
+        """Run ``sql`` (autocommit, as the superuser) and return its rows (``[]`` if none)."""
+        import psycopg
+
+        with psycopg.connect(
+            host=self.host, port=self.port, user=self.user, dbname=dbname,
+            autocommit=True, connect_timeout=10,
+        ) as conn:  # fmt: skip
+            cur = conn.execute(sql)
+            return cur.fetchall() if cur.description else []
+
+    def create_database(self, name: str) -> str:
+        """Create the empty database ``name`` (lower-case letters, digits, ``_``; at most 63)
+        and return its SQLAlchemy URL."""
+        if not _DB_NAME.match(name):
+            raise ValueError(f"database name {name!r}: use [a-z_][a-z0-9_]*, at most 63 chars")
+        self.execute(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def drop_database(self, name: str) -> None:
+        """Drop database ``name``, closing its open connections."""
+        if not _DB_NAME.match(name):
+            raise ValueError(f"database name {name!r}: use [a-z_][a-z0-9_]*, at most 63 chars")
+        self.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    # -- internals
+    def _server_user(self) -> tuple[int, int] | None:
+        """(uid, gid) to run the server as under root; ``None`` when not root."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            raise RuntimeError(
+                "running as root, and there is no `postgres` user to run PostgreSQL as "
+                "(it refuses root); install Debian's postgresql package "
+                "(`bash scripts/install-system-deps.sh`) or run the tests as another user"
+            ) from None
+        return pw.pw_uid, pw.pw_gid
+
+    def _log(self) -> str:
+        try:
+            return (self.dir / "log").read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def _pg(self, tool: str, *args: str) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env.update(LC_ALL="C", LANG="C")
+        extra = {}
+        if self._run_as:
+            uid, gid = self._run_as
+            extra = dict(user=uid, group=gid, extra_groups=[])
+            env["HOME"] = str(self.dir)
+        proc = subprocess.run(
+            [str(self.bin_dir / tool), *args],
+            cwd=self.dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=self.start_timeout + 30,
+            **extra,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(
+                f"{tool} failed (exit {proc.returncode}): {proc.stdout}{proc.stderr}"
+                f"\nserver log:\n{self._log()}"
+            )
+
+    def _check_connect(self) -> None:
+        """One query over TCP: the server accepts connections (bounded by connect_timeout)."""
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                self.execute("SELECT 1")
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
