@@ -569,3 +569,139 @@ def test_stats_recomputable_from_events(project):
     assert groups[(1, "alice")]["images_done"] == 1 and groups[(1, "bob")]["images_done"] == 0
     with pytest.raises(InvalidInput, match="event kind"):
         project.record_event("click", image_id=images[0].id)
+
+
+# ----------------------------------------------------------------------------- export, import
+
+
+def ring_mask(h: int = 24, w: int = 32) -> np.ndarray:
+    """A square ring: a mask with a hole."""
+    m = np.zeros((h, w), dtype=bool)
+    m[4:16, 6:20] = True
+    m[8:12, 10:16] = False
+    return m
+
+
+def fill_project(p: Project) -> None:
+    p.add_annotator("alice")
+    a, _ = p.add_image_bytes(png_bytes(seed=1), "../cats/a.png")
+    b, _ = p.add_image_bytes(jpeg_bytes(seed=2), "b.jpg")
+    p.add_image_bytes(png_bytes(seed=3), "empty.png")  # no masks
+    gone = p.add_mask(a.id, segmentation=box_rle(24, 32, 0, 2, 0, 2))
+    p.delete_mask(gone.id)  # leaves a gap in the mask ids
+    p.add_mask(
+        a.id, segmentation=encode_coco_rle(ring_mask()), annotator="alice", label="ring",
+        predicted_iou=0.875, stability_score=0.9375, point_coords=[[6.5, 4.25]],
+        prompts={"points": [[6.5, 4.25]]}, elapsed_ms=1000,
+    )  # fmt: skip
+    p.add_mask(a.id, segmentation=box_rle(24, 32, 18, 22, 2, 30), label=LABELS[0])
+    p.add_mask(b.id, segmentation=box_rle(64, 64, 10, 40, 5, 50), label="object", source="auto",
+               stage=3, crop_box=[0, 0, 32, 32])  # fmt: skip
+    p.add_mask(b.id, segmentation=box_rle(64, 64, 0, 64, 0, 1))
+
+
+def tree_bytes(root) -> dict[str, bytes]:
+    return {
+        str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()
+    }
+
+
+@pytest.mark.parametrize("fmt", ["sa1b", "coco"])
+def test_export_import_export_is_byte_stable(tmp_path, project, db_url, request, fmt):
+    fill_project(project)
+    first = project.export(tmp_path / "out1", format=fmt, polygons=True)
+    assert (first["images"], first["masks"]) == (3, 4)
+    with contextlib.ExitStack() as stack:
+        url2 = None if db_url is None else stack.enter_context(fresh_pg_database(request))
+        with Project.init(tmp_path / "copy", db_url=url2) as copy:
+            report = copy.import_(tmp_path / "out1" / ("instances.json" if fmt == "coco" else ""))
+            assert report == {"images_added": 3, "images_existing": 0, "masks_added": 4,
+                              "masks_existing": 0}  # fmt: skip
+            again = copy.import_(tmp_path / "out1" / ("instances.json" if fmt == "coco" else ""))
+            assert again["masks_added"] == 0 and again["masks_existing"] == 4
+            copy.export(tmp_path / "out2", format=fmt, polygons=True)
+            if fmt == "coco":  # COCO keeps labels and sources; SA-1B has neither
+                got = sorted((m.label or "", m.source) for i in copy.list_images()
+                             for m in copy.list_masks(i.id))  # fmt: skip
+                assert got == sorted([("", "manual"), ("object", "auto"), ("ring", "manual"),
+                                      (LABELS[0], "manual")])  # fmt: skip
+    one, two = tree_bytes(tmp_path / "out1"), tree_bytes(tmp_path / "out2")
+    assert sorted(one) == sorted(two) and one == two
+
+
+def test_sa1b_export_is_official(tmp_path, project):
+    from segany.data.datasets import SA1BFolder
+    from segany.formats import SA1B_ANNOTATION_KEYS, read_sa1b_json
+
+    fill_project(project)
+    project.export(tmp_path / "out", format="sa1b")
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert files == ["sa_1.json", "sa_1.png", "sa_2.jpg", "sa_2.json", "sa_3.json", "sa_3.png"]
+    record = read_sa1b_json(tmp_path / "out" / "sa_1.json")
+    assert record["image"] == {"image_id": 1, "width": 32, "height": 24, "file_name": "sa_1.png"}
+    assert [a["id"] for a in record["annotations"]] == [1, 2]
+    assert all(set(a) == set(SA1B_ANNOTATION_KEYS) for a in record["annotations"])
+    ring = record["annotations"][0]
+    assert np.array_equal(decode_coco_rle(ring["segmentation"]), ring_mask())
+    assert (ring["predicted_iou"], ring["point_coords"]) == (0.875, [[6.5, 4.25]])
+    assert ring["crop_box"] == [0, 0, 32, 24]
+    sample = SA1BFolder(tmp_path / "out")[0]
+    assert sample.masks.shape == (2, 24, 32)
+    assert (tmp_path / "out" / "sa_1.png").read_bytes() == project.image_file(1).read_bytes()
+
+
+def test_polygon_export_keeps_holes(tmp_path, project):
+    pytest.importorskip("cv2")
+    from pycocotools.coco import COCO
+
+    fill_project(project)
+    report = project.export(tmp_path / "out", format="coco", polygons=True)
+    assert report["polygon_masks"] == 3 and report["rle_masks"] == 1  # the ring
+    masks = {m.label: decode_coco_rle(m.segmentation) for i in project.list_images()
+             for m in project.list_masks(i.id)}  # fmt: skip
+    for name in ("instances.json", "instances_polygons.json"):
+        coco = COCO(str(tmp_path / "out" / name))
+        anns = coco.loadAnns(coco.getAnnIds())
+        assert len(anns) == 4
+        for ann in anns:
+            assert ann["iscrowd"] == 0
+            assert np.array_equal(coco.annToMask(ann).astype(bool), masks[ann["label"]])
+            assert ann["area"] == int(masks[ann["label"]].sum())
+        ring = next(a for a in anns if a["label"] == "ring")
+        assert isinstance(ring["segmentation"], dict)  # RLE: polygons would fill the hole
+        if name == "instances_polygons.json":
+            box = next(a for a in anns if a["label"] == LABELS[0])
+            assert isinstance(box["segmentation"], list)
+    images = json.loads((tmp_path / "out" / "instances.json").read_text())["images"]
+    assert [i["original_file_name"] for i in images] == ["a.png", "b.jpg", "empty.png"]
+    assert (tmp_path / "out" / "images" / "000002.jpg").is_file()
+
+
+def test_export_refuses_nonempty_folder(tmp_path, project):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(InvalidInput, match="not an empty folder"):
+        project.export(tmp_path / "out")
+    with pytest.raises(InvalidInput, match="format must be one of"):
+        project.export(tmp_path / "new", format="yolo")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+
+
+def test_import_errors_import_nothing(tmp_path, project):
+    fill_project(project)
+    project.export(tmp_path / "out", format="coco")
+    data = json.loads((tmp_path / "out" / "instances.json").read_text())
+    bad = dict(data, images=[*data["images"], {"id": 99, "file_name": "../../etc/x.png",
+                                               "width": 5, "height": 5}])  # fmt: skip
+    (tmp_path / "out" / "bad.json").write_text(json.dumps(bad))
+    wrong = json.loads(json.dumps(data))
+    wrong["annotations"][0]["segmentation"] = {"size": [3, 3], "counts": "01"}
+    (tmp_path / "out" / "wrong.json").write_text(json.dumps(wrong))
+    with Project.init(tmp_path / "fresh") as fresh:
+        with pytest.raises(InvalidInput, match="not found"):
+            fresh.import_(tmp_path / "out" / "bad.json")
+        with pytest.raises(InvalidInput, match="does not match|sum to"):
+            fresh.import_(tmp_path / "out" / "wrong.json")
+        with pytest.raises(InvalidInput, match="no SA-1B JSON"):
+            fresh.import_(tmp_path / "out" / "images")
+        assert fresh.list_images() == []

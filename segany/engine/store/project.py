@@ -22,6 +22,7 @@ import os
 import secrets
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.engine import URL
@@ -32,6 +33,7 @@ from . import checks
 from .base import AnnotatorRef, token_hash
 from .db import parse_db_url, public_url, sqlite_url
 from .errors import InvalidInput, NotFound, StoreError
+from .exchange import export_project, import_into
 from .masks import MaskMethods
 from .media import clean_file_name, decode_image
 from .models import AnnotatorRow, ImageRow, MaskRow, ModelVersionRow
@@ -425,3 +427,18 @@ class Project(MaskMethods):
         with self._tx() as s:
             rows = s.scalars(select(ModelVersionRow).order_by(ModelVersionRow.id))
             return [self._model_record(r) for r in rows]
+
+    # ------------------------------------------------------------------ exchange
+
+    def export(
+        self, out: str | os.PathLike, *, format: str = "sa1b", polygons: bool = False
+    ) -> dict[str, Any]:
+        """Export the project as SA-1B (one JSON per image) or COCO (one instances file with
+        RLE), plus a derived polygon file that keeps holes when ``polygons``; see
+        :func:`.exchange.export_project`."""
+        return export_project(self, out, format=format, polygons=polygons)
+
+    def import_(self, path: str | os.PathLike) -> dict[str, int]:
+        """Import an SA-1B folder or file, or a COCO instances file; see
+        :func:`.exchange.import_into`."""
+        return import_into(self, path)
