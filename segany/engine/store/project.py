@@ -95,8 +95,7 @@ class Project(MaskMethods):
         if not isinstance(model, str) or not model:
             raise InvalidInput(f"model must be a variant name or a checkpoint path; got {model!r}")
         url = parse_db_url(db_url) if db_url is not None else None
-        for sub in ("", "images", "embeddings"):
-            (root / sub).mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         config = {
             "format": "segany-project",
             "version": PROJECT_FORMAT,
@@ -105,6 +104,8 @@ class Project(MaskMethods):
         }
         project = cls(root, url or sqlite_url(root / SQLITE_FILE), config, clock)
         try:
+            for sub in ("images", "embeddings"):
+                (root / sub).mkdir(exist_ok=True)
             weights = _bundled_model_file(model)
             if weights is not None:
                 project.register_model(model, file_fingerprint(weights), str(weights))
