@@ -12,6 +12,7 @@ import json
 import struct
 import uuid
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -31,7 +32,11 @@ from segany.engine.store import (  # noqa: E402
     VersionConflict,
 )
 from segany.engine.store.db import HEAD, current_revision, make_engine, schema_diffs, upgrade  # noqa: E402
-from segany.formats import decode_coco_rle, encode_coco_rle  # noqa: E402
+from segany.formats import (  # noqa: E402
+    decode_coco_rle,
+    encode_coco_rle,
+    uncompressed_to_coco_rle,
+)
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -397,6 +402,12 @@ def test_mask_input_forms_are_canonical(project):
     poly = [[7, 5, 20, 5, 20, 9, 7, 9]]
     from_polygon = project.add_mask(image.id, segmentation=poly)
     assert from_array.segmentation == from_polygon.segmentation == encode_coco_rle(m)
+    # the same mask with an empty run inside, as another tool might encode it
+    odd = uncompressed_to_coco_rle({"size": [2, 2], "counts": [1, 0, 1, 2]})
+    tiny, _ = project.add_image_bytes(png_bytes(h=2, w=2), "tiny.png")
+    stored = project.add_mask(tiny.id, segmentation=odd).segmentation
+    assert odd["counts"] != stored["counts"]
+    assert stored == encode_coco_rle(np.array([[False, True], [False, True]]))
     assert np.array_equal(decode_coco_rle(from_array.segmentation), m)
 
 
@@ -455,6 +466,49 @@ def test_labels_stored_verbatim(project):
     assert len(project.list_images()) == 1
     annotator, _ = project.add_annotator(LABELS[0])
     assert project.get_annotator(LABELS[0]) == annotator
+
+
+def test_concurrent_writers(tmp_path, project, db_url):
+    """Several connections at once: one image per content, one winner per mask version, every
+    accepted mask stored."""
+    data = png_bytes(seed=9)
+    others = [Project.open(project.root, db_url=db_url) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            added = list(pool.map(lambda p: p.add_image_bytes(data, "same.png"), others))
+        assert len({r.id for r, _ in added}) == 1 and sum(c for _, c in added) == 1
+        image = added[0][0]
+        mask = project.add_mask(image.id, segmentation=box_rle(24, 32, 1, 5, 1, 5))
+
+        def edit(args):
+            p, i = args
+            try:
+                return p.update_mask(mask.id, version=1, label=f"edit {i}").label
+            except VersionConflict:
+                return None
+
+        with ThreadPoolExecutor(4) as pool:
+            labels = list(pool.map(edit, [(p, i) for i, p in enumerate(others)]))
+        winners = [x for x in labels if x is not None]
+        assert len(winners) == 1 and project.get_mask(mask.id).label == winners[0]
+        assert project.get_mask(mask.id).version == 2
+
+        def accept(args):
+            p, i = args
+            rle = box_rle(24, 32, i, i + 2, 0, 3 + i)
+            return [p.add_mask(image.id, segmentation=rle).id for _ in range(5)]
+
+        with ThreadPoolExecutor(4) as pool:
+            ids = [
+                x
+                for batch in pool.map(accept, [(p, i) for i, p in enumerate(others)])
+                for x in batch
+            ]
+        assert len(set(ids)) == 20
+        assert {m.id for m in project.list_masks(image.id)} == {mask.id, *ids}
+    finally:
+        for p in others:
+            p.close()
 
 
 # ----------------------------------------------------------------------------- leases

@@ -7,7 +7,12 @@ import json
 import math
 from typing import Any
 
-from ...formats.rle import decode_coco_rle, encode_coco_rle, rle_area, rle_to_bbox
+from ...formats.rle import (
+    coco_to_uncompressed_rle,
+    rle_area,
+    rle_to_bbox,
+    uncompressed_to_coco_rle,
+)
 from ...formats.segmentation import as_coco_rle
 from .errors import InvalidInput
 from .models import IMAGE_STATUSES, MASK_SOURCES, STAGES
@@ -45,7 +50,7 @@ def canonical_rle(segmentation: Any, height: int, width: int) -> tuple[dict[str,
     malformed RLEs, another size and empty masks."""
     try:
         rle = as_coco_rle(segmentation, height, width)
-        rle = encode_coco_rle(decode_coco_rle(rle))
+        rle = uncompressed_to_coco_rle(coco_to_uncompressed_rle(rle))  # canonical counts
     except (ValueError, TypeError) as e:
         raise InvalidInput(
             f"segmentation: {e}; give a COCO RLE {{'size': [{height}, {width}], 'counts': str}}"
