@@ -544,6 +544,9 @@ def test_leases(project, clock):
     assert project.lease_image(image.id, "bob", ttl_s=5).lease_holder == "bob"
     with pytest.raises(InvalidInput, match="ttl_s"):
         project.lease_image(image.id, "bob", ttl_s=-1)
+    for bad_id in (999, "1", True):
+        with pytest.raises(NotFound, match="no image"):
+            project.lease_image(bad_id, "bob", ttl_s=5)
 
 
 # ----------------------------------------------------------------------------- annotators, models

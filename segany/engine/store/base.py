@@ -131,7 +131,8 @@ class ProjectBase:
         raise InvalidInput(f"annotator must be a name, an id or an Annotator; got {annotator!r}")
 
     def _image_row(self, s: Session, image_id: int) -> ImageRow:
-        row = s.get(ImageRow, image_id) if isinstance(image_id, int) else None
+        ok = isinstance(image_id, int) and not isinstance(image_id, bool)
+        row = s.get(ImageRow, image_id) if ok else None
         if row is None:
             raise NotFound(f"no image with id {image_id!r}")
         return row

@@ -168,7 +168,8 @@ class MaskMethods(ProjectBase):
             )  # fmt: skip
 
     def _mask_row(self, s: Session, mask_id: int) -> MaskRow:
-        row = s.get(MaskRow, mask_id) if isinstance(mask_id, int) else None
+        ok = isinstance(mask_id, int) and not isinstance(mask_id, bool)
+        row = s.get(MaskRow, mask_id) if ok else None
         if row is None:
             raise NotFound(f"no mask with id {mask_id!r}")
         return row

@@ -324,6 +324,7 @@ class Project(MaskMethods):
         ):
             raise InvalidInput(f"ttl_s must be a number of seconds >= 0; got {ttl_s!r}")
         with self._tx() as s:
+            self._image_row(s, image_id)
             aid = self._annotator_id(s, annotator)
             if aid is None:
                 raise InvalidInput("a lease needs an annotator")
