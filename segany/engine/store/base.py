@@ -21,8 +21,14 @@ from .records import Annotator, EventRecord, ImageRecord, MaskRecord, ModelVersi
 
 __all__ = ["UNSET", "AnnotatorRef", "ProjectBase", "token_hash", "utcnow"]
 
-#: Marks an argument that was not given (where None is a value).
-UNSET: Any = object()
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+#: Marks an argument that was not given (where None is a value: "leave unchanged").
+UNSET: Any = _Unset()
 #: An annotator given by record, name or id (None: no annotator).
 AnnotatorRef = Annotator | str | int | None
 
