@@ -40,6 +40,7 @@ from . import (
     eval_cmd,
     export_cmd,
     info_cmd,
+    project_cmd,
     segment_cmd,
     train_cmd,
 )
@@ -66,6 +67,7 @@ COMMANDS = (
     eval_cmd,
     export_cmd,
     train_cmd,
+    project_cmd,
 )
 
 
