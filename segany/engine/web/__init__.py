@@ -1,0 +1,28 @@
+"""The annotation tool's browser side: SAM's prompt decoder on ONNX Runtime Web in a Web Worker.
+
+``static/`` holds the committed JavaScript (``decoder-worker.js``: the worker and its message
+protocol; ``decoder-client.js``: the page-side promise API and mask drawing;
+``decoder-test.html``: the page the browser tests drive). ``static/vendor/`` holds the
+onnxruntime-web files, installed from the pinned ``package-lock.json`` by :mod:`.build` and never
+committed. :func:`isolated_server` serves folders with the headers WASM threads need.
+"""
+
+from __future__ import annotations
+
+from .serve import isolated_server
+from .vendor import (
+    HERE,
+    STATIC_DIR,
+    VENDOR_DIR,
+    VENDOR_FILES,
+    missing_vendor_files,
+)
+
+__all__ = [
+    "HERE",
+    "STATIC_DIR",
+    "VENDOR_DIR",
+    "VENDOR_FILES",
+    "isolated_server",
+    "missing_vendor_files",
+]
