@@ -1,0 +1,284 @@
+"""The in-browser decoder in real headless Chromium: ONNX Runtime Web (WASM, in a Web Worker)
+runs segany's ONNX decoder export of the bundled model on an embedding computed by
+``SamPredictor``, and gives the masks, IoU predictions and low-res logits that ONNX Runtime and
+PyTorch give on the same embedding and prompts.
+
+Needs Debian's ``chromium`` and the vendor files (``python -m segany.engine.web.build``; ``make
+test`` runs both installs). Missing either, the tests skip locally and fail on CI."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import segany
+from segany.data.scenes import ProceduralScenes
+from segany.engine.web import STATIC_DIR, isolated_server, missing_vendor_files
+from segany.export import export_onnx
+from segany.masks import mask_iou
+from segany.runtime import OnnxPredictor
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+TIMEOUT_MS = 120_000  # any one wait in the page (loading 40 MB of WASM on a busy 2-core machine)
+NEAR = 1e-2  # logits this close to the threshold may flip between runtimes
+
+
+def _unavailable() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
+        return "chromium is missing (bash scripts/install-system-deps.sh; make test runs it)"
+    missing = missing_vendor_files()
+    if missing:
+        return f"onnxruntime-web files missing ({', '.join(missing)}): run make web"
+    return None
+
+
+@pytest.fixture(scope="module")
+def requirements():
+    reason = _unavailable()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"browser tests cannot run on CI: {reason}")
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return segany.load_model("segany_tiny", precision="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def export_dir(bundled, tmp_path_factory):
+    out = tmp_path_factory.mktemp("browser_onnx")
+    export_onnx(bundled, out, encoder=False, name="segany_tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def scene_case(bundled):
+    """A non-square scene, its largest object, a point deep inside it and the embedding."""
+    scene = ProceduralScenes(4, seed=3, sizes=((240, 320),))[0]
+    objects = [k for k in range(len(scene.masks)) if scene.levels[k] == 0]
+    k = max(objects, key=lambda j: int(scene.masks[j].sum()))
+    gt = scene.masks[k]
+    depth = cv2.distanceTransform(gt.astype(np.uint8), cv2.DIST_L2, 3)
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    predictor = segany.SamPredictor(bundled)
+    predictor.set_image(scene.image)
+    emb = predictor.get_image_embedding().numpy().astype(np.float32)
+    return {"scene": scene, "gt": gt, "point": (float(x), float(y)), "torch": predictor, "emb": emb}
+
+
+@pytest.fixture(scope="module")
+def page(requirements, export_dir, scene_case):
+    from playwright.sync_api import sync_playwright
+
+    emb = scene_case["emb"]
+    routes = {"static": STATIC_DIR, "model": export_dir, "emb.bin": emb.tobytes()}
+    with isolated_server(routes) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
+        )
+        try:
+            context = browser.new_context()  # a fresh profile of its own
+            pg = context.new_page()
+            pg.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            pg.on("pageerror", lambda e: errors.append(str(e)))
+            pg.goto(f"{base}/static/decoder-test.html")
+            pg.wait_for_function("window.seganyDecoderLoaded === true", timeout=TIMEOUT_MS)
+            assert not errors, errors
+            h, w = scene_case["scene"].image.shape[:2]
+            ready = pg.evaluate(
+                """async ([h, w]) => {
+                    const d = window.seganyDecoder;
+                    const ready = await d.client.init({manifestUrl: "/model/manifest.json",
+                                                       warmup: 3});
+                    const emb = await d.client.setEmbedding({url: "/emb.bin", dtype: "float32",
+                                                             originalSize: [h, w]});
+                    return {ready, emb};
+                }""",
+                [h, w],
+            )
+            yield pg, ready
+            context.close()
+        finally:
+            browser.close()
+
+
+def _decode(pg, prompt: dict) -> dict:
+    """Run one decode in the page and return its result with the arrays as numpy."""
+    r = pg.evaluate(
+        """async (prompt) => {
+            const r = await window.seganyDecoder.client.decode(prompt);
+            const arr = (a) => (a === null ? null : Array.from(a));
+            return {...r, scores: arr(r.scores), lowRes: arr(r.lowRes), masks: arr(r.masks)};
+        }""",
+        prompt,
+    )
+    m = len(r["scores"])
+    r["scores"] = np.asarray(r["scores"], np.float32)
+    r["lowRes"] = np.asarray(r["lowRes"], np.float32).reshape(m, *r["lowResSize"])
+    if r["masks"] is not None:
+        r["masks"] = np.asarray(r["masks"], np.float32).reshape(m, *r["maskSize"])
+    return r
+
+
+def _assert_masks_match(logits: np.ndarray, ref_logits: np.ndarray) -> None:
+    """Thresholded masks equal except on pixels within NEAR of the threshold in either."""
+    differ = (logits > 0) != (ref_logits > 0)
+    near = (np.abs(logits) < NEAR) | (np.abs(ref_logits) < NEAR)
+    assert not (differ & ~near).any(), f"{int((differ & ~near).sum())} pixels differ"
+
+
+def test_worker_is_isolated_and_threaded(page):
+    _, ready = page
+    assert ready["ready"]["crossOriginIsolated"] is True
+    assert ready["ready"]["backend"] == "wasm"
+    assert ready["ready"]["numThreads"] >= 1
+    assert ready["ready"]["embeddingShape"] == [1, 256, 32, 32]
+    assert ready["emb"]["inputSize"] == [192, 256]  # 240x320 resized to the 256 long side
+
+
+def test_click_matches_onnx_runtime_and_torch(page, export_dir, scene_case):
+    pg, _ = page
+    scene, gt, (x, y) = scene_case["scene"], scene_case["gt"], scene_case["point"]
+    h, w = scene.image.shape[:2]
+    r = _decode(pg, {"points": [[x, y]], "labels": [1], "multimask": True, "output": "full"})
+    assert r["originalSize"] == [h, w] and r["maskSize"] == [h, w]
+    assert r["masks"].shape == (3, h, w) and r["lowRes"].shape == (3, 128, 128)
+
+    ort_pred = OnnxPredictor(export_dir)
+    ort_pred.set_embedding(scene_case["emb"], (h, w))
+    kw = dict(point_coords=np.array([[x, y]]), point_labels=np.array([1]), return_logits=True)
+    ref_masks, ref_scores, ref_low = ort_pred.predict(**kw)
+    np.testing.assert_allclose(r["scores"], ref_scores, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(r["lowRes"], ref_low, atol=1e-3, rtol=1e-3)
+    _assert_masks_match(r["masks"], ref_masks)
+
+    t_masks, t_scores, t_low = scene_case["torch"].predict(**kw)
+    np.testing.assert_allclose(r["scores"], t_scores, atol=1e-3, rtol=0)
+    _assert_masks_match(r["masks"], t_masks)
+
+    # The best-scored mask covers the object as well in the browser as in PyTorch, and well.
+    best = int(r["scores"].argmax())
+    assert best == int(np.argmax(t_scores))
+    ref_iou = float(mask_iou(t_masks[best] > 0, gt))
+    ours_iou = float(mask_iou(r["masks"][best] > 0, gt))
+    assert ref_iou > 0.8
+    assert abs(ours_iou - ref_iou) < 0.01
+
+
+def test_low_res_output_and_mask_feedback(page, export_dir, scene_case):
+    """``output: "low"`` gives the same scores and logits without the full-size masks, and a
+    second click fed the previous low-res logits matches ONNX Runtime with that mask input."""
+    pg, _ = page
+    scene, (x, y) = scene_case["scene"], scene_case["point"]
+    h, w = scene.image.shape[:2]
+    full = _decode(pg, {"points": [[x, y]], "labels": [1], "output": "full"})
+    low = _decode(pg, {"points": [[x, y]], "labels": [1], "output": "low"})
+    assert low["masks"] is None
+    np.testing.assert_array_equal(low["scores"], full["scores"])
+    np.testing.assert_array_equal(low["lowRes"], full["lowRes"])
+    assert low["lowResValid"] == [96.0, 128.0]  # the 192x256 input frame at 1/2 scale
+
+    best = int(low["scores"].argmax())
+    bg = [min(w - 1.0, x + 40.0), y]
+    prompt = {"points": [[x, y], bg], "labels": [1, 0], "maskInput": {"previous": best}}
+    second = _decode(pg, {**prompt, "multimask": False, "output": "full"})
+    assert second["masks"].shape == (1, h, w)
+
+    ort_pred = OnnxPredictor(export_dir)
+    ort_pred.set_embedding(scene_case["emb"], (h, w))
+    ref_masks, ref_scores, _ = ort_pred.predict(
+        point_coords=np.array([[x, y], bg]),
+        point_labels=np.array([1, 0]),
+        mask_input=low["lowRes"][best][None],
+        multimask_output=False,
+        return_logits=True,
+    )
+    np.testing.assert_allclose(second["scores"], ref_scores, atol=1e-3, rtol=0)
+    _assert_masks_match(second["masks"], ref_masks)
+
+
+def test_box_prompt_matches_onnx_runtime(page, export_dir, scene_case):
+    pg, _ = page
+    scene, gt = scene_case["scene"], scene_case["gt"]
+    h, w = scene.image.shape[:2]
+    ys, xs = np.nonzero(gt)
+    box = [float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max())]
+    r = _decode(pg, {"box": box, "multimask": False, "output": "full"})
+    ort_pred = OnnxPredictor(export_dir)
+    ort_pred.set_embedding(scene_case["emb"], (h, w))
+    ref_masks, ref_scores, _ = ort_pred.predict(
+        box=np.array(box), multimask_output=False, return_logits=True
+    )
+    np.testing.assert_allclose(r["scores"], ref_scores, atol=1e-3, rtol=0)
+    _assert_masks_match(r["masks"], ref_masks)
+
+
+def test_bad_requests_answer_errors(page):
+    pg, _ = page
+    messages = pg.evaluate(
+        """async () => {
+            const c = window.seganyDecoder.client;
+            const out = [];
+            for (const p of [{points: [[1, 2]], labels: []},
+                             {points: [[NaN, 2]], labels: [1]},
+                             {points: [[1, 2]], labels: [1], maskInput: {previous: 7}}]) {
+                try { await c.decode(p); out.push("no error"); }
+                catch (e) { out.push(e.message); }
+            }
+            try { await c.request("nonsense"); out.push("no error"); }
+            catch (e) { out.push(e.message); }
+            return out;
+        }"""
+    )
+    assert "1 points but 0 labels" in messages[0]
+    assert "not finite" in messages[1]
+    assert "no previous mask 7" in messages[2]
+    assert "unknown message type nonsense" in messages[3]
+
+
+def test_server_sends_isolation_headers_and_only_routed_files(tmp_path):
+    import urllib.error
+    import urllib.request
+
+    (tmp_path / "a.wasm").write_bytes(b"\0asm")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "m.mjs").write_text("export {};")
+    secret = tmp_path.parent / "secret.txt"
+    secret.write_text("no")
+    with isolated_server({"f": tmp_path, "blob.bin": b"xyz"}) as base:
+        assert base.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(f"{base}/f/a.wasm", timeout=10) as r:
+            assert r.headers["Content-Type"] == "application/wasm"
+            assert r.headers["Cross-Origin-Opener-Policy"] == "same-origin"
+            assert r.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
+            assert r.read() == b"\0asm"
+        with urllib.request.urlopen(f"{base}/f/sub/m.mjs", timeout=10) as r:
+            assert r.headers["Content-Type"] == "text/javascript"
+        with urllib.request.urlopen(f"{base}/blob.bin", timeout=10) as r:
+            assert r.read() == b"xyz"
+        for path in ("/f/../secret.txt", "/f/%2e%2e/secret.txt", "/f/", "/other/a.wasm", "/"):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(base + path, timeout=10)
+            assert e.value.code == 404, path
