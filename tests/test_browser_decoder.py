@@ -9,8 +9,6 @@ test`` runs both installs). Missing either, the tests skip locally and fail on C
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,42 +16,20 @@ import pytest
 
 import segany
 from segany.data.scenes import ProceduralScenes
-from segany.engine.web import STATIC_DIR, isolated_server, missing_vendor_files
+from segany.engine.web import STATIC_DIR, browser_unavailable, isolated_server, launch_chromium
 from segany.export import export_onnx
 from segany.masks import mask_iou
 from segany.runtime import OnnxPredictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 TIMEOUT_MS = 120_000  # any one wait in the page (loading 40 MB of WASM on a busy 2-core machine)
 NEAR = 1e-2  # logits this close to the threshold may flip between runtimes
 
 
-def _unavailable() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "playwright is not installed (pip install -e '.[test]')"
-    if not Path(CHROMIUM).is_file() and shutil.which("chromium") is None:
-        return "chromium is missing (bash scripts/install-system-deps.sh; make test runs it)"
-    missing = missing_vendor_files()
-    if missing:
-        return f"onnxruntime-web files missing ({', '.join(missing)}): run make web"
-    return None
-
-
 @pytest.fixture(scope="module")
 def requirements():
-    reason = _unavailable()
+    reason = browser_unavailable()
     if reason and os.environ.get("CI"):
         pytest.fail(f"browser tests cannot run on CI: {reason}")
     if reason:
@@ -94,9 +70,7 @@ def page(requirements, export_dir, scene_case):
     emb = scene_case["emb"]
     routes = {"static": STATIC_DIR, "model": export_dir, "emb.bin": emb.tobytes()}
     with isolated_server(routes) as base, sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS
-        )
+        browser = launch_chromium(pw, TIMEOUT_MS)
         try:
             context = browser.new_context()  # a fresh profile of its own
             pg = context.new_page()
