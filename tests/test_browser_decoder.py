@@ -174,7 +174,23 @@ def test_low_res_output_and_mask_feedback(page, export_dir, scene_case):
     np.testing.assert_array_equal(low["lowRes"], full["lowRes"])
     assert low["lowResValid"] == [96.0, 128.0]  # the 192x256 input frame at 1/2 scale
 
+    # drawMask puts the low-res mask where the full-size mask is (blocky at its edges).
     best = int(low["scores"].argmax())
+    alpha = pg.evaluate(
+        """async ([prompt, k, h, w]) => {
+            const d = window.seganyDecoder;
+            const r = await d.client.decode(prompt);
+            const canvas = new OffscreenCanvas(w, h);
+            d.drawMask(canvas, r, k);
+            const px = canvas.getContext("2d").getImageData(0, 0, w, h).data;
+            return Array.from({length: w * h}, (_, i) => px[4 * i + 3]);
+        }""",
+        [{"points": [[x, y]], "labels": [1], "output": "low"}, best, h, w],
+    )
+    drawn = np.asarray(alpha).reshape(h, w) > 0
+    iou = float(mask_iou(drawn, full["masks"][best] > 0))
+    assert iou > 0.9, iou
+
     bg = [min(w - 1.0, x + 40.0), y]
     prompt = {"points": [[x, y], bg], "labels": [1, 0], "maskInput": {"previous": best}}
     second = _decode(pg, {**prompt, "multimask": False, "output": "full"})

@@ -7,8 +7,8 @@
 //
 // Protocol (every request carries an `id`; every reply echoes it; a failed request answers
 // {type: "error", id, message}):
-//   {type: "init", id, manifestUrl, numThreads?, warmup?}
-//       -> {type: "ready", id, backend, numThreads, crossOriginIsolated, loadMs, warmupRuns,
+//   {type: "init", id, manifestUrl, quantized?: false, numThreads?, warmup?: 150}
+//       -> {type: "ready", id, backend, quantized, numThreads, crossOriginIsolated, loadMs, warmupRuns,
 //           warmupMs, imgSize, embeddingShape, lowResSize, numMaskTokens}
 //   {type: "embedding", id, url | buffer, dtype: "float32" | "float16", originalSize: [H, W]}
 //       -> {type: "embedding", id, originalSize, inputSize, fetchMs}
@@ -84,8 +84,9 @@ async function init(msg) {
   ort.env.wasm.proxy = false; // already off the main thread
   const manifestUrl = new URL(msg.manifestUrl, self.location.href);
   const manifest = await (await fetch(manifestUrl)).json();
-  const entry = manifest.files && manifest.files.decoder;
-  if (!entry) throw new Error(`${manifestUrl} lists no decoder`);
+  const key = msg.quantized ? "decoder_int8" : "decoder";
+  const entry = manifest.files && manifest.files[key];
+  if (!entry) throw new Error(`${manifestUrl} lists no ${key}${msg.quantized ? " (export with --quantize)" : ""}`);
   const decoderUrl = new URL(entry.file, manifestUrl);
   const bytes = new Uint8Array(await (await fetch(decoderUrl)).arrayBuffer());
   session = await ort.InferenceSession.create(bytes, {
@@ -118,6 +119,7 @@ async function init(msg) {
   return {
     type: "ready",
     backend: "wasm",
+    quantized: Boolean(msg.quantized),
     numThreads: ort.env.wasm.numThreads,
     crossOriginIsolated: self.crossOriginIsolated,
     loadMs,
