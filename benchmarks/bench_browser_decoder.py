@@ -8,11 +8,14 @@ random weights, seeded), the embedding of a generated 1024x768 scene
 ``segany/engine/web/static/decoder-test.html`` is served on 127.0.0.1 with COOP/COEP (so the
 worker has WASM threads). After the worker's warm-up (``--warmup`` decoder runs, 150 by default:
 the WASM JIT needs ~100 to reach full speed), each of ``--clicks`` clicks (a point jittered
-inside an object) is timed in the page with ``performance.now()``, from posting the prompt to
+inside an object; the two output modes take turns) is timed in the page with ``performance.now()``, from posting the prompt to
 the best mask drawn on a 1024x768 canvas:
 
 * ``low``: the graph's output at the input frame's size, the low-res logits drawn scaled;
 * ``full``: the masks upscaled to 1024x768 inside the graph and drawn at full size.
+
+``--low-res-graph`` cuts the exported graph before its mask upscale (``low`` only): what a
+low-res-only decoder export would give.
 
 Also shown: the worker's own decode time, the first click after warm-up, the load and warm-up
 times, and native ONNX Runtime (Python, ``OnnxPredictor.predict``, 3 masks at 1024x768).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -46,18 +50,18 @@ PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, numThreads, mod
     d.canvas.width = w;
     d.canvas.height = h;
     const out = {ready, emb, modes: {}};
-    for (const mode of modes) {
-        const click = [], worker = [];
-        for (let i = 0; i < clicks; i++) {
-            const p = [point[0] + ((i * 7) % 11) - 5, point[1] + ((i * 5) % 9) - 4];
+    for (const mode of modes) out.modes[mode] = {click: [], worker: []};
+    // The modes take turns click by click, so a busy spell of the machine hits them alike.
+    for (let i = 0; i < clicks; i++) {
+        const p = [point[0] + ((i * 7) % 11) - 5, point[1] + ((i * 5) % 9) - 4];
+        for (const mode of modes) {
             const t0 = performance.now();
             const r = await d.client.decode({points: [p], labels: [1], multimask: true,
                                              output: mode});
             d.drawMask(d.canvas, r, d.bestIndex(r));
-            click.push(performance.now() - t0);
-            worker.push(r.decodeMs);
+            out.modes[mode].click.push(performance.now() - t0);
+            out.modes[mode].worker.push(r.decodeMs);
         }
-        out.modes[mode] = {click, worker};
     }
     return out;
 }"""
@@ -90,6 +94,18 @@ def native_ms(export_dir: Path, emb: np.ndarray, size, point, quantized: bool) -
     return float(np.median(times))
 
 
+def cut_upscale(export_dir: Path, manifest: dict) -> None:
+    """Replace ``decoder.onnx`` by its graph cut before the mask upscale (outputs
+    ``iou_predictions`` and ``low_res_masks``): what a low-res-only export would cost."""
+    import onnx
+    from onnx.utils import Extractor
+
+    path = export_dir / manifest["files"]["decoder"]["file"]
+    model = onnx.load(str(path))
+    inputs = [i.name for i in model.graph.input]
+    onnx.save(Extractor(model).extract_model(inputs, ["iou_predictions", "low_res_masks"]), path)
+
+
 def run_browser(export_dir: Path, emb: np.ndarray, size, point, args) -> tuple[dict, str]:
     from playwright.sync_api import sync_playwright
 
@@ -113,7 +129,7 @@ def run_browser(export_dir: Path, emb: np.ndarray, size, point, args) -> tuple[d
                 "warmup": args.warmup,
                 "quantized": args.int8,
                 "numThreads": args.threads or None,
-                "modes": ["low", "full"],
+                "modes": ["low"] if args.low_res_graph else ["low", "full"],
             }
             out = page.evaluate(PAGE_SCRIPT, params)
             version = browser.version
@@ -130,6 +146,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=150, help="decoder runs in the worker first")
     p.add_argument("--threads", type=int, default=0, help="WASM threads (0: all cores)")
     p.add_argument("--int8", action="store_true", help="the int8 decoder (export --quantize)")
+    p.add_argument(
+        "--low-res-graph",
+        action="store_true",
+        help="time the decoder graph cut before its upscale (iou_predictions, low_res_masks only)",
+    )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
 
@@ -168,8 +189,14 @@ def main() -> None:
         print("native ONNX Runtime ...", file=sys.stderr)
         native = native_ms(export_dir, emb, size, point, args.int8)
         print(f"headless Chromium ({args.warmup} warm-up runs) ...", file=sys.stderr)
+        load_before = os.getloadavg()[0]
         out, version = run_browser(export_dir, emb, size, point, args)
+        load_after = os.getloadavg()[0]
         manifest = json.loads((export_dir / "manifest.json").read_text())
+        graph = "full"
+        if args.low_res_graph:
+            cut_upscale(export_dir, manifest)
+            graph = "low-res only"
     ort_web = json.loads(
         (Path(__file__).resolve().parents[1] / "segany/engine/web/package.json").read_text()
     )["dependencies"]["onnxruntime-web"]
@@ -183,12 +210,12 @@ def main() -> None:
             "worker_decode": _stats(data["worker"]),
         }
     print(
-        f"\n{name} {precision} decoder (img_size {manifest['img_size']}), image 1024x768, "
+        f"\n{name} {precision} decoder ({graph} graph, img_size {manifest['img_size']}), image 1024x768, "
         "1 point, 3 masks; "
         f"CPU: {m['cpu']}, {m['cores']} cores; Chromium {version}, onnxruntime-web {ort_web}, "
         f"{ready['numThreads']} WASM threads (crossOriginIsolated {ready['crossOriginIsolated']}); "
         f"decoder load {ready['loadMs']:.0f} ms, warm-up {ready['warmupRuns']} runs in "
-        f"{ready['warmupMs'] / 1000:.1f} s\n"
+        f"{ready['warmupMs'] / 1000:.1f} s; load average {load_before:.2f} -> {load_after:.2f}\n"
     )
     print(
         "| output | click -> mask drawn, median (ms) | p95 (ms) | first click (ms) | "
@@ -206,6 +233,7 @@ def main() -> None:
     results = {
         "model": name,
         "precision": precision,
+        "decoder_graph": graph,
         "img_size": manifest["img_size"],
         "image": [1024, 768],
         "clicks": args.clicks,
@@ -217,9 +245,11 @@ def main() -> None:
         "browser": rows,
         "native_onnxruntime_ms": native,
         "raw": out["modes"],
+        "load_average": [load_before, load_after],
         "machine": m,
     }
-    write_results(args.out, f"browser_decoder_{name}_{precision}", results)
+    stem = f"browser_decoder_{name}_{precision}" + ("_lowres" if args.low_res_graph else "")
+    write_results(args.out, stem, results)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@
 // lowRes are the low-res logits (threshold 0) of the padded input frame; their top-left
 // lowResValid block (low-res pixels, may be fractional) is the image.
 // {previous: k} feeds the previous result's k-th low-res logits back as the mask prompt.
-// "low" skips the upscale to the original size (masks is null): draw lowRes scaled instead.
+// "low" skips the upscale to the original size (masks is null): draw lowRes scaled instead. A
+// decoder graph without the "masks" output (only iou_predictions, low_res_masks) works too, for
+// "low" only.
 
 import * as ort from "./vendor/ort.wasm.min.mjs";
 
@@ -202,6 +204,9 @@ async function decode(msg) {
   const t0 = performance.now();
   const { coords, labs, mask, hasMask } = promptInputs(msg);
   const full = (msg.output || "low") === "full";
+  if (full && !session.outputNames.includes("masks")) {
+    throw new Error('this decoder has no "masks" output (a low-res-only graph): use output "low"');
+  }
   // "low": ask for the input frame's size, so the graph skips its last resize; masks unused.
   const size = full ? image.originalSize : image.inputSize;
   const out = await session.run(feeds(image.embedding, coords, labs, mask, hasMask, size));
