@@ -41,10 +41,10 @@ from common import machine as core_machine
 
 TIMEOUT_MS = 600_000
 
-PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, numThreads, modes}) => {
+PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, numThreads, sessionOptions, modes}) => {
     const d = window.seganyDecoder;
     const ready = await d.client.init({manifestUrl: "/model/manifest.json", warmup,
-                                       quantized, numThreads});
+                                       quantized, numThreads, sessionOptions});
     const emb = await d.client.setEmbedding({url: "/emb.bin", dtype: "float32",
                                              originalSize: [h, w]});
     d.canvas.width = w;
@@ -129,6 +129,7 @@ def run_browser(export_dir: Path, emb: np.ndarray, size, point, args) -> tuple[d
                 "warmup": args.warmup,
                 "quantized": args.int8,
                 "numThreads": args.threads or None,
+                "sessionOptions": json.loads(args.session_options),
                 "modes": ["low"] if args.low_res_graph else ["low", "full"],
             }
             out = page.evaluate(PAGE_SCRIPT, params)
@@ -145,6 +146,9 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=50, help="timed clicks per output mode")
     p.add_argument("--warmup", type=int, default=150, help="decoder runs in the worker first")
     p.add_argument("--threads", type=int, default=0, help="WASM threads (0: all cores)")
+    p.add_argument(
+        "--session-options", default="{}", help="JSON merged into the ORT Web session options"
+    )
     p.add_argument("--int8", action="store_true", help="the int8 decoder (export --quantize)")
     p.add_argument(
         "--low-res-graph",
@@ -233,6 +237,7 @@ def main() -> None:
     results = {
         "model": name,
         "precision": precision,
+        "session_options": json.loads(args.session_options),
         "decoder_graph": graph,
         "img_size": manifest["img_size"],
         "image": [1024, 768],

@@ -68,7 +68,12 @@ def page(requirements, export_dir, scene_case):
     from playwright.sync_api import sync_playwright
 
     emb = scene_case["emb"]
-    routes = {"static": STATIC_DIR, "model": export_dir, "emb.bin": emb.tobytes()}
+    routes = {
+        "static": STATIC_DIR,
+        "model": export_dir,
+        "emb.bin": emb.tobytes(),
+        "emb16.bin": emb.astype(np.float16).tobytes(),
+    }
     with isolated_server(routes) as base, sync_playwright() as pw:
         browser = launch_chromium(pw, TIMEOUT_MS)
         try:
@@ -225,6 +230,29 @@ def test_box_prompt_matches_onnx_runtime(page, export_dir, scene_case):
     _assert_masks_match(r["masks"], ref_masks)
 
 
+def test_float16_embedding(page, export_dir, scene_case):
+    """An fp16 embedding (what a server may send to halve the bytes) decodes as its values
+    widened to fp32 do in ONNX Runtime."""
+    pg, _ = page
+    scene, (x, y) = scene_case["scene"], scene_case["point"]
+    h, w = scene.image.shape[:2]
+    set_emb = """async ([url, dtype, h, w]) => window.seganyDecoder.client.setEmbedding(
+        {url, dtype, originalSize: [h, w]})"""
+    pg.evaluate(set_emb, ["/emb16.bin", "float16", h, w])
+    try:
+        r = _decode(pg, {"points": [[x, y]], "labels": [1], "output": "full"})
+    finally:
+        pg.evaluate(set_emb, ["/emb.bin", "float32", h, w])
+    ort_pred = OnnxPredictor(export_dir)
+    ort_pred.set_embedding(scene_case["emb"].astype(np.float16).astype(np.float32), (h, w))
+    ref_masks, ref_scores, ref_low = ort_pred.predict(
+        point_coords=np.array([[x, y]]), point_labels=np.array([1]), return_logits=True
+    )
+    np.testing.assert_allclose(r["scores"], ref_scores, atol=1e-3, rtol=0)
+    np.testing.assert_allclose(r["lowRes"], ref_low, atol=1e-3, rtol=1e-3)
+    _assert_masks_match(r["masks"], ref_masks)
+
+
 def test_bad_requests_answer_errors(page):
     pg, _ = page
     messages = pg.evaluate(
@@ -239,6 +267,13 @@ def test_bad_requests_answer_errors(page):
             }
             try { await c.request("nonsense"); out.push("no error"); }
             catch (e) { out.push(e.message); }
+            for (const [bytes, dtype] of [[16, "float32"], [16, "int8"]]) {
+                try {
+                    await c.setEmbedding({buffer: new ArrayBuffer(bytes), dtype,
+                                          originalSize: [10, 10]});
+                    out.push("no error");
+                } catch (e) { out.push(e.message); }
+            }
             return out;
         }"""
     )
@@ -246,6 +281,8 @@ def test_bad_requests_answer_errors(page):
     assert "not finite" in messages[1]
     assert "no previous mask 7" in messages[2]
     assert "unknown message type nonsense" in messages[3]
+    assert "embedding has 4 values; shape 1,256,32,32 needs 262144" in messages[4]
+    assert 'embedding dtype must be "float32" or "float16"; got int8' in messages[5]
 
 
 def test_server_sends_isolation_headers_and_only_routed_files(tmp_path):

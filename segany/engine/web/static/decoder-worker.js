@@ -7,7 +7,7 @@
 //
 // Protocol (every request carries an `id`; every reply echoes it; a failed request answers
 // {type: "error", id, message}):
-//   {type: "init", id, manifestUrl, quantized?: false, numThreads?, warmup?: 150}
+//   {type: "init", id, manifestUrl, quantized?: false, numThreads?, warmup?: 150, sessionOptions?}
 //       -> {type: "ready", id, backend, quantized, numThreads, crossOriginIsolated, loadMs, warmupRuns,
 //           warmupMs, imgSize, embeddingShape, lowResSize, numMaskTokens}
 //   {type: "embedding", id, url | buffer, dtype: "float32" | "float16", originalSize: [H, W]}
@@ -94,6 +94,7 @@ async function init(msg) {
   session = await ort.InferenceSession.create(bytes, {
     executionProviders: ["wasm"],
     graphOptimizationLevel: "all",
+    ...(msg.sessionOptions || {}),
   });
   model = {
     imgSize: manifest.img_size,
