@@ -114,8 +114,12 @@ async function init(msg) {
     const [l0, l1] = model.lowResSize;
     const s = model.imgSize;
     const zeros = new Float32Array(l0 * l1);
+    // Both branches of the graph's last resize, with and without a mask input, 1 or 2 points.
     for (let i = 0; i < runs; i++) {
-      const f = feeds(emb, [s / 2, s / 3, 0, 0], [1, -1], zeros, 0, [s, s]);
+      const f = i % 4 < 2
+        ? feeds(emb, [s / 2, s / 3, 0, 0], [1, -1], zeros, 0, [s, s])
+        : feeds(emb, [s / 2, s / 3, s / 4, s / 5, 0, 0], [1, 0, -1], zeros, 0, [s + 2, s + 1]);
+      if (i % 2) f.has_mask_input = new ort.Tensor("float32", Float32Array.of(1), [1]);
       await session.run(f);
     }
   }
