@@ -118,7 +118,7 @@ def run_browser(export_dir: Path, emb: np.ndarray, size, point, args) -> tuple[d
             context = browser.new_context()
             page = context.new_page()
             page.set_default_timeout(TIMEOUT_MS)
-            page.goto(f"{base}/static/decoder-test.html")
+            page.goto(f"{base}/static/decoder-test.html?timeout={TIMEOUT_MS}")
             page.wait_for_function("window.seganyDecoderLoaded === true")
             h, w = size
             params = {

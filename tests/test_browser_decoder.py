@@ -23,7 +23,9 @@ from segany.runtime import OnnxPredictor
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TIMEOUT_MS = 120_000  # any one wait in the page (loading 40 MB of WASM on a busy 2-core machine)
+# Any one wait: Playwright's own, and each request to the worker (page.evaluate has no timeout
+# of its own, so the page's client rejects a request unanswered in this time).
+TIMEOUT_MS = 120_000
 NEAR = 1e-2  # logits this close to the threshold may flip between runtimes
 
 
@@ -82,7 +84,7 @@ def page(requirements, export_dir, scene_case):
             pg.set_default_timeout(TIMEOUT_MS)
             errors: list[str] = []
             pg.on("pageerror", lambda e: errors.append(str(e)))
-            pg.goto(f"{base}/static/decoder-test.html")
+            pg.goto(f"{base}/static/decoder-test.html?timeout={TIMEOUT_MS}")
             pg.wait_for_function("window.seganyDecoderLoaded === true", timeout=TIMEOUT_MS)
             assert not errors, errors
             h, w = scene_case["scene"].image.shape[:2]
@@ -274,6 +276,13 @@ def test_bad_requests_answer_errors(page):
                     out.push("no error");
                 } catch (e) { out.push(e.message); }
             }
+            const d = window.seganyDecoder;
+            const slow = new d.DecoderClient(new URL("decoder-worker.js", location.href),
+                                             {timeoutMs: 1});
+            try { await slow.init({manifestUrl: "/model/manifest.json", warmup: 1000});
+                  out.push("no error"); }
+            catch (e) { out.push(e.message); }
+            slow.terminate();
             return out;
         }"""
     )
@@ -283,6 +292,7 @@ def test_bad_requests_answer_errors(page):
     assert "unknown message type nonsense" in messages[3]
     assert "embedding has 4 values; shape 1,256,32,32 needs 262144" in messages[4]
     assert 'embedding dtype must be "float32" or "float16"; got int8' in messages[5]
+    assert messages[6] == "decoder worker gave no answer to init in 1 ms"
 
 
 def test_server_sends_isolation_headers_and_only_routed_files(tmp_path):

@@ -10,29 +10,46 @@
 // The message protocol is documented at the top of decoder-worker.js.
 
 export class DecoderClient {
-  constructor(workerUrl) {
+  /** `timeoutMs` > 0 rejects a request the worker has not answered in that time. */
+  constructor(workerUrl, { timeoutMs = 0 } = {}) {
     this.worker = new Worker(workerUrl, { type: "module" });
+    this.timeoutMs = timeoutMs;
     this.pending = new Map();
     this.nextId = 1;
     this.worker.onmessage = (event) => {
       const msg = event.data;
       const p = this.pending.get(msg.id);
       if (!p) return;
-      this.pending.delete(msg.id);
+      this.settle(msg.id);
       if (msg.type === "error") p.reject(new Error(msg.message));
       else p.resolve(msg);
     };
     this.worker.onerror = (event) => {
       const err = new Error(`decoder worker failed: ${event.message || "script error"}`);
-      for (const p of this.pending.values()) p.reject(err);
-      this.pending.clear();
+      for (const [id, p] of this.pending) {
+        this.settle(id);
+        p.reject(err);
+      }
     };
+  }
+
+  settle(id) {
+    const p = this.pending.get(id);
+    if (p && p.timer) clearTimeout(p.timer);
+    this.pending.delete(id);
   }
 
   request(type, fields = {}, transfer = []) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      const entry = { resolve, reject, timer: null };
+      if (this.timeoutMs > 0) {
+        entry.timer = setTimeout(() => {
+          this.settle(id);
+          reject(new Error(`decoder worker gave no answer to ${type} in ${this.timeoutMs} ms`));
+        }, this.timeoutMs);
+      }
+      this.pending.set(id, entry);
       this.worker.postMessage({ ...fields, type, id }, transfer);
     });
   }
