@@ -1,13 +1,13 @@
 # segany — the two commands that matter:
 #   make demo   set up .venv and run the main job (segment a sample image; MODEL=segany_tiny|vit_b|path)
-#   make test   set up .venv (and the Debian packages the tests need) and run the test suite
+#   make test   set up .venv (the Debian packages and the browser files the tests need) and run the tests
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 MODEL ?= segany_tiny
 OUT ?= demo_out
 
-.PHONY: demo test test-fast lint bench model model-gpu eval-model clean
+.PHONY: demo test test-fast web lint bench model model-gpu eval-model clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,14 +19,21 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	bash scripts/install-system-deps.sh
+	$(PY) -m segany.engine.web.build
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 # The edit loop: everything but the vit_b-sized tests (CI runs `make test`, all of them).
 test-fast: $(VENV)/.installed
 	bash scripts/install-system-deps.sh
+	$(PY) -m segany.engine.web.build
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
+
+# The browser tool's JavaScript: npm ci from the pinned lock file, onnxruntime-web copied into
+# segany/engine/web/static/vendor/ (ignored; skipped when up to date).
+web: $(VENV)/.installed
+	$(PY) -m segany.engine.web.build
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
@@ -54,4 +61,4 @@ eval-model: $(VENV)/.installed
 	$(VENV)/bin/segany eval procedural:100:1 --out runs/segany_tiny/eval
 
 clean:
-	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info segany/engine/web/node_modules segany/engine/web/static/vendor
