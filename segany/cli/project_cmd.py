@@ -35,7 +35,12 @@ def register(sub: Any) -> None:
         ),
     )
     proj.set_defaults(func=lambda args: _no_action(proj))
-    actions = proj.add_subparsers(dest="action", metavar="ACTION", title="actions")
+    actions = proj.add_subparsers(
+        dest="action",
+        metavar="ACTION",
+        title="actions",
+        help="run 'segany project ACTION --help' for its options",
+    )
 
     p = actions.add_parser("init", help="create a project folder", description="Create a project.")
     p.add_argument("dir", metavar="DIR", help="project folder (created if missing)")
