@@ -171,16 +171,9 @@ def main() -> None:
     image, objects = sample_image(1024, 768)
     point = objects[2].point  # the blue panel
     with tempfile.TemporaryDirectory() as tmp:
-        if args.model == "vit_b":
-            from bench_onnx import random_weights
+        from bench_onnx import fp32_model
 
-            weights = Path(tmp) / "random_vit_b.pth"
-            random_weights(weights)
-            model = segany.build_sam("vit_b", weights, precision="fp32", device="cpu")
-            name = "vit_b_random"
-        else:
-            model = segany.load_model(args.model, precision="fp32", device="cpu")
-            name = args.model
+        model, name = fp32_model(args.model, Path(tmp))
         export_dir = Path(tmp) / "onnx"
         print(f"exporting the {name} decoder ...", file=sys.stderr)
         export_onnx(model, export_dir, encoder=False, quantize=args.int8, name=name)

@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from common import RESULTS, add_worker_arguments, rss_kb, run_worker, send_result, write_results
@@ -113,6 +114,18 @@ def random_weights(path: Path) -> None:
     torch.save(model.state_dict(), path)
 
 
+def fp32_model(model: str, tmp: Path) -> tuple[Any, str]:
+    """The model to benchmark, fp32 on the CPU, and its name: ``vit_b`` means vit_b-sized
+    random weights (:func:`random_weights`, written into ``tmp``), anything else is loaded."""
+    import segany
+
+    if model == "vit_b":
+        weights = tmp / "random_vit_b.pth"
+        random_weights(weights)
+        return segany.build_sam("vit_b", weights, precision="fp32", device="cpu"), "vit_b_random"
+    return segany.load_model(model, precision="fp32", device="cpu"), model
+
+
 def machine() -> dict:
     import onnxruntime
 
@@ -136,18 +149,11 @@ def main() -> None:
         send_result(worker(args))
         return
 
-    import segany
     from segany.export import export_onnx
 
     with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "random_vit_b.pth"
-        if args.model == "vit_b":
-            random_weights(weights)
-            model = segany.build_sam("vit_b", weights, precision="fp32", device="cpu")
-            name = "vit_b_random"
-        else:
-            model = segany.load_model(args.model, precision="fp32", device="cpu")
-            name = args.model
+        weights = Path(tmp) / "random_vit_b.pth"  # written by fp32_model for vit_b
+        model, name = fp32_model(args.model, Path(tmp))
         export_dir = Path(tmp) / "onnx"
         single_dir = Path(tmp) / "onnx_single"
         print(f"exporting {name} (fp32 + int8, with the accuracy report) ...", file=sys.stderr)
