@@ -356,3 +356,51 @@ def test_background_worker_encodes_added_images(tmp_path, sam):
             body = {"points": [[5, 5]], "labels": [1]}
             assert c.post(f"/api/images/{record['id']}/predict", json=body, headers=AUTH).is_success
             assert CountingPredictor.encodes == 1
+
+
+def test_segany_serve_subprocess(tmp_path):
+    """``segany serve`` on 127.0.0.1 with a free port: prints the URL with the token, answers
+    /api/health and the API with the token, and stops on SIGTERM."""
+    import os
+    import selectors
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    Project.init(tmp_path / "p").close()
+    env = {**os.environ, "SEGANY_TOKEN": ""}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segany", "serve", str(tmp_path / "p"), "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+    )  # fmt: skip
+    try:
+        sel = selectors.DefaultSelector()
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        assert sel.select(timeout=120), "segany serve printed no URL"
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and "/?token=" in url
+        base, token = url.split("/?token=")
+        assert token == (tmp_path / "p" / "server_token").read_text().strip()
+        for _ in range(200):
+            try:
+                r = httpx.get(base + "/api/health", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.05)
+        assert r.json() == {"status": "ok"}
+        assert httpx.get(base + "/api/images", timeout=5).status_code == 401
+        r = httpx.get(base + "/api/images", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json() == []
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    # uvicorn shuts down cleanly on SIGTERM, then re-raises the signal
+    err = proc.stderr.read()
+    assert proc.returncode in (0, -15), err
+    assert "Traceback" not in err, err
