@@ -129,6 +129,11 @@ ROUTES = [
     ("get", "/api/images/1/embedding"),
     ("get", "/api/model"),
     ("get", "/api/openapi.json"),
+    ("post", "/api/images/1/lease"),
+    ("delete", "/api/images/1/lease"),
+    ("post", "/api/images/1/status"),
+    ("post", "/api/events"),
+    ("get", "/no/such/route"),
     ("get", "/"),
 ]
 
@@ -305,6 +310,34 @@ def test_masks_versions_delete_stats(client, scene):
     assert client.get(f"/api/images/{record['id']}/masks", headers=AUTH).json() == []
 
 
+def test_leases_status_events(client, project, scene):
+    record, _, _ = scene
+    url = f"/api/images/{record['id']}"
+    _, alice = project.add_annotator("alice")
+    _, bob = project.add_annotator("bob")
+    a = {"Authorization": f"Bearer {alice}"}
+    b = {"Authorization": f"Bearer {bob}"}
+    assert client.post(url + "/lease", headers=AUTH).status_code == 422  # not an annotator
+    r = client.post(url + "/lease", json={"ttl_s": 60}, headers=a)
+    assert r.status_code == 200 and r.json()["lease_holder"] == "alice"
+    assert r.json()["status"] == "in_progress"
+    taken = client.post(url + "/lease", headers=b)
+    assert taken.status_code == 409 and "alice" in taken.json()["detail"]
+    rle = encode_coco_rle(np.ones((H, W), bool))
+    assert client.post(url + "/masks", json={"segmentation": rle}, headers=b).status_code == 409
+    assert client.post(url + "/masks", json={"segmentation": rle}, headers=a).status_code == 201
+    assert client.delete(url + "/lease", headers=a).status_code == 204
+    assert client.post(url + "/lease", headers=b).json()["lease_holder"] == "bob"
+    r = client.post(url + "/status", json={"status": "done"}, headers=b)
+    assert r.status_code == 200 and r.json()["status"] == "done"
+    bad = client.post(url + "/status", json={"status": "finished"}, headers=b)
+    assert bad.status_code == 422
+    r = client.post("/api/events", json={"kind": "undo", "image_id": record["id"]}, headers=b)
+    assert r.status_code == 201 and r.json()["kind"] == "undo"
+    assert client.post("/api/events", json={"kind": "dance"}, headers=b).status_code == 422
+    assert [e.annotator for e in project.list_events(kind="undo")] == ["bob"]
+
+
 def test_embedding_route_and_cache(client, project, scene, sam):
     record, image, objects = scene
     url = f"/api/images/{record['id']}"
@@ -339,6 +372,8 @@ def test_embedding_route_and_cache(client, project, scene, sam):
 
 
 def test_background_worker_encodes_added_images(tmp_path, sam):
+    import time
+
     with Project.init(tmp_path / "p") as project:
         CountingPredictor.encodes = 0
         app = create_app(project, predictor_factory=lambda: CountingPredictor(sam), token=TOKEN)
@@ -348,14 +383,21 @@ def test_background_worker_encodes_added_images(tmp_path, sam):
             for _ in range(600):  # bounded wait for the worker
                 if service.is_cached(record["id"]):
                     break
-                import time
-
                 time.sleep(0.05)
             assert service.is_cached(record["id"])
             assert CountingPredictor.encodes == 1
+            # opening an image queues the next ones
+            more = [_upload(c, _png(s)[0], f"{s}.png").json()["id"] for s in (5, 6)]
+            assert c.get(f"/api/images/{record['id']}", headers=AUTH).status_code == 200
+            for _ in range(600):
+                if all(service.is_cached(i) for i in more):
+                    break
+                time.sleep(0.05)
+            assert all(service.is_cached(i) for i in more)
+            assert CountingPredictor.encodes == 3
             body = {"points": [[5, 5]], "labels": [1]}
             assert c.post(f"/api/images/{record['id']}/predict", json=body, headers=AUTH).is_success
-            assert CountingPredictor.encodes == 1
+            assert CountingPredictor.encodes == 3
 
 
 def test_segany_serve_subprocess(tmp_path):

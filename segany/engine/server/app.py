@@ -19,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...formats import encode_coco_rle
@@ -42,6 +43,11 @@ _PATCH_FIELDS = {
     "prompts", "source", "elapsed_ms",
 }  # fmt: skip
 _PREDICT_FIELDS = {"points", "labels", "box", "mask_input", "multimask"}
+_EVENT_FIELDS = {"kind", "image_id", "mask_id", "stage", "elapsed_ms", "payload"}
+#: How many images after the one opened the background encoder is asked for.
+PREFETCH_AHEAD = 3
+#: Default lease length in seconds.
+LEASE_TTL_S = 300.0
 
 
 class _HTTPError(Exception):
@@ -263,7 +269,7 @@ def create_app(
             )
         name = clean_file_name(upload.filename or "")
         try:
-            record, created = project.add_image_bytes(data, name)
+            record, created = await run_in_threadpool(project.add_image_bytes, data, name)
         except InvalidInput as e:
             raise _HTTPError(415, str(e)) from None
         if created and prefetch:
@@ -272,7 +278,56 @@ def create_app(
 
     @app.get("/api/images/{image_id}")
     def get_image(image_id: int) -> dict[str, Any]:
-        return project.get_image(image_id).to_dict()
+        record = project.get_image(image_id)
+        if prefetch:  # encode the next images ahead of the annotator
+            ahead = [
+                i.id
+                for i in project.list_images()
+                if i.id > image_id and i.status in ("new", "in_progress")
+            ]
+            for next_id in ahead[:PREFETCH_AHEAD]:
+                if not service.is_cached(next_id):
+                    service.enqueue(next_id)
+        return record.to_dict()
+
+    @app.post("/api/images/{image_id}/lease")
+    async def lease(image_id: int, request: Request) -> dict[str, Any]:
+        body = await json_body(request, {"ttl_s"}) if await request.body() else {}
+        annotator = request.state.annotator
+        if annotator is None:
+            raise _HTTPError(422, "a lease is for an annotator: use an annotator's token")
+        ttl = body.get("ttl_s", LEASE_TTL_S)
+        record = await run_in_threadpool(project.lease_image, image_id, annotator, ttl)
+        return record.to_dict()
+
+    @app.delete("/api/images/{image_id}/lease", status_code=204)
+    def release(image_id: int, request: Request) -> Response:
+        if request.state.annotator is not None:
+            project.release_image(image_id, request.state.annotator)
+        return Response(status_code=204)
+
+    @app.post("/api/images/{image_id}/status")
+    async def set_status(image_id: int, request: Request) -> dict[str, Any]:
+        body = await json_body(request, {"status"})
+        if "status" not in body:
+            raise _HTTPError(422, "status is required: new, in_progress, done or skipped")
+        annotator = request.state.annotator
+        record = await run_in_threadpool(
+            lambda: project.set_status(image_id, body["status"], annotator=annotator)
+        )
+        return record.to_dict()
+
+    @app.post("/api/events", status_code=201)
+    async def add_event(request: Request) -> dict[str, Any]:
+        body = await json_body(request, _EVENT_FIELDS)
+        if "kind" not in body:
+            raise _HTTPError(422, "kind is required (e.g. undo, redo, discard, open)")
+        annotator = request.state.annotator
+        kind = body.pop("kind")
+        event = await run_in_threadpool(
+            lambda: project.record_event(kind, annotator=annotator, **body)
+        )
+        return {"id": event.id, "kind": event.kind, "at": event.at.isoformat()}
 
     @app.get("/api/images/{image_id}/file")
     def image_file(image_id: int) -> FileResponse:
@@ -282,6 +337,9 @@ def create_app(
     @app.post("/api/images/{image_id}/predict")
     async def predict(image_id: int, request: Request) -> dict[str, Any]:
         body = await json_body(request, _PREDICT_FIELDS)
+        return await run_in_threadpool(run_predict, image_id, body, request.state.annotator)
+
+    def run_predict(image_id: int, body: dict[str, Any], annotator: str | None) -> dict:
         record = project.get_image(image_id)
         multimask = body.get("multimask", True)
         if not isinstance(multimask, bool):
@@ -319,7 +377,7 @@ def create_app(
         project.record_event(
             "prompt",
             image_id=record.id,
-            annotator=request.state.annotator,
+            annotator=annotator,
             payload={k: body.get(k) for k in ("points", "labels", "box") if _finite(body.get(k))},
         )
         best = int(np.argmax(scores))
@@ -340,11 +398,13 @@ def create_app(
         body = await json_body(request, _MASK_FIELDS)
         if "segmentation" not in body:
             raise _HTTPError(422, "segmentation (a COCO RLE {size, counts}) is required")
-        mask = project.add_mask(
-            image_id,
-            annotator=request.state.annotator,
-            model_version=project.current_model(),
-            **body,
+        mask = await run_in_threadpool(
+            lambda: project.add_mask(
+                image_id,
+                annotator=request.state.annotator,
+                model_version=project.current_model(),
+                **body,
+            )
         )
         return JSONResponse(mask.to_sa1b(), status_code=201)
 
@@ -353,7 +413,11 @@ def create_app(
         body = await json_body(request, _PATCH_FIELDS)
         if "version" not in body:
             raise _HTTPError(422, "version (the version of the mask being edited) is required")
-        return project.update_mask(mask_id, annotator=request.state.annotator, **body).to_sa1b()
+        annotator = request.state.annotator
+        record = await run_in_threadpool(
+            lambda: project.update_mask(mask_id, annotator=annotator, **body)
+        )
+        return record.to_sa1b()
 
     @app.delete("/api/masks/{mask_id}", status_code=204)
     def delete_mask(mask_id: int, request: Request, version: int | None = None) -> Response:
