@@ -185,7 +185,30 @@ def test_bad_uploads(client, project):
     r = _upload(client, big, "big.png")
     assert r.status_code == 413 and "MiB" in r.json()["detail"]
     assert client.post("/api/images", headers=AUTH, data={"x": "1"}).status_code == 422
+    jpeg = io.BytesIO()
+    Image.fromarray(sample_image(W, H)[0]).save(jpeg, format="JPEG")
+    r = _upload(client, jpeg.getvalue()[: len(jpeg.getvalue()) // 2], "cut.jpg")
+    assert r.status_code == 415 and "truncated" in r.json()["detail"]
+    bomb = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(bomb, format="PNG")
+    r = _upload(client, bomb.getvalue(), "bomb.png")
+    assert r.status_code == 415 and "bomb" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is checked while the body is read
+        yield (
+            b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n"
+        )
+        for _ in range(20):
+            yield b"\0" * 100_000
+
+    r = client.post(
+        "/api/images", content=chunks(),
+        headers={**AUTH, "Content-Type": "multipart/form-data; boundary=xyz"},
+    )  # fmt: skip
+    assert r.status_code == 413
     assert project.list_images() == []
+    assert not any(project.images_dir.rglob("*.*"))
     r = _upload(client, _png(1)[0], "../../etc/evil.png")
     assert r.status_code == 201 and r.json()["file_name"] == "evil.png"
 

@@ -183,6 +183,14 @@ def create_app(
         annotator = project.annotator_for_token(candidate)
         return (annotator is not None), (annotator.name if annotator else None)
 
+    # inside the auth middleware (added later, so outside): its receive is the route's own
+    app.add_middleware(
+        _BodyLimit,
+        limit=max_bytes + _ENVELOPE,
+        what=f"the request is too large; allowed: uploads up to {max_upload_mb:g} MiB "
+        "(--max-upload-mb)",
+    )
+
     @app.middleware("http")
     async def _auth(request: Request, call_next: Callable) -> Response:
         path = request.url.path
@@ -202,13 +210,6 @@ def create_app(
             )
         request.state.annotator = name
         return await call_next(request)
-
-    app.add_middleware(
-        _BodyLimit,
-        limit=max_bytes + _ENVELOPE,
-        what=f"the request is too large; allowed: uploads up to {max_upload_mb:g} MiB "
-        "(--max-upload-mb)",
-    )
 
     async def json_body(request: Request, allowed: set[str]) -> dict[str, Any]:
         raw = await request.body()
