@@ -128,6 +128,7 @@ ROUTES = [
     ("get", "/api/stats"),
     ("get", "/api/images/1/embedding"),
     ("get", "/api/model"),
+    ("get", "/api/model/decoder.onnx"),
     ("get", "/api/openapi.json"),
     ("post", "/api/images/1/lease"),
     ("delete", "/api/images/1/lease"),
@@ -392,6 +393,20 @@ def test_embedding_route_and_cache(client, project, scene, sam):
     model = client.get("/api/model", headers=AUTH).json()
     assert model["embedding_fingerprint"] == fingerprint
     assert model["version"]["name"] == "segany_tiny"
+
+
+def test_onnx_decoder_route(client, project, sam):
+    pytest.importorskip("onnx")
+    model = client.get("/api/model", headers=AUTH).json()
+    r = client.get(model["manifest_url"], headers=AUTH)
+    assert r.status_code == 200
+    manifest = r.json()
+    r = client.get(model["decoder_url"], headers=AUTH)
+    assert r.status_code == 200 and len(r.content) > 1000
+    folder = project.embeddings_dir / f"onnx_{model['embedding_fingerprint']}"
+    assert (folder / "decoder.onnx").read_bytes() == r.content
+    assert json.dumps(manifest)
+    assert client.get("/api/model/other.bin", headers=AUTH).status_code == 404
 
 
 def test_background_worker_encodes_added_images(tmp_path, sam):

@@ -454,8 +454,20 @@ def create_app(
             "model": project.model,
             "version": None if current is None else current.to_dict(),
             "embedding_fingerprint": service.fingerprint,
-            "decoder_urls": [],
+            "decoder_url": "/api/model/decoder.onnx",
+            "manifest_url": "/api/model/manifest.json",
         }
+
+    @app.get("/api/model/{name}")
+    def model_file(name: str) -> FileResponse:
+        if name not in ("decoder.onnx", "manifest.json"):
+            raise _HTTPError(404, f"no model file {name!r}; allowed: decoder.onnx, manifest.json")
+        try:
+            folder = service.decoder_dir()
+        except ModuleNotFoundError as e:
+            raise _HTTPError(503, f"the ONNX export needs {e.name}: pip install onnx") from None
+        media = "application/octet-stream" if name.endswith(".onnx") else "application/json"
+        return FileResponse(folder / name, media_type=media)
 
     return app
 

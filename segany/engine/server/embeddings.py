@@ -128,6 +128,21 @@ class EmbeddingService:
         rec = load_embedding_file(self.ensure(image_id))
         return rec.features, rec.original_size, rec.input_size
 
+    def decoder_dir(self) -> Path:
+        """The folder with segany's ONNX export of the model's prompt decoder
+        (``decoder.onnx``, ``manifest.json``), exported on first use into
+        ``<embeddings_dir>/onnx_<fingerprint>/``."""
+        from ...export import export_onnx
+        from ...io.files import atomic_dir
+
+        with self.lock:
+            out = self.dir / f"onnx_{self.fingerprint}"
+            if not (out / "manifest.json").is_file():
+                self.dir.mkdir(parents=True, exist_ok=True)
+                with atomic_dir(out) as tmp:
+                    export_onnx(self.predictor.model, tmp, encoder=False)
+            return out
+
     def is_cached(self, image_id: int) -> bool:
         sha, _ = self._image_path(image_id)
         return self.cache_path(sha).is_file()
