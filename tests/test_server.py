@@ -390,6 +390,16 @@ def test_embedding_route_and_cache(client, project, scene, sam):
     assert CountingPredictor.encodes == 2
     r = client.post(url + "/predict", json=body, headers=AUTH)
     assert r.status_code == 200 and CountingPredictor.encodes == 2
+    # a damaged cache file is encoded again, with the same answer
+    first = r.json()
+    cached.write_bytes(b"garbage")
+    assert client.post(f"/api/images/{other['id']}/predict", json=body, headers=AUTH).is_success
+    r = client.post(url + "/predict", json=body, headers=AUTH)
+    assert (
+        r.status_code == 200
+        and r.json()["masks"][0]["segmentation"] == (first["masks"][0]["segmentation"])
+    )
+    assert CountingPredictor.encodes == 3 and cached.stat().st_size > 1000
     model = client.get("/api/model", headers=AUTH).json()
     assert model["embedding_fingerprint"] == fingerprint
     assert model["version"]["name"] == "segany_tiny"

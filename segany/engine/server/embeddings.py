@@ -119,7 +119,12 @@ class EmbeddingService:
         cached = self.ensure(image_id)
         predictor = self.predictor
         if self._loaded != cached.name:
-            predictor.load_embedding(cached)
+            try:
+                predictor.load_embedding(cached)
+            except ValueError:  # a damaged cache file: encode the image again
+                cached.unlink(missing_ok=True)
+                self._loaded = None
+                self.ensure(image_id)
             self._loaded = cached.name
         return predictor
 
