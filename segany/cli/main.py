@@ -42,6 +42,7 @@ from . import (
     info_cmd,
     project_cmd,
     segment_cmd,
+    serve_cmd,
     train_cmd,
 )
 from .common import (
@@ -68,6 +69,7 @@ COMMANDS = (
     export_cmd,
     train_cmd,
     project_cmd,
+    serve_cmd,
 )
 
 
