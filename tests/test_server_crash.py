@@ -184,11 +184,11 @@ def _check_database(root: Path, db_url: str | None) -> None:
         assert decode_coco_rle({"size": [h, w], "counts": counts}).shape == (h, w)
 
 
-def _check_image_files(root: Path, records: list[dict]) -> None:
+def _check_image_files(root: Path, db_url: str | None, records: list[dict]) -> None:
     """Every image row's file is whole (its sha256); every other file in the images folder is
     either whole (named by its sha256: written, then killed before its row) or a hidden
     ``.*.tmp`` of the atomic writer, at most one per writing thread (nothing sweeps them)."""
-    project = Project.open(root)
+    project = Project.open(root, db_url=db_url)
     try:
         for r in records:
             assert sha256_file(project.image_file(r["id"])) == r["sha256"]
@@ -245,7 +245,7 @@ def test_sigkill_during_a_mask_burst(tmp_path, db_url):
         r = httpx.get(f"{base}/api/images/{image['id']}/file", headers=auth, timeout=30)
         assert r.status_code == 200 and r.content == scene
     _check_database(root, db_url)
-    _check_image_files(root, [image])
+    _check_image_files(root, db_url, [image])
 
 
 def test_sigkill_during_an_upload_burst(tmp_path, db_url):
@@ -278,4 +278,4 @@ def test_sigkill_during_an_upload_burst(tmp_path, db_url):
         assert len(acked) <= len(by_id) <= len(attempted)
         records = list(by_id.values())
     _check_database(root, db_url)
-    _check_image_files(root, records)
+    _check_image_files(root, db_url, records)
