@@ -96,3 +96,12 @@ def fresh_postgres_url(postgres_server):
     name = f"segany_fresh_{next(_fresh_databases)}"
     yield postgres_server.create_database(name)
     postgres_server.drop_database(name)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request):
+    """Each test on both databases: None (a project's embedded SQLite file) or the URL of a
+    fresh, empty PostgreSQL database (:func:`fresh_postgres_url`)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("fresh_postgres_url")

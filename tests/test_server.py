@@ -4,10 +4,8 @@ SamPredictor.predict), masks with version checks, stats, the embedding route and
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
-import uuid
 
 import numpy as np
 import pytest
@@ -18,8 +16,6 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
 
 import segany  # noqa: E402
 from segany.data.sample import sample_image  # noqa: E402
@@ -30,33 +26,6 @@ from segany.formats import decode_coco_rle, encode_coco_rle  # noqa: E402
 TOKEN = "server-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 W, H = 320, 240
-
-
-@contextlib.contextmanager
-def _fresh_pg(request):
-    try:
-        base = request.getfixturevalue("postgres_url")
-    except pytest.FixtureLookupError:
-        pytest.skip("the postgres_url fixture (tests/conftest.py) is not available")
-    name = f"s_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request):
-    if request.param == "sqlite":
-        yield None
-        return
-    with _fresh_pg(request) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

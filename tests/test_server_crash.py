@@ -44,13 +44,6 @@ THREADS = 3
 TMP_NAME = re.compile(r"^\..+\.tmp$")  # what segany.io.files leaves when killed mid-write
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request) -> str | None:
-    if request.param == "sqlite":
-        return None
-    return request.getfixturevalue("fresh_postgres_url")
-
-
 @contextlib.contextmanager
 def _serve(root: Path, db_url: str | None) -> Iterator[tuple[subprocess.Popen, str, dict]]:
     """``segany serve root`` on 127.0.0.1 and a free port, answering /api/health: yields the

@@ -10,7 +10,6 @@ import datetime as dt
 import io
 import json
 import struct
-import uuid
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
@@ -41,41 +40,10 @@ from segany.formats import (  # noqa: E402
 # ----------------------------------------------------------------------------- fixtures
 
 
-@contextlib.contextmanager
-def fresh_pg_database(request):
-    """The URL of a fresh, empty database on the test PostgreSQL server (dropped after)."""
-    try:
-        base = request.getfixturevalue("postgres_url")
-    except pytest.FixtureLookupError:
-        pytest.skip("the postgres_url fixture (tests/conftest.py) is not available")
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request):
-    """None (the embedded SQLite file in the project folder) or the URL of a fresh, empty
-    PostgreSQL database."""
-    if request.param == "sqlite":
-        yield None
-        return
-    with fresh_pg_database(request) as url:
-        yield url
-
-
 @pytest.fixture
-def pg_url(request):
+def pg_url(fresh_postgres_url):
     """A fresh PostgreSQL database, for the PostgreSQL-only tests."""
-    with fresh_pg_database(request) as url:
-        yield url
+    return fresh_postgres_url
 
 
 class Clock:
@@ -669,7 +637,11 @@ def test_export_import_export_is_byte_stable(tmp_path, project, db_url, request,
     first = project.export(tmp_path / "out1", format=fmt, polygons=True)
     assert (first["images"], first["masks"]) == (3, 4)
     with contextlib.ExitStack() as stack:
-        url2 = None if db_url is None else stack.enter_context(fresh_pg_database(request))
+        url2 = None
+        if db_url is not None:  # a second fresh database on the same server
+            server = request.getfixturevalue("postgres_server")
+            url2 = server.create_database("segany_copy")
+            stack.callback(server.drop_database, "segany_copy")
         with Project.init(tmp_path / "copy", db_url=url2) as copy:
             report = copy.import_(tmp_path / "out1" / ("instances.json" if fmt == "coco" else ""))
             assert report == {"images_added": 3, "images_existing": 0, "masks_added": 4,
