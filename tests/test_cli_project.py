@@ -129,6 +129,18 @@ def test_add_exit_codes(tmp_path, capsys):
         assert [i.file_name for i in p.list_images()] == ["ok.png"]
 
 
+def test_annotator_token(tmp_path, capsys):
+    proj = tmp_path / "proj"
+    assert run(capsys, "project", "init", proj)[0] == 0
+    code, out, err = run(capsys, "project", "annotator", proj, "ana")
+    assert code == 0 and "added annotator ana" in err
+    token = out.strip()
+    with Project.open(proj) as p:
+        assert p.annotator_for_token(token).name == "ana"
+    code, out, err = run(capsys, "project", "annotator", proj, "ana")
+    assert code == 2 and out == "" and "exists" in err
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

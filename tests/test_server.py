@@ -104,8 +104,14 @@ ROUTES = [
     ("post", "/api/images/1/status"),
     ("post", "/api/events"),
     ("get", "/no/such/route"),
-    ("get", "/"),
+    ("get", "/api/me"),
+    ("get", "/api/annotators"),
+    ("post", "/api/annotators"),
+    ("get", "/static/app/index.html"),
+    ("get", "/static/vendor/ort.wasm.min.mjs"),
 ]
+#: Pages a browser opens: without a token they answer 401 with an HTML sign-in page.
+PAGES = ["/", "/metrics", "/docs"]
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "x"}])
@@ -114,6 +120,49 @@ def test_every_route_needs_the_token(client, scene, headers):
         r = client.request(method, path, headers=headers)
         assert r.status_code == 401, (method, path, r.text)
         assert "token" in r.json()["detail"]
+    for path in PAGES:
+        r = client.get(path, headers=headers)
+        assert r.status_code == 401 and r.headers["content-type"].startswith("text/html"), path
+        assert "token" in r.text and "segany serve" in r.text
+
+
+def test_pages_and_static_files_are_cross_origin_isolated(client):
+    """The tool's pages, its scripts and the API carry COOP/COEP/CORP (WASM threads need them);
+    the offline /docs loads Swagger UI from the server, never a CDN."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for path in ["/", "/metrics", "/docs", "/static/decoder-worker.js", "/api/images"]:
+        r = client.get(path, headers=auth)
+        assert r.status_code == 200, (path, r.text)
+        assert r.headers["cross-origin-opener-policy"] == "same-origin", path
+        assert r.headers["cross-origin-embedder-policy"] == "require-corp", path
+        assert r.headers["cross-origin-resource-policy"] == "same-origin", path
+    assert (
+        client.get("/static/decoder-worker.js", headers=auth)
+        .headers["content-type"]
+        .startswith("text/javascript")
+    )
+    docs = client.get("/docs", headers=auth).text
+    assert "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    for asset in ["swagger-ui-bundle.js", "swagger-ui.css"]:
+        assert client.get(f"/static/vendor/swagger-ui/{asset}", headers=auth).status_code == 200
+    assert client.get("/static/../project.json", headers=auth).status_code == 404
+
+
+def test_annotators_are_added_by_the_owner(client, project):
+    owner = {"Authorization": f"Bearer {TOKEN}"}
+    assert client.get("/api/me", headers=owner).json() == {"annotator": None, "admin": True}
+    r = client.post("/api/annotators", json={"name": "bob"}, headers=owner)
+    assert r.status_code == 201, r.text
+    bob = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert r.json()["url"] == f"/?token={r.json()['token']}"
+    assert client.get("/api/me", headers=bob).json() == {"annotator": "bob", "admin": False}
+    assert [a["name"] for a in client.get("/api/annotators", headers=owner).json()] == ["bob"]
+    again = client.post("/api/annotators", json={"name": "bob"}, headers=owner)
+    assert again.status_code == 422 and "exists" in again.json()["detail"]
+    r = client.post("/api/annotators", json={"name": "eve"}, headers=bob)
+    assert r.status_code == 403 and "server's token" in r.json()["detail"]
+    assert client.post("/api/annotators", json={}, headers=owner).status_code == 422
+    assert [a.name for a in project.list_annotators()] == ["bob"]
 
 
 def test_cookie_from_the_url_and_annotator_tokens(client, project, scene):

@@ -1,7 +1,8 @@
 """``segany project``: annotation projects of the data engine (:mod:`segany.engine.store`).
 
 ``init DIR [--model M] [--db URL]``, ``add DIR IMAGE_OR_FOLDER...``, ``export DIR --out OUT
---format sa1b|coco [--polygons]``, ``import DIR SA1B_OR_COCO`` and ``stats DIR [--json]``.
+--format sa1b|coco [--polygons]``, ``import DIR SA1B_OR_COCO``, ``stats DIR [--json]`` and
+``annotator DIR NAME`` (adds an annotator and prints the token, shown only then).
 Bad input (not a project, a file that is not an image, a malformed export, a database that
 cannot be opened) is exit code 2; ``add`` exits 4 when some files were skipped and others
 added. Needs the ``engine`` extra (and ``postgres`` for ``--db postgresql+psycopg://...``).
@@ -101,6 +102,18 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_stats)
 
+    p = actions.add_parser(
+        "annotator",
+        help="add an annotator and print their access token",
+        description=(
+            "Add an annotator. Prints the token (only its hash is stored: this is the only "
+            "time it is shown); the annotator opens the server's URL with ?token=TOKEN."
+        ),
+    )
+    _dir_args(p)
+    p.add_argument("name", metavar="NAME", help="the annotator's name (unique in the project)")
+    p.set_defaults(func=cmd_annotator)
+
 
 def _dir_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", metavar="DIR", help="project folder")
@@ -109,7 +122,9 @@ def _dir_args(p: argparse.ArgumentParser) -> None:
 
 def _no_action(parser: argparse.ArgumentParser) -> int:
     parser.print_usage(sys.stderr)
-    raise UsageError("segany project needs an action: init, add, export, import or stats")
+    raise UsageError(
+        "segany project needs an action: init, add, export, import, stats or annotator"
+    )
 
 
 @contextlib.contextmanager
@@ -237,4 +252,13 @@ def cmd_stats(args: argparse.Namespace) -> int:
     with _store_errors() as store, _open(store, args) as project:
         stats = project.stats()
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
+    return EXIT_OK
+
+
+def cmd_annotator(args: argparse.Namespace) -> int:
+    """``segany project annotator``: the new annotator's token on stdout."""
+    with _store_errors() as store, _open(store, args) as project:
+        annotator, token = project.add_annotator(args.name)
+    status(f"added annotator {annotator.name}: open the server's URL with ?token=<this token>")
+    print(token)
     return EXIT_OK

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mimetypes
 import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -18,14 +19,19 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...formats import encode_coco_rle
 from ..store import InvalidInput, LeaseConflict, NotFound, Project, VersionConflict
 from ..store.media import clean_file_name
+from ..web.serve import ISOLATION_HEADERS, MIME_TYPES
+from ..web.vendor import STATIC_DIR
 from .embeddings import EmbeddingService
+from .metrics import add_metrics_routes
 
 __all__ = ["COOKIE", "create_app"]
 
@@ -48,6 +54,13 @@ _EVENT_FIELDS = {"kind", "image_id", "mask_id", "stage", "elapsed_ms", "payload"
 PREFETCH_AHEAD = 3
 #: Default lease length in seconds.
 LEASE_TTL_S = 300.0
+#: The browser tool's pages (under ``static/app/``), served at these paths.
+PAGES = {"/": "index.html", "/metrics": "metrics.html"}
+#: Swagger UI's files (npm ``swagger-ui-dist``, installed into ``static/vendor/swagger-ui/``).
+SWAGGER_DIR = "/static/vendor/swagger-ui"
+
+for _suffix, _mime in MIME_TYPES.items():  # StaticFiles guesses types from the mimetypes table
+    mimetypes.add_type(_mime.split(";")[0], _suffix)
 
 
 class _HTTPError(Exception):
@@ -203,13 +216,26 @@ def create_app(
         ok, name = who(candidate)
         if not ok:
             what = "a wrong token" if candidate else "no token"
-            return error(
-                401,
+            message = (
                 f"authentication required ({what} given): send 'Authorization: Bearer TOKEN' "
-                "with the server's or an annotator's token, or open the URL the server printed",
+                "with the server's or an annotator's token, or open the URL the server printed"
             )
+            if path in PAGES or path == "/docs":
+                return HTMLResponse(_login_page(message), status_code=401)
+            return error(401, message)
         request.state.annotator = name
         return await call_next(request)
+
+    # outermost: every response (errors included) is cross-origin isolated, so the tool's
+    # page gets SharedArrayBuffer and ONNX Runtime Web its WASM threads
+    @app.middleware("http")
+    async def _isolation(request: Request, call_next: Callable) -> Response:
+        response = await call_next(request)
+        for name, value in ISOLATION_HEADERS.items():
+            if name == "Cache-Control" and request.url.path.startswith("/static/"):
+                value = "no-cache"  # revalidated (ETag), not downloaded again
+            response.headers.setdefault(name, value)
+        return response
 
     async def json_body(request: Request, allowed: set[str]) -> dict[str, Any]:
         raw = await request.body()
@@ -234,11 +260,58 @@ def create_app(
         if given is not None:
             ok, _ = who(given)
             if not ok:
-                return error(401, "wrong token in the URL: use the URL the server printed")
+                return HTMLResponse(
+                    _login_page("wrong token in the URL: use the URL the server printed"),
+                    status_code=401,
+                )
             response = RedirectResponse("/", status_code=303)
             response.set_cookie(COOKIE, given, httponly=True, samesite="strict")
             return response
-        return HTMLResponse("<!doctype html><title>segany</title><p>segany annotation server")
+        return page("/")
+
+    @app.get("/metrics", response_class=HTMLResponse)
+    def metrics_page() -> Response:
+        return page("/metrics")
+
+    def page(path: str) -> Response:
+        file = STATIC_DIR / "app" / PAGES[path]
+        if not file.is_file():
+            raise _HTTPError(404, f"the browser tool is not installed ({file} is missing)")
+        return FileResponse(file, media_type="text/html; charset=utf-8")
+
+    @app.get("/docs", response_class=HTMLResponse)
+    def docs() -> Response:
+        return get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title="segany annotation server API",
+            swagger_js_url=f"{SWAGGER_DIR}/swagger-ui-bundle.js",
+            swagger_css_url=f"{SWAGGER_DIR}/swagger-ui.css",
+            swagger_favicon_url=f"{SWAGGER_DIR}/favicon-32x32.png",
+        )
+
+    @app.get("/api/me")
+    def me(request: Request) -> dict[str, Any]:
+        """Who the request's token is: an annotator (``annotator`` is the name) or the
+        server's owner (``admin`` true; may create annotators)."""
+        name = request.state.annotator
+        return {"annotator": name, "admin": name is None}
+
+    @app.get("/api/annotators")
+    def annotators() -> list[dict[str, Any]]:
+        return [{"name": a.name, "created": a.created_at.isoformat()} for a in
+                project.list_annotators()]  # fmt: skip
+
+    @app.post("/api/annotators", status_code=201)
+    async def add_annotator(request: Request) -> dict[str, Any]:
+        """The server's owner adds an annotator: ``{"name"}`` -> ``{"name", "token", "url"}``
+        (the token is shown only here)."""
+        if request.state.annotator is not None:
+            raise _HTTPError(403, "only the server's token may add annotators")
+        body = await json_body(request, {"name"})
+        if not isinstance(body.get("name"), str):
+            raise _HTTPError(422, "name (a string) is required")
+        annotator, new_token = await run_in_threadpool(project.add_annotator, body["name"])
+        return {"name": annotator.name, "token": new_token, "url": f"/?token={new_token}"}
 
     @app.get("/api/health")
     def health() -> dict[str, str]:
@@ -469,7 +542,21 @@ def create_app(
         media = "application/octet-stream" if name.endswith(".onnx") else "application/json"
         return FileResponse(folder / name, media_type=media)
 
+    add_metrics_routes(app, project)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
+
+
+def _login_page(message: str) -> str:
+    """The HTML a browser gets at a page without a valid token."""
+    import html
+
+    return (
+        "<!doctype html><meta charset=utf-8><title>segany: sign in</title>"
+        "<body style='font:16px system-ui;margin:3em'><h1>segany annotation tool</h1>"
+        f"<p>{html.escape(message)}.</p><p>Ask the person running <code>segany serve</code> "
+        "for your link, or run <code>segany project annotator DIR NAME</code>.</p>"
+    )
 
 
 def _finite(value: Any) -> bool:

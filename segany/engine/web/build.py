@@ -1,6 +1,6 @@
 """Install the browser tool's JavaScript dependencies: ``npm ci`` from the pinned
-``package-lock.json`` (install scripts off), then copy the onnxruntime-web files the worker needs
-into ``static/vendor/`` (ignored by git).
+``package-lock.json`` (install scripts off), then copy the files the tool needs (onnxruntime-web
+for the decoder worker, swagger-ui-dist for ``/docs``) into ``static/vendor/`` (ignored by git).
 
 Run: ``python -m segany.engine.web.build [--force]`` (``make web``). It does nothing when the
 vendor files are there and newer than the lock file, unless ``--force``. Needs Node.js with npm
@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 from ...io.files import atomic_write
-from .vendor import HERE, ORT_DIST, VENDOR_DIR, VENDOR_FILES, missing_vendor_files
+from .vendor import HERE, VENDOR_DIR, VENDOR_FILES, missing_vendor_files, vendor_source
 
 LOCK = HERE / "package-lock.json"
 
@@ -45,15 +45,15 @@ def install(force: bool = False) -> list[str]:
     """Install the vendor files (``npm ci`` when needed) and return their names."""
     if not force and _up_to_date():
         return list(VENDOR_FILES)
-    if force or not all((ORT_DIST / n).is_file() for n in VENDOR_FILES):
+    if force or not all(vendor_source(n).is_file() for n in VENDOR_FILES):
         _npm_ci()
-    missing = [n for n in VENDOR_FILES if not (ORT_DIST / n).is_file()]
+    missing = [str(vendor_source(n)) for n in VENDOR_FILES if not vendor_source(n).is_file()]
     if missing:
-        raise SystemExit(f"onnxruntime-web in {ORT_DIST} lacks {', '.join(missing)}")
-    VENDOR_DIR.mkdir(parents=True, exist_ok=True)
+        raise SystemExit(f"npm ci did not install {', '.join(missing)}")
     for name in VENDOR_FILES:
+        (VENDOR_DIR / name).parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(VENDOR_DIR / name) as tmp:
-            shutil.copyfile(ORT_DIST / name, tmp)
+            shutil.copyfile(vendor_source(name), tmp)
     return list(VENDOR_FILES)
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="reinstall even when up to date")
     args = parser.parse_args(argv)
     names = install(force=args.force)
-    print(f"{len(names)} onnxruntime-web files in {VENDOR_DIR}", file=sys.stderr)
+    print(f"{len(names)} browser files in {VENDOR_DIR}", file=sys.stderr)
     return 0
 
 
