@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MODEL ?= segany_tiny
 OUT ?= demo_out
 
-.PHONY: demo test test-fast web lint bench model model-gpu eval-model clean
+.PHONY: demo test test-fast web serve lint bench model model-gpu eval-model clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ test-fast: $(VENV)/.installed
 # segany/engine/web/static/vendor/ (ignored; skipped when up to date).
 web: $(VENV)/.installed
 	$(PY) -m segany.engine.web.build
+
+# The annotation tool on a project of generated sample images and the bundled model: prints
+# the URL (with its token) and opens it in the browser when there is one. SERVE_DIR=... PORT=...
+SERVE_DIR ?= serve_project
+PORT ?= 8000
+serve: $(VENV)/.installed web
+	test -f $(SERVE_DIR)/project.json || { $(VENV)/bin/segany project init $(SERVE_DIR) --model $(MODEL) \
+	  && $(PY) -m segany.data.sample $(SERVE_DIR)/samples --count 8 >/dev/null \
+	  && $(VENV)/bin/segany project add $(SERVE_DIR) $(SERVE_DIR)/samples; }
+	$(VENV)/bin/segany serve $(SERVE_DIR) --port $(PORT) --open
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -63,3 +63,21 @@ def test_bad_arguments_are_rejected():
         ProceduralScenes(0)
     with pytest.raises(IndexError, match="out of range"):
         ProceduralScenes(2)[2]
+
+
+def test_write_samples(tmp_path):
+    """The sample images ``make serve`` starts from: PNGs of the stated sizes, the large one
+    last, the same bytes for the same seed; a bad count is refused."""
+    from PIL import Image
+
+    from segany.data.sample import SAMPLE_SIZES, write_samples
+
+    paths = write_samples(tmp_path / "a", count=4, seed=1)
+    assert [p.name for p in paths] == [f"sample_{i:02d}.png" for i in range(4)]
+    sizes = [Image.open(p).size[::-1] for p in paths]
+    assert sizes[0] == (768, 1024) and sizes[-1] == SAMPLE_SIZES[-1]
+    assert all(s in SAMPLE_SIZES for s in sizes[1:])
+    again = write_samples(tmp_path / "b", count=2, seed=1)
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in paths[:2]]
+    with pytest.raises(ValueError, match="positive"):
+        write_samples(tmp_path / "c", count=0)

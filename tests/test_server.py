@@ -479,8 +479,10 @@ def test_segany_serve_subprocess(tmp_path):
 
     Project.init(tmp_path / "p").close()
     env = {**os.environ, "SEGANY_TOKEN": ""}
+    for headless in ("DISPLAY", "WAYLAND_DISPLAY"):  # --open finds no graphical browser
+        env.pop(headless, None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "segany", "serve", str(tmp_path / "p"), "--port", "0"],
+        [sys.executable, "-m", "segany", "serve", str(tmp_path / "p"), "--port", "0", "--open"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
     )  # fmt: skip
     try:
@@ -512,3 +514,4 @@ def test_segany_serve_subprocess(tmp_path):
     err = proc.stderr.read()
     assert proc.returncode in (0, -15), err
     assert "Traceback" not in err, err
+    assert "no web browser to open here" in err

@@ -47,6 +47,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-upload-mb", type=float, default=64, help="largest image upload in MiB (default 64)"
     )
+    p.add_argument(
+        "--open", action="store_true", help="open the tool's URL in a web browser, if there is one"
+    )
     p.set_defaults(func=cmd_serve, precision="auto", device="cpu")
 
 
@@ -102,11 +105,31 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock = _bind(args.host, args.port)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        print(f"http://{shown}:{port}/?token={token}", flush=True)
+        url = f"http://{shown}:{port}/?token={token}"
+        print(url, flush=True)
+        if args.open:
+            _open_browser(url)
         status(f"serving project {project.root}; Ctrl-C stops")
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK
+
+
+def _open_browser(url: str) -> None:
+    """Open ``url`` in the user's graphical browser. Without a display (a server, a container)
+    nothing is opened: a console browser would take over the terminal the server logs to."""
+    import sys
+    import webbrowser
+
+    graphical = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+    try:
+        opened = graphical and webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        status("no web browser to open here: open the URL above yourself")
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -61,3 +64,55 @@ def sample_image(
         )
     )
     return np.asarray(im).copy(), objects
+
+
+#: Image sizes (height, width) of :func:`write_samples`' procedural scenes; the last one is a
+#: large photo-sized image (for trying pan and zoom).
+SAMPLE_SIZES = ((480, 640), (600, 800), (768, 1024), (720, 1280), (3000, 4000))
+
+
+def write_samples(folder: str | os.PathLike, count: int = 8, seed: int = 0) -> list[Path]:
+    """Write ``count`` generated images into ``folder`` (created): the :func:`sample_image`
+    scene, then procedural scenes (:class:`segany.data.scenes.ProceduralScenes`) of the sizes in
+    :data:`SAMPLE_SIZES`, the large one once. PNG, written atomically; returns their paths.
+    Deterministic for a ``seed``."""
+    from ..io.files import write_bytes_atomic
+    from .scenes import ProceduralScenes
+
+    if isinstance(count, bool) or not isinstance(count, int) or count <= 0:
+        raise ValueError(f"count must be a positive integer; got {count!r}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    images = [sample_image(seed=seed)[0]]
+    small = SAMPLE_SIZES[:-1]
+    for i in range(1, count):
+        sizes = SAMPLE_SIZES[-1:] if i == count - 1 and count >= 4 else small[i % len(small) :][:1]
+        images.append(ProceduralScenes(1, seed=seed * 1000 + i, sizes=sizes)[0].image)
+    paths = []
+    for i, image in enumerate(images):
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, "PNG", compress_level=3)
+        path = out / f"sample_{i:02d}.png"
+        write_bytes_atomic(path, buf.getvalue())
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m segany.data.sample FOLDER [--count N] [--seed S]``: write sample images."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write generated sample images (PNG).")
+    parser.add_argument("folder")
+    parser.add_argument("--count", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.count <= 0:
+        parser.error(f"--count must be positive; got {args.count}")
+    for path in write_samples(args.folder, args.count, args.seed):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
