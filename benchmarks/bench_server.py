@@ -7,10 +7,13 @@
   masks, COCO RLE in the answer) on an image whose embedding is loaded, ``--clicks`` times, and
   with the previous answer's ``mask_input`` token fed back;
 * first mask: opening another image whose embedding was prefetched (``GET /api/images/{id}``
-  then its first ``predict``: the server loads the cached embedding from disk).
+  then its first ``predict``: the server loads the cached embedding from disk);
+* for comparison, ``SamPredictor.set_image`` of the same model in this process on 3 of the
+  images (what one embedding costs without the server).
 
 The server is ``segany serve`` in a subprocess (the model given by ``--model``, default the
-bundled ``segany_tiny``), on a fresh project in a temporary folder, stopped at the end.
+bundled ``segany_tiny``; ``vit_b`` means vit_b-sized random weights, written to a temporary
+checkpoint), on a fresh project in a temporary folder, stopped at the end.
 
 Run: ``python benchmarks/bench_server.py [--images 100] [--clicks 200] [--model M]``. Prints a
 Markdown table and writes JSON to ``benchmarks/results/``.
@@ -71,6 +74,23 @@ def _cached(stats: dict) -> int:
     return int(emb.get("cached", emb.get("encoded", 0)))
 
 
+def _set_image_ms(model: str, images: list[np.ndarray], threads: int | None) -> list[float]:
+    import torch
+
+    import segany
+
+    if threads:
+        torch.set_num_threads(threads)
+    predictor = segany.SamPredictor(segany.load_model(model, device="cpu"))
+    predictor.set_image(images[0])  # warm-up
+    out = []
+    for image in images:
+        t = time.perf_counter()
+        predictor.set_image(image)
+        out.append((time.perf_counter() - t) * 1000)
+    return out
+
+
 def run(args: argparse.Namespace) -> dict:
     import httpx
 
@@ -80,8 +100,14 @@ def run(args: argparse.Namespace) -> dict:
     scenes = ProceduralScenes(args.images + 1, seed=7, sizes=((480, 640), (600, 800)))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "project"
-        Project.init(root, model=args.model).close()
-        proc, base = _start_server(root, args.model, args.threads)
+        model = args.model
+        if model == "vit_b":
+            from bench_onnx import random_weights
+
+            model = str(Path(tmp) / "random_vit_b.pth")
+            random_weights(Path(model))
+        Project.init(root, model=model).close()
+        proc, base = _start_server(root, model, args.threads)
         try:
             client = httpx.Client(
                 base_url=base, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600
@@ -143,7 +169,10 @@ def run(args: argparse.Namespace) -> dict:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        set_image = _set_image_ms(model, [scenes[i].image for i in range(3)], args.threads)
     return {
+        "set_image_in_process": _stats(set_image),
+        "ingest_per_image_ms": ingest_s * 1000 / args.images,
         "model": args.model,
         "images": args.images,
         "upload_s": upload_s,
@@ -173,7 +202,9 @@ def main() -> None:
         print(f"| {key.replace('_', ' ')} | {s['median_ms']:.1f} | {s['p95_ms']:.1f} |")
     print(
         f"\ningest of {args.images} images: upload {result['upload_s']:.1f} s, "
-        f"with embeddings {result['ingest_with_embeddings_s']:.1f} s"
+        f"with embeddings {result['ingest_with_embeddings_s']:.1f} s "
+        f"({result['ingest_per_image_ms']:.0f} ms per image; set_image alone "
+        f"{result['set_image_in_process']['median_ms']:.0f} ms)"
     )
     write_results(args.out, "server", result)
 
