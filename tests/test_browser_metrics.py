@@ -158,6 +158,7 @@ def test_table(page):
     assert alice[7] == "v1 (1), v2 (2)"
     assert bob[2] == "2" and bob[4] == "37.5" and bob[6] == "3.50"
     assert bob2[2] == "1" and bob2[4] == "–" and bob2[7] == "(none) (1)"
+    assert page.text_content("#embeddings").startswith("embeddings: 3 images, cache not known")
     assert page.get_attribute("#back", "href") == "/"
     assert page.is_hidden("#error")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from segany.engine.server import create_app  # noqa: E402
 from segany.engine.store import InvalidInput, Project  # noqa: E402
 from segany.engine.store.timeline import bucket_start  # noqa: E402
+from segany.formats import encode_coco_rle  # noqa: E402
 
 TOKEN = "metrics-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -225,3 +227,202 @@ def test_timeline_route(client, project, story):
         r = client.get(f"/api/stats/timeline?{query}", headers=AUTH)
         assert r.status_code == 422, (query, r.text)
         assert allowed in r.json()["detail"]
+
+
+# ----------------------------------------------------------------------------- embeddings
+
+
+@pytest.fixture(scope="module")
+def sam():
+    import segany
+
+    return segany.load_model("segany_tiny", precision="fp32", device="cpu")
+
+
+def _wait(condition, what: str, tries: int = 600, pause: float = 0.05) -> None:
+    """Wait (bounded: ``tries`` x ``pause`` seconds) until ``condition()`` holds."""
+    for _ in range(tries):
+        if condition():
+            return
+        time.sleep(pause)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_embedding_progress(tmp_path, db_url, sam, capsys):
+    import segany
+    from segany.cli.main import main
+    from segany.engine.server.embeddings import register_served_model
+    from segany.io.embedding import model_fingerprint
+
+    fingerprint = model_fingerprint(sam)
+    with Project.init(tmp_path / "proj", db_url=db_url) as project:
+        for seed in (1, 2):
+            project.add_image_bytes(_png(seed, 40, 56), f"{seed}.png")
+        unknown = project.embedding_progress()
+        assert unknown == {"images": 2, "cached": None, "fingerprint": None,
+                           "model": "segany_tiny"}  # fmt: skip
+        bundled = project.current_model()
+        version = register_served_model(project, "segany_tiny", sam)
+        assert version == bundled  # the project's own model: its version is reused
+        assert project.embedding_fingerprint() == fingerprint
+
+        loads = []
+
+        def factory():
+            loads.append(1)
+            return segany.SamPredictor(sam)
+
+        app = create_app(project, predictor_factory=factory, token=TOKEN, prefetch=False)
+        service = app.state.embeddings
+        with TestClient(app) as client:
+            emb = client.get("/api/stats", headers=AUTH).json()["embeddings"]
+            assert emb == {"images": 2, "cached": 0, "queued": 0, "encoding": None,
+                           "fingerprint": fingerprint, "encoded": 0}  # fmt: skip
+            assert loads == []  # known without loading the model
+            r = client.get("/api/images/1/embedding", headers=AUTH)
+            assert r.status_code == 200 and r.headers["X-Model-Fingerprint"] == fingerprint
+            emb = client.get("/api/stats", headers=AUTH).json()["embeddings"]
+            assert (emb["cached"], emb["encoded"], emb["queued"]) == (1, 1, 0)
+
+            assert service.enqueue(2) and service.enqueue(2)
+            assert client.get("/api/stats", headers=AUTH).json()["embeddings"]["queued"] == 1
+            service.start()
+            try:
+                _wait(lambda: service.progress(project)["cached"] == 2, "the encoder")
+                _wait(lambda: service.encoding is None, "the encoder to finish")
+            finally:
+                service.stop()
+            emb = client.get("/api/stats", headers=AUTH).json()["embeddings"]
+            assert emb == {"images": 2, "cached": 2, "queued": 0, "encoding": None,
+                           "fingerprint": fingerprint, "encoded": 2}  # fmt: skip
+        stats_args = ["project", "stats", str(project.root)]
+        if db_url is not None:
+            stats_args += ["--db", db_url]
+    capsys.readouterr()
+    assert main(stats_args) == 0
+    out = capsys.readouterr().out
+    assert (
+        f"embeddings: 2 of 2 images cached for model segany_tiny (fingerprint {fingerprint})" in out
+    )
+
+
+def test_stats_without_a_known_fingerprint(project):
+    def no_model():
+        raise AssertionError("stats must not load the model")
+
+    project.add_image_bytes(_png(3), "c.png")
+    app = create_app(project, predictor_factory=no_model, token=TOKEN, prefetch=False)
+    with TestClient(app) as client:
+        emb = client.get("/api/stats", headers=AUTH).json()["embeddings"]
+    assert emb == {"images": 1, "cached": None, "queued": 0, "encoding": None,
+                   "fingerprint": None, "encoded": 0}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- served model
+
+
+def test_served_model_is_the_current_version(tmp_path, db_url, sam):
+    import segany
+    from segany.engine.server.embeddings import register_served_model
+    from segany.engine.store import local_model_file
+    from segany.io.embedding import model_fingerprint
+    from tests.helpers import TINY, make_pair
+
+    other = make_pair(TINY, seed=5)[1]
+    root = tmp_path / "proj"
+    with Project.init(root, db_url=db_url) as project:
+        bundled = project.current_model()
+        image, _ = project.add_image_bytes(_png(4), "d.png")
+
+        def serve(name, model):
+            """What ``segany serve --model name`` does before serving; then one mask."""
+            version = register_served_model(project, name, model)
+            app = create_app(
+                project, predictor_factory=lambda: segany.SamPredictor(model), token=TOKEN,
+                prefetch=False,
+            )  # fmt: skip
+            with TestClient(app) as client:
+                r = client.post(
+                    f"/api/images/{image.id}/masks", headers=AUTH,
+                    json={"segmentation": encode_coco_rle(_box(2, 9, 3, 12)), "elapsed_ms": 900},
+                )  # fmt: skip
+                assert r.status_code == 201, r.text
+                served = client.get("/api/model", headers=AUTH).json()["version"]
+            assert served["id"] == version.id
+            return version, r.json()["model_version_id"]
+
+        first, mask_version = serve("tiny-random", other)
+        assert first.id != bundled.id and mask_version == first.id
+        assert first.name == "tiny-random" and first.file is None
+        assert first.fingerprint == model_fingerprint(other)  # not a local file
+        again, mask_version = serve("tiny-random", other)
+        assert again == first and mask_version == first.id  # the same model: the same version
+
+        # back to the bundled model, by name and then by its file's path: its old version,
+        # although a newer one exists
+        back, mask_version = serve("segany_tiny", sam)
+        assert back == bundled and mask_version == bundled.id
+        path = str(local_model_file("segany_tiny"))
+        by_path, mask_version = serve(path, sam)
+        assert by_path == bundled and mask_version == bundled.id
+        assert len(project.list_models()) == 2
+        assert project.embedding_fingerprint(first) == model_fingerprint(other)
+        assert project.embedding_fingerprint(bundled) == model_fingerprint(sam)
+    with Project.open(root, db_url=db_url) as project:
+        assert project.current_model() == bundled  # kept in project.json
+        newer = project.register_model("retrained", "sha256:" + "2" * 64)
+        assert project.current_model() == newer  # a newly registered version becomes current
+        masks = [v["masks"] for v in project.timeline()["model_versions"]]
+        assert masks == [2, 2, 0]  # bundled, tiny-random, retrained
+
+
+# ----------------------------------------------------------------------------- temp files
+
+
+def test_open_removes_stray_temp_files(tmp_path):
+    import os
+    import subprocess
+
+    root = tmp_path / "proj"
+    with Project.init(root) as project:
+        image, _ = project.add_image_bytes(_png(5), "e.png")
+    real = root / image.relpath
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead = child.pid  # a process that has exited
+    hex12 = "0123456789ab"
+    day_ago = time.time() - 2 * 86400
+
+    def touch(path, *, age=None, folder=False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if folder:
+            path.mkdir()
+            (path / "decoder.onnx").write_bytes(b"partial")
+        else:
+            path.write_bytes(b"partial")
+        if age is not None:
+            os.utime(path, (age, age))
+        return path
+
+    stray = {
+        touch(real.with_name(f".{real.name}.{dead}.{hex12}.tmp")),
+        touch(root / "embeddings" / f".abc_fp.safetensors.{dead}.{hex12}.tmp"),
+        touch(root / "embeddings" / f".old.safetensors.{os.getpid()}.{hex12}.tmp", age=day_ago),
+        touch(root / "embeddings" / ".onnx_fp.tmp", folder=True, age=day_ago),
+    }
+    kept = [
+        real,
+        touch(real.with_name(f".{real.name}.{os.getpid()}.{hex12}.tmp")),  # a live writer's
+        touch(root / "embeddings" / ".onnx_new.tmp", folder=True),  # being written
+        touch(root / f".project.json.{dead}.{hex12}.tmp"),  # not under images/ or embeddings/
+        touch(root / "embeddings" / "visible.tmp"),  # not hidden: not a writer's temporary
+        touch(root / "other" / f".x.{dead}.{hex12}.tmp"),
+    ]
+    with Project.open(root) as project:
+        assert set(project.removed_temp_files) == stray
+        assert project.get_image(image.id).sha256 == image.sha256
+    assert not any(p.exists() for p in stray)
+    assert all(p.exists() for p in kept)
+    assert real.read_bytes() == _png(5)
+    with Project.open(root) as project:
+        assert project.removed_temp_files == ()

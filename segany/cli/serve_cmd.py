@@ -74,6 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..engine.server import create_app
+        from ..engine.server.embeddings import register_served_model
         from ..engine.store import Project, StoreError
     except ModuleNotFoundError as e:
         raise CliError(
@@ -92,6 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.model is None:
             args.model = project.model
         predictor = SamPredictor(load_model(args))
+        version = register_served_model(project, args.model, predictor.model)
         token = server_token(project.root, args.token)
         app = create_app(
             project,
@@ -103,7 +105,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         print(f"http://{shown}:{port}/?token={token}", flush=True)
-        status(f"serving project {project.root}; Ctrl-C stops")
+        status(
+            f"serving project {project.root} with model version {version.id} "
+            f"({version.name}); Ctrl-C stops"
+        )
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK

@@ -105,8 +105,10 @@ function renderTable(stats, timeline) {
   const emb = stats.embeddings;
   if (emb && emb.images !== undefined) {
     const now = emb.encoding === null ? "" : `, encoding image ${emb.encoding}`;
-    $("embeddings").textContent = `embeddings: ${emb.cached} of ${emb.images} images cached` +
-      ` for model ${emb.fingerprint ?? "(not known yet)"}, ${emb.queued} queued${now}`;
+    const cached = emb.cached === null
+      ? `${emb.images} images, cache not known yet (the model is not loaded)`
+      : `${emb.cached} of ${emb.images} images cached for model ${emb.fingerprint}`;
+    $("embeddings").textContent = `embeddings: ${cached}, ${emb.queued} queued${now}`;
   } else {
     $("embeddings").textContent = "";
   }
