@@ -382,12 +382,13 @@ def test_served_model_is_the_current_version(tmp_path, db_url, sam):
 def test_open_removes_stray_temp_files(tmp_path):
     import os
     import subprocess
+    import sys
 
     root = tmp_path / "proj"
     with Project.init(root) as project:
         image, _ = project.add_image_bytes(_png(5), "e.png")
     real = root / image.relpath
-    child = subprocess.Popen(["true"])
+    child = subprocess.Popen([sys.executable, "-c", ""])
     child.wait()
     dead = child.pid  # a process that has exited
     hex12 = "0123456789ab"
