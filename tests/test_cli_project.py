@@ -77,13 +77,14 @@ def test_project_workflow(tmp_path, capsys, db_args):
         p.record_event("prompt", image_id=1, annotator="alice")
         p.add_mask(1, segmentation=encode_coco_rle(m), annotator="alice", elapsed_ms=12_500)
         p.set_status(1, "done")
-        expected = p.stats()
+        expected = {**p.stats(), "embeddings": p.embedding_progress()}
 
     code, out, _ = run(capsys, "project", "stats", proj, "--json", *db_args)
     assert code == 0 and json.loads(out) == expected
     code, out, _ = run(capsys, "project", "stats", proj, *db_args)
     assert code == 0
     assert "images: 2 (new 1, in progress 0, done 1, skipped 0); masks: 1" in out
+    assert "embeddings: not known yet for model segany_tiny (2 images;" in out
     [row] = [line.split() for line in out.splitlines() if "alice" in line]
     assert row == ["1", "alice", "1", "1", "1", "12.5", "1.00", "2.00"]
 

@@ -244,13 +244,28 @@ def format_stats(stats: dict[str, Any]) -> str:
     for r in [header, *rows]:
         lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in
                                enumerate(zip(r, widths, strict=True))).rstrip())  # fmt: skip
+    emb = stats.get("embeddings")
+    if emb is not None:
+        model = emb["model"] or "(none registered)"
+        if emb["cached"] is None:
+            lines.append(
+                f"embeddings: not known yet for model {model} ({emb['images']} images; "
+                "'segany serve DIR' records the model's fingerprint and encodes them)"
+            )
+        else:
+            lines.append(
+                f"embeddings: {emb['cached']} of {emb['images']} images cached for model "
+                f"{model} (fingerprint {emb['fingerprint']})"
+            )
     return "\n".join(lines)
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    """``segany project stats``: the table (or JSON) on stdout."""
+    """``segany project stats``: the table (or JSON) on stdout, with the embedding cache's
+    progress for the current model version (no model is loaded)."""
     with _store_errors() as store, _open(store, args) as project:
         stats = project.stats()
+        stats["embeddings"] = project.embedding_progress()
     print(json.dumps(stats, indent=2) if args.json else format_stats(stats))
     return EXIT_OK
 

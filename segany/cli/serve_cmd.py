@@ -77,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..engine.server import create_app
+        from ..engine.server.embeddings import register_served_model
         from ..engine.store import Project, StoreError
     except ModuleNotFoundError as e:
         raise CliError(
@@ -95,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.model is None:
             args.model = project.model
         predictor = SamPredictor(load_model(args))
+        version = register_served_model(project, args.model, predictor.model)
         token = server_token(project.root, args.token)
         app = create_app(
             project,
@@ -109,7 +111,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(url, flush=True)
         if args.open:
             _open_browser(url)
-        status(f"serving project {project.root}; Ctrl-C stops")
+        status(
+            f"serving project {project.root} with model version {version.id} "
+            f"({version.name}); Ctrl-C stops"
+        )
         config = uvicorn.Config(app, log_level="warning", lifespan="on")
         uvicorn.Server(config).run(sockets=[sock])
     return EXIT_OK

@@ -501,7 +501,7 @@ def create_app(
     @app.get("/api/stats")
     def stats() -> dict[str, Any]:
         out = project.stats()
-        out["embeddings"] = {"queued": service.queued, "encoded": service.encoded}
+        out["embeddings"] = service.progress(project)
         return out
 
     @app.get("/api/images/{image_id}/embedding")

@@ -2,9 +2,13 @@
 cache keyed by (image sha256, model fingerprint), a background encoder thread, and a bounded
 LRU of low-res logits that ``predict`` answers refer to by token.
 
-Cache files are ``<embeddings_dir>/<sha256>_<fingerprint>.safetensors``, written atomically by
+Cache files are ``<embeddings_dir>/<sha256>_<fingerprint>.safetensors``
+(:func:`segany.engine.store.cachefiles.cache_file_name`), written atomically by
 :meth:`SamPredictor.save_embedding` (the one embedding codec, :mod:`segany.io.embedding`). A
 new model has a new fingerprint, so its embeddings are computed afresh by themselves.
+:func:`register_served_model` makes the served model the project's current model version and
+records its fingerprint, so that ``segany project stats`` counts the cached images without
+loading the model.
 """
 
 from __future__ import annotations
@@ -21,8 +25,27 @@ import numpy as np
 
 from ...io.embedding import load_embedding_file, model_fingerprint
 from ...io.image import load_image
+from ..store import ModelVersion, Project, file_fingerprint, local_model_file
+from ..store.cachefiles import cache_file_name
 
-__all__ = ["EmbeddingService", "LogitsCache"]
+__all__ = ["EmbeddingService", "LogitsCache", "register_served_model"]
+
+
+def register_served_model(project: Project, name: str, model: Any) -> ModelVersion:
+    """Make the model that a server serves the project's current model version, so that every
+    mask records the version it was made with: ``name`` (the ``--model`` value) with
+    :func:`~segany.engine.store.file_fingerprint` of its file when it is local (a path or the
+    bundled model), else the model's embedding fingerprint. The same model again reuses its
+    version. Records the embedding fingerprint
+    (:meth:`~segany.engine.store.Project.record_embedding_fingerprint`)."""
+    embedding = model_fingerprint(model)
+    weights = local_model_file(name)
+    if weights is None:
+        version = project.use_model(name, embedding, None)
+    else:
+        version = project.use_model(name, file_fingerprint(weights), str(weights))
+    project.record_embedding_fingerprint(embedding, version)
+    return version
 
 
 class LogitsCache:
@@ -76,6 +99,9 @@ class EmbeddingService:
         self._queue: queue.Queue[int | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self.encoded = 0  # images encoded (not loaded from the cache) by this service
+        self.encoding: int | None = None  # the image being encoded now
+        self._pending: set[int] = set()  # queued for the background encoder
+        self._pending_lock = threading.Lock()
         self.logits = LogitsCache()
 
     # ------------------------------------------------------------------ model
@@ -89,6 +115,11 @@ class EmbeddingService:
             return self._predictor
 
     @property
+    def loaded_fingerprint(self) -> str | None:
+        """The model's fingerprint if the model is loaded, else None (loads nothing)."""
+        return self._fingerprint
+
+    @property
     def fingerprint(self) -> str:
         """:func:`segany.io.embedding.model_fingerprint` of the model."""
         self.predictor  # noqa: B018 - creates it
@@ -97,7 +128,7 @@ class EmbeddingService:
 
     def cache_path(self, sha256: str) -> Path:
         """The cache file of an image (by content) for this model."""
-        return self.dir / f"{sha256}_{self.fingerprint}.safetensors"
+        return self.dir / cache_file_name(sha256, self.fingerprint)
 
     def ensure(self, image_id: int) -> Path:
         """Encode the image unless its embedding is cached; returns the cache file."""
@@ -105,10 +136,14 @@ class EmbeddingService:
         with self.lock:
             cached = self.cache_path(sha)
             if not cached.is_file():
-                predictor = self.predictor
-                predictor.set_image(load_image(path))
-                self.dir.mkdir(parents=True, exist_ok=True)
-                predictor.save_embedding(cached)
+                self.encoding = image_id
+                try:
+                    predictor = self.predictor
+                    predictor.set_image(load_image(path))
+                    self.dir.mkdir(parents=True, exist_ok=True)
+                    predictor.save_embedding(cached)
+                finally:
+                    self.encoding = None
                 self._loaded = cached.name
                 self.encoded += 1
             return cached
@@ -155,16 +190,40 @@ class EmbeddingService:
     # ------------------------------------------------------------------ background worker
 
     def enqueue(self, image_id: int) -> bool:
-        """Queue an image for the background encoder; False when the queue is full."""
-        try:
-            self._queue.put_nowait(image_id)
-        except queue.Full:
-            return False
+        """Queue an image for the background encoder (once: an image already queued is not
+        queued again); False when the queue is full."""
+        with self._pending_lock:
+            if image_id in self._pending:
+                return True
+            try:
+                self._queue.put_nowait(image_id)
+            except queue.Full:
+                return False
+            self._pending.add(image_id)
         return True
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Images waiting for the background encoder (the one being encoded not counted)."""
+        with self._pending_lock:
+            return len(self._pending)
+
+    def progress(self, project: Project) -> dict[str, Any]:
+        """The queue's progress: ``{"images", "cached", "queued", "encoding", "fingerprint",
+        "encoded"}``: the project's images, how many have a cache file for the model's
+        fingerprint (the loaded model's, else the one recorded for the current model version;
+        ``cached`` and ``fingerprint`` None when neither is known), the images queued, the
+        id of the image being encoded (or None) and the images this service has encoded.
+        Loads no model."""
+        out = project.embedding_progress(self.loaded_fingerprint)
+        return {
+            "images": out["images"],
+            "cached": out["cached"],
+            "queued": self.queued,
+            "encoding": self.encoding,
+            "fingerprint": out["fingerprint"],
+            "encoded": self.encoded,
+        }
 
     def start(self) -> None:
         """Start the background encoder thread (idempotent)."""
@@ -181,6 +240,8 @@ class EmbeddingService:
                 self._queue.get_nowait()
             except queue.Empty:
                 break
+        with self._pending_lock:
+            self._pending.clear()
         self._queue.put(None)
         self._thread.join(timeout)
         self._thread = None
@@ -190,6 +251,8 @@ class EmbeddingService:
             image_id = self._queue.get()
             if image_id is None:
                 return
+            with self._pending_lock:
+                self._pending.discard(image_id)
             try:
                 self.ensure(image_id)
             except Exception:  # noqa: BLE001 - a bad image must not stop the worker

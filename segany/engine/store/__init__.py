@@ -13,7 +13,7 @@ Needs the ``engine`` extra (SQLAlchemy 2, Alembic; ``postgres`` for PostgreSQL).
 
 from .errors import InvalidInput, LeaseConflict, NotFound, StoreError, VersionConflict
 from .models import IMAGE_STATUSES, MASK_SOURCES, STAGES
-from .project import DB_ENV, PROJECT_FILE, Project, file_fingerprint
+from .project import DB_ENV, PROJECT_FILE, Project, file_fingerprint, local_model_file
 from .records import AddReport, Annotator, EventRecord, ImageRecord, MaskRecord, ModelVersion
 
 __all__ = [
@@ -35,4 +35,5 @@ __all__ = [
     "StoreError",
     "VersionConflict",
     "file_fingerprint",
+    "local_model_file",
 ]

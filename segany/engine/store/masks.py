@@ -13,6 +13,7 @@ from .errors import InvalidInput, NotFound, VersionConflict
 from .models import EventRow, ImageRow, MaskRow
 from .records import EventRecord, MaskRecord, ModelVersion
 from .stats import compute_stats
+from .timeline import compute_timeline
 
 __all__ = ["MaskMethods"]
 
@@ -247,3 +248,13 @@ class MaskMethods(ProjectBase):
         status."""
         with self._tx() as s:
             return compute_stats(s)
+
+    def timeline(
+        self, *, bucket: str = "auto", stage: int | None = None, annotator: str | None = None
+    ) -> dict[str, Any]:
+        """Seconds per mask, clicks per mask, masks per image and masks accepted per (stage,
+        annotator) and time bucket, and per model version (see
+        :func:`.timeline.compute_timeline`). Raises InvalidInput for an unknown ``bucket``
+        (``hour``, ``day``, ``week``, ``auto``), ``stage`` or ``annotator`` name."""
+        with self._tx() as s:
+            return compute_timeline(s, bucket=bucket, stage=stage, annotator=annotator)

@@ -5,7 +5,7 @@ Layout of a project folder ``DIR``::
     DIR/project.json                          format version, model, database URL (no password)
     DIR/segany.db                             the embedded SQLite database (unless --db URL)
     DIR/images/<sha256[:2]>/<sha256><ext>     the images, by content (one file per content)
-    DIR/embeddings/                           reserved for the server's embedding cache
+    DIR/embeddings/<sha256>_<fingerprint>.safetensors   the server's embedding cache
 
 Every public method of :class:`Project` is one database transaction, and every file is written
 to a temporary name and renamed (:mod:`segany.io.files`). The methods return plain records
@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from ...io.files import is_image_file, sha256_file, write_bytes_atomic, write_json_atomic
 from . import checks
 from .base import AnnotatorRef, token_hash
+from .cachefiles import count_cached, remove_stray_temp_files
 from .db import parse_db_url, public_url, sqlite_url
 from .errors import InvalidInput, NotFound, StoreError
 from .exchange import export_project, import_into
@@ -39,13 +40,25 @@ from .media import clean_file_name, decode_image
 from .models import AnnotatorRow, ImageRow, MaskRow, ModelVersionRow
 from .records import AddReport, Annotator, ImageRecord, ModelVersion
 
-__all__ = ["DB_ENV", "PROJECT_FILE", "PROJECT_FORMAT", "SQLITE_FILE", "Project", "file_fingerprint"]
+__all__ = [
+    "DB_ENV",
+    "PROJECT_FILE",
+    "PROJECT_FORMAT",
+    "SQLITE_FILE",
+    "Project",
+    "file_fingerprint",
+    "local_model_file",
+]
 
 #: The project file's name and format version.
 PROJECT_FILE = "project.json"
 PROJECT_FORMAT = 1
 #: The embedded database's file name.
 SQLITE_FILE = "segany.db"
+#: ``project.json`` keys: the current model version's fingerprint (:meth:`Project.use_model`)
+#: and the embedding fingerprint per model version fingerprint.
+_CURRENT_KEY = "model_version"
+_EMBEDDINGS_KEY = "embedding_fingerprints"
 #: Environment variable with the database URL (password included) of a project whose
 #: ``project.json`` names an external database.
 DB_ENV = "SEGANY_DB_URL"
@@ -56,8 +69,9 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return "sha256:" + sha256_file(path)
 
 
-def _bundled_model_file(name: str) -> Path | None:
-    """The weights file of ``--model`` when it is local: a path, or the bundled model."""
+def local_model_file(name: str) -> Path | None:
+    """The weights file of a ``--model`` value when it is local: a path, or the bundled
+    model's file; None for other names (a variant downloaded by name)."""
     if Path(name).is_file():
         return Path(name).resolve()
     bundled = Path(__file__).resolve().parents[2] / "models" / f"{name}.safetensors"
@@ -70,6 +84,10 @@ class Project(MaskMethods):
     ``clock`` (a function returning an aware UTC datetime) replaces the wall clock for
     timestamps and lease expiry, for tests.
     """
+
+    #: The temporary files of killed writers that :meth:`open` removed from ``images/`` and
+    #: ``embeddings/`` (see :func:`.cachefiles.remove_stray_temp_files`).
+    removed_temp_files: tuple[Path, ...] = ()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -106,7 +124,7 @@ class Project(MaskMethods):
         try:
             for sub in ("images", "embeddings"):
                 (root / sub).mkdir(exist_ok=True)
-            weights = _bundled_model_file(model)
+            weights = local_model_file(model)
             if weights is not None:
                 project.register_model(model, file_fingerprint(weights), str(weights))
             write_json_atomic(root / PROJECT_FILE, config, indent=2, newline=True)
@@ -160,7 +178,11 @@ class Project(MaskMethods):
                 raise InvalidInput(
                     f"the database URL {public_url(url)} is not this project's ({stored})"
                 )
-        return cls(root, url, config, clock)
+        project = cls(root, url, config, clock)
+        project.removed_temp_files = tuple(
+            remove_stray_temp_files([project.images_dir, project.embeddings_dir])
+        )
+        return project
 
     def close(self) -> None:
         """Close the database connections."""
@@ -178,7 +200,7 @@ class Project(MaskMethods):
 
     @property
     def embeddings_dir(self) -> Path:
-        """Reserved for the server's embedding cache."""
+        """The server's embedding cache (:mod:`.cachefiles`)."""
         return self.root / "embeddings"
 
     @property
@@ -404,7 +426,7 @@ class Project(MaskMethods):
 
     def register_model(self, name: str, fingerprint: str, file: str | None = None) -> ModelVersion:
         """Register a model version (idempotent: an already known ``fingerprint`` returns its
-        version). It becomes :meth:`current_model` when new."""
+        version). It becomes :meth:`current_model` when new (see also :meth:`use_model`)."""
         name = checks.check_name(name, "model name")
         fingerprint = checks.check_name(fingerprint, "model fingerprint")
         with self._tx() as s:
@@ -417,13 +439,96 @@ class Project(MaskMethods):
                 )
                 s.add(row)
                 s.flush()
-            return self._model_record(row)
+                created = True
+            else:
+                created = False
+            record = self._model_record(row)
+        if created and self.config.get(_CURRENT_KEY) is not None:
+            self._update_config({_CURRENT_KEY: None})
+        return record
+
+    def use_model(self, name: str, fingerprint: str, file: str | None = None) -> ModelVersion:
+        """Make a model version the current one (registering it when its ``fingerprint`` is
+        new; an already known one is reused, as it was, even if it is not the newest): the
+        server calls this for the model it serves, so that every mask records it. Kept in
+        ``project.json``."""
+        record = self.register_model(name, fingerprint, file)
+        if self.config.get(_CURRENT_KEY) != record.fingerprint:
+            self._update_config({_CURRENT_KEY: record.fingerprint})
+        return record
 
     def current_model(self) -> ModelVersion | None:
-        """The newest registered model version (None if none)."""
+        """The model version set by :meth:`use_model`, else the newest registered one (None
+        if none)."""
+        pinned = self.config.get(_CURRENT_KEY)
         with self._tx() as s:
-            row = s.scalar(select(ModelVersionRow).order_by(ModelVersionRow.id.desc()).limit(1))
+            row = None
+            if pinned is not None:
+                row = s.scalar(select(ModelVersionRow).where(ModelVersionRow.fingerprint == pinned))
+            if row is None:
+                row = s.scalar(select(ModelVersionRow).order_by(ModelVersionRow.id.desc()).limit(1))
             return None if row is None else self._model_record(row)
+
+    # ------------------------------------------------------------------ embedding cache
+
+    def record_embedding_fingerprint(
+        self, fingerprint: str, model_version: ModelVersion | None = None
+    ) -> None:
+        """Record the embedding fingerprint (:func:`segany.io.embedding.model_fingerprint`)
+        of a model version (default: the current one) in ``project.json``, so that the cache
+        progress is known without loading the model."""
+        fingerprint = checks.check_name(fingerprint, "embedding fingerprint")
+        version = model_version or self.current_model()
+        if version is None:
+            raise InvalidInput("no model version to record an embedding fingerprint for")
+        known = dict(self.config.get(_EMBEDDINGS_KEY) or {})
+        if known.get(version.fingerprint) != fingerprint:
+            known[version.fingerprint] = fingerprint
+            self._update_config({_EMBEDDINGS_KEY: known})
+
+    def embedding_fingerprint(self, model_version: ModelVersion | None = None) -> str | None:
+        """The recorded embedding fingerprint of a model version (default: the current one);
+        None when no server has loaded that model yet."""
+        version = model_version or self.current_model()
+        if version is None:
+            return None
+        return (self.config.get(_EMBEDDINGS_KEY) or {}).get(version.fingerprint)
+
+    def embedding_progress(self, fingerprint: str | None = None) -> dict[str, Any]:
+        """``{"images", "cached", "fingerprint", "model"}``: how many of the project's images
+        have an embedding cache file for ``fingerprint`` (default: the current model version's
+        recorded one; ``cached`` is None when it is not known), and the current model version's
+        name. Reads the folder and the database only: no model is loaded."""
+        version = self.current_model()
+        if fingerprint is None:
+            fingerprint = self.embedding_fingerprint(version)
+        with self._tx() as s:
+            shas = list(s.scalars(select(ImageRow.sha256)))
+        cached = (
+            None if fingerprint is None else count_cached(self.embeddings_dir, shas, fingerprint)
+        )
+        return {
+            "images": len(shas),
+            "cached": cached,
+            "fingerprint": fingerprint,
+            "model": None if version is None else version.name,
+        }
+
+    def _update_config(self, changes: dict[str, Any]) -> None:
+        """Apply ``changes`` (None removes a key) to ``project.json`` as it is on disk now,
+        written atomically, and to :attr:`config`."""
+        path = self.root / PROJECT_FILE
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            config = dict(self.config)
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key, None)
+            else:
+                config[key] = value
+        write_json_atomic(path, config, indent=2, newline=True)
+        self.config = config
 
     def list_models(self) -> list[ModelVersion]:
         with self._tx() as s:
