@@ -210,6 +210,62 @@ def test_upgrade_from_first_schema_keeps_data(tmp_path, db_url):
         assert p.annotator_for_token(token) == new
 
 
+def test_upgrade_to_lineage_keeps_model_versions(tmp_path, db_url):
+    """A database at revision 0002 upgrades in place: its model versions stay (without
+    lineage), and dataset versions and retrained versions with their evaluation work."""
+    root = tmp_path / "old"
+    (root / "images").mkdir(parents=True)
+    url = make_url(db_url) if db_url else make_url(f"sqlite:///{root / 'segany.db'}")
+    engine = make_engine(url)
+    upgrade(engine, "0002")
+    assert "dataset_versions" not in inspect(engine).get_table_names()
+    now = dt.datetime(2029, 5, 1, tzinfo=dt.UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO model_versions (name, fingerprint, file, created_at) "
+                "VALUES ('old-model', 'sha256:old', NULL, :t)"
+            ),
+            {"t": now.replace(tzinfo=None)},
+        )
+    engine.dispose()
+    config = {"format": "segany-project", "version": 1, "model": "segany_tiny", "db": db_url}
+    (root / "project.json").write_text(json.dumps(config))
+    with Project.open(root, db_url=db_url) as p:
+        assert current_revision(p.engine) == HEAD
+        assert schema_diffs(p.engine) == []
+        [old] = p.list_models()
+        assert (old.name, old.fingerprint, old.created_at) == ("old-model", "sha256:old", now)
+        assert (old.parent_id, old.dataset_version_id, old.evaluation) == (None, None, None)
+        assert p.next_dataset_name() == "v0001"
+        data = p.add_dataset_version(
+            "v0001", content_hash="ab" * 32, path="datasets/v0001", stages=[2, 1],
+            holdout=["cd" * 32], counts={"train": {"images": 1, "masks": 2}},
+        )  # fmt: skip
+        assert data.stages == [1, 2] and p.get_dataset_version("v0001") == data
+        assert p.find_dataset_version("ab" * 32) == data and p.next_dataset_name() == "v0002"
+        with pytest.raises(InvalidInput, match="exists already"):
+            p.add_dataset_version(
+                "v0001", content_hash="ab" * 32, path="x", stages=[1], holdout=[], counts={}
+            )
+        new = p.register_model(
+            "retrained", "sha256:new", str(root / "m.safetensors"), parent=old,
+            dataset_version=data, evaluation={"score": 0.5}, make_current=False,
+        )  # fmt: skip
+        assert (new.parent_id, new.dataset_version_id, new.evaluation) == (
+            old.id, data.id, {"score": 0.5},
+        )  # fmt: skip
+        assert p.current_model() == old  # registered, not switched
+        assert p.switch_model(new) == new and p.current_model() == new
+        assert p.model == str(root / "m.safetensors")
+    with Project.open(root, db_url=db_url) as p:  # kept in project.json
+        assert p.current_model() == new and p.model == str(root / "m.safetensors")
+        with pytest.raises(InvalidInput, match="no weights file"):
+            p.switch_model(old)
+        with pytest.raises(NotFound):
+            p.register_model("x", "sha256:x", parent=99)
+
+
 def test_foreign_database_refused(tmp_path):
     path = tmp_path / "p" / "segany.db"
     path.parent.mkdir()

@@ -14,7 +14,15 @@ Needs the ``engine`` extra (SQLAlchemy 2, Alembic; ``postgres`` for PostgreSQL).
 from .errors import InvalidInput, LeaseConflict, NotFound, StoreError, VersionConflict
 from .models import IMAGE_STATUSES, MASK_SOURCES, STAGES
 from .project import DB_ENV, PROJECT_FILE, Project, file_fingerprint, local_model_file
-from .records import AddReport, Annotator, EventRecord, ImageRecord, MaskRecord, ModelVersion
+from .records import (
+    AddReport,
+    Annotator,
+    DatasetVersion,
+    EventRecord,
+    ImageRecord,
+    MaskRecord,
+    ModelVersion,
+)
 
 __all__ = [
     "DB_ENV",
@@ -24,6 +32,7 @@ __all__ = [
     "STAGES",
     "AddReport",
     "Annotator",
+    "DatasetVersion",
     "EventRecord",
     "ImageRecord",
     "InvalidInput",

@@ -118,7 +118,10 @@ class ProjectBase:
 
     @staticmethod
     def _model_record(row: ModelVersionRow) -> ModelVersion:
-        return ModelVersion(row.id, row.name, row.fingerprint, row.file, row.created_at)
+        return ModelVersion(
+            row.id, row.name, row.fingerprint, row.file, row.created_at,
+            row.parent_id, row.dataset_version_id, row.evaluation,
+        )  # fmt: skip
 
     def _annotator_id(self, s: Session, annotator: AnnotatorRef) -> int | None:
         if annotator is None:

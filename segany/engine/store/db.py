@@ -32,7 +32,7 @@ __all__ = [
 #: The folder of the Alembic environment (``env.py``, ``versions/``).
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 #: The newest schema revision.
-HEAD = "0002"
+HEAD = "0003"
 #: Seconds a SQLite connection waits for another writer's lock before failing.
 BUSY_TIMEOUT_S = 30
 

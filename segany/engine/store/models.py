@@ -32,6 +32,7 @@ __all__ = [
     "STAGES",
     "AnnotatorRow",
     "Base",
+    "DatasetVersionRow",
     "EventRow",
     "ImageRow",
     "MaskRow",
@@ -94,7 +95,27 @@ class AnnotatorRow(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
+class DatasetVersionRow(Base):
+    """A frozen dataset version (a snapshot of accepted masks in SA-1B layout at ``path``,
+    relative to the project folder). ``holdout`` lists the sha256 of the held-out images,
+    ``counts`` the images and masks per split."""
+
+    __tablename__ = "dataset_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    stages: Mapped[list[int]] = mapped_column(JSON)
+    holdout: Mapped[list[str]] = mapped_column(JSON)
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
 class ModelVersionRow(Base):
+    """A model version; a retrained one has its ``parent_id``, the ``dataset_version_id`` it
+    was trained on and its held-out ``evaluation`` (JSON)."""
+
     __tablename__ = "model_versions"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -102,6 +123,9 @@ class ModelVersionRow(Base):
     fingerprint: Mapped[str] = mapped_column(String(200), unique=True)
     file: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    evaluation: Mapped[Any | None] = mapped_column(JSON)
 
 
 class ImageRow(Base):

@@ -32,13 +32,14 @@ from ...io.files import is_image_file, sha256_file, write_bytes_atomic, write_js
 from . import checks
 from .base import AnnotatorRef, token_hash
 from .cachefiles import count_cached, remove_stray_temp_files
+from .datasets import DatasetMethods
 from .db import parse_db_url, public_url, sqlite_url
 from .errors import InvalidInput, NotFound, StoreError
 from .exchange import export_project, import_into
 from .masks import MaskMethods
 from .media import clean_file_name, decode_image
 from .models import AnnotatorRow, ImageRow, MaskRow, ModelVersionRow
-from .records import AddReport, Annotator, ImageRecord, ModelVersion
+from .records import AddReport, Annotator, DatasetVersion, ImageRecord, ModelVersion
 
 __all__ = [
     "DB_ENV",
@@ -78,7 +79,7 @@ def local_model_file(name: str) -> Path | None:
     return bundled if bundled.is_file() else None
 
 
-class Project(MaskMethods):
+class Project(DatasetMethods, MaskMethods):
     """An open project (use :meth:`init` or :meth:`open`; close it, or use ``with``).
 
     ``clock`` (a function returning an aware UTC datetime) replaces the wall clock for
@@ -424,18 +425,42 @@ class Project(MaskMethods):
 
     # ------------------------------------------------------------------ model versions
 
-    def register_model(self, name: str, fingerprint: str, file: str | None = None) -> ModelVersion:
+    def register_model(
+        self,
+        name: str,
+        fingerprint: str,
+        file: str | None = None,
+        *,
+        parent: ModelVersion | int | None = None,
+        dataset_version: DatasetVersion | int | None = None,
+        evaluation: Any = None,
+        make_current: bool = True,
+    ) -> ModelVersion:
         """Register a model version (idempotent: an already known ``fingerprint`` returns its
-        version). It becomes :meth:`current_model` when new (see also :meth:`use_model`)."""
+        version, unchanged), in one transaction with its lineage: the ``parent`` version, the
+        ``dataset_version`` it was trained on and its ``evaluation`` (any JSON). A new version
+        becomes :meth:`current_model` unless ``make_current`` is False (then the current one is
+        pinned first; see also :meth:`use_model` and :meth:`switch_model`)."""
         name = checks.check_name(name, "model name")
         fingerprint = checks.check_name(fingerprint, "model fingerprint")
+        evaluation = checks.check_json(evaluation, "evaluation")
+        if not make_current:
+            current = self.current_model()
+            if current is not None and self.config.get(_CURRENT_KEY) != current.fingerprint:
+                self._update_config({_CURRENT_KEY: current.fingerprint})
         with self._tx() as s:
             row = s.scalar(
                 select(ModelVersionRow).where(ModelVersionRow.fingerprint == fingerprint)
             )
             if row is None:
                 row = ModelVersionRow(
-                    name=name, fingerprint=fingerprint, file=file, created_at=self._clock()
+                    name=name,
+                    fingerprint=fingerprint,
+                    file=file,
+                    created_at=self._clock(),
+                    parent_id=self._model_id(s, parent),
+                    dataset_version_id=self._dataset_id(s, dataset_version),
+                    evaluation=evaluation,
                 )
                 s.add(row)
                 s.flush()
@@ -443,8 +468,21 @@ class Project(MaskMethods):
             else:
                 created = False
             record = self._model_record(row)
-        if created and self.config.get(_CURRENT_KEY) is not None:
+        if created and make_current and self.config.get(_CURRENT_KEY) is not None:
             self._update_config({_CURRENT_KEY: None})
+        return record
+
+    def switch_model(self, version: ModelVersion | int) -> ModelVersion:
+        """Make the registered model version ``version`` (a record or id) the current one and
+        the project's model (``project.json``'s ``model`` becomes its file), so that the
+        server and ``segany serve`` load it from now on; its embedding cache is keyed by its
+        own fingerprint. Raises NotFound, or InvalidInput for a version without a file."""
+        with self._tx() as s:
+            row = s.get(ModelVersionRow, self._model_id(s, version))
+            record = self._model_record(row)
+        if record.file is None:
+            raise InvalidInput(f"model version {record.id} ({record.name}) has no weights file")
+        self._update_config({_CURRENT_KEY: record.fingerprint, "model": record.file})
         return record
 
     def use_model(self, name: str, fingerprint: str, file: str | None = None) -> ModelVersion:

@@ -7,7 +7,15 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AddReport", "Annotator", "EventRecord", "ImageRecord", "MaskRecord", "ModelVersion"]
+__all__ = [
+    "AddReport",
+    "Annotator",
+    "DatasetVersion",
+    "EventRecord",
+    "ImageRecord",
+    "MaskRecord",
+    "ModelVersion",
+]
 
 
 @dataclass(frozen=True)
@@ -22,13 +30,18 @@ class Annotator:
 @dataclass(frozen=True)
 class ModelVersion:
     """A model version masks are made with: ``fingerprint`` identifies the weights (the
-    embedding cache is keyed by it), ``file`` is where they were loaded from (if a file)."""
+    embedding cache is keyed by it), ``file`` is where they were loaded from (if a file). A
+    retrained version has its ``parent_id``, the ``dataset_version_id`` it was trained on and
+    its held-out ``evaluation`` (JSON, see :mod:`segany.engine.retrain`)."""
 
     id: int
     name: str
     fingerprint: str
     file: str | None
     created_at: dt.datetime
+    parent_id: int | None = None
+    dataset_version_id: int | None = None
+    evaluation: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -36,6 +49,38 @@ class ModelVersion:
             "name": self.name,
             "fingerprint": self.fingerprint,
             "file": self.file,
+            "created_at": self.created_at.isoformat(),
+            "parent_id": self.parent_id,
+            "dataset_version_id": self.dataset_version_id,
+            "evaluation": self.evaluation,
+        }
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    """A frozen dataset version: ``name`` (``v0001``, ...), the ``content_hash`` of what it
+    holds (the same content gives the same hash), its folder ``path`` (relative to the
+    project folder), the data-engine ``stages`` its masks come from, the sha256 of its
+    held-out images and its image and mask ``counts`` per split."""
+
+    id: int
+    name: str
+    content_hash: str
+    path: str
+    stages: list[int]
+    holdout: list[str]
+    counts: dict[str, Any]
+    created_at: dt.datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "content_hash": self.content_hash,
+            "path": self.path,
+            "stages": list(self.stages),
+            "holdout": list(self.holdout),
+            "counts": dict(self.counts),
             "created_at": self.created_at.isoformat(),
         }
 
