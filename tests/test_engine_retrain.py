@@ -7,8 +7,11 @@ errors."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +20,21 @@ from PIL import Image
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("alembic")
 
+from segany.cli import engine_retrain  # noqa: E402
+from segany.cli.common import UsageError  # noqa: E402
 from segany.data.datasets import SA1BFolder  # noqa: E402
 from segany.data.scenes import ProceduralScenes, SceneConfig  # noqa: E402
-from segany.engine.retrain import holdout_key, holdout_split, open_snapshot, snapshot  # noqa: E402
+from segany.engine.retrain import (  # noqa: E402
+    holdout_key,
+    holdout_split,
+    open_snapshot,
+    retrain,
+    snapshot,
+)
+from segany.engine.retrain import run as retrain_run  # noqa: E402
 from segany.engine.store import InvalidInput, Project  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIZE = 96
 
@@ -158,3 +172,196 @@ def test_snapshot_stages_and_oversampling(tiny_project):
             snapshot(p, stages=bad)
     with pytest.raises(InvalidInput, match="oversample_manual"):
         everything.train_specs(0)
+
+
+# ----------------------------------------------------------------------------- retrain
+
+FAST_CONFIG = """
+freeze_image_encoder = true
+images_per_step = 1
+max_masks_per_image = 3
+rounds = 2
+point_rounds = 1
+loss_resolution = "low"
+lr = 1e-4
+warmup_steps = 1
+checkpoint_every = 100
+log_every = 1
+precision = "fp32"
+"""
+
+
+def retrain_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="segany engine")
+    engine_retrain.register(parser.add_subparsers(dest="action"))
+    return parser
+
+
+def run_cli(*argv: str) -> int:
+    args = retrain_parser().parse_args(["retrain", *argv])
+    return args.func(args)
+
+
+def bundled_state() -> dict:
+    from safetensors.torch import load_file
+
+    from segany.build import bundled_model_path
+
+    return load_file(str(bundled_model_path()))
+
+
+def write_model(path, *, broken: bool, shift: float = 1e-3) -> str:
+    """The bundled weights as fp32 with the image encoder's neck shifted by ``shift`` (so
+    another embedding fingerprint; masks as good), or also with the mask decoder's hypernetworks
+    zeroed (every mask empty: a worse model)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.float() for k, v in bundled_state().items()}
+    state["image_encoder.neck.1.bias"] = state["image_encoder.neck.1.bias"] + shift
+    if broken:
+        for k in state:
+            if k.startswith("mask_decoder.output_hypernetworks_mlps"):
+                state[k] = state[k] * 0
+    save_file(state, str(path))
+    return str(path)
+
+
+def served(project: Project) -> tuple[str, Path | None]:
+    """The embedding fingerprint the annotation server's cache is keyed by, and its ONNX
+    decoder folder (when onnx is installed), for the project's model as the server loads it
+    (no socket)."""
+    from segany.engine.server import create_app
+
+    service = create_app(project, prefetch=False).state.embeddings
+    has_onnx = importlib.util.find_spec("onnx") is not None
+    return service.fingerprint, service.decoder_dir() if has_onnx else None
+
+
+def test_retrain_end_to_end_cli(tiny_project, tmp_path, capsys):
+    p = tiny_project
+    config = tmp_path / "fast.toml"
+    config.write_text(FAST_CONFIG)
+    parent = p.current_model()
+    before, decoder_before = served(p)
+    code = run_cli(
+        str(p.root), "--config", str(config), "--steps", "2", "--device", "cpu",
+        "--force-switch", "--eval-masks-per-image", "3", "--no-progress", "--json",
+    )  # fmt: skip
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    with Project.open(p.root) as q:
+        versions = q.list_models()
+        assert [v.id for v in versions] == [parent.id, report["new"]["id"]]
+        new = versions[-1]
+        assert new.parent_id == parent.id
+        assert new.dataset_version_id == q.get_dataset_version(report["dataset_version"]).id
+        ev = new.evaluation
+        assert ev["dataset_version"] == report["dataset_version"] and ev["clicks"] == [1, 5]
+        for e in (ev, ev["parent"]):
+            assert 0 <= e["miou_1pt"] <= 1 and 0 <= e["miou_5pt"] <= 1 and e["num_masks"] > 0
+            assert e["score"] == pytest.approx((e["miou_1pt"] + e["miou_5pt"]) / 2)
+        assert ev["better"] == (ev["score"] > ev["parent"]["score"]) == report["better"]
+        # forced: switched whatever the scores; the server now loads the new weights
+        assert report["switched"] and q.current_model() == new and q.model == new.file
+        # a decoder-only fine-tune keeps the embeddings (same cache key) and gets its own
+        # ONNX decoder
+        after, decoder_after = served(q)
+        assert after == before and q.embedding_fingerprint(new) == after
+        assert decoder_after != decoder_before
+    run = tmp_path / "proj" / "retrain" / "r0001"
+    assert json.loads((run / "report.json").read_text()) == report
+    assert (run / "train" / "model.safetensors").is_file() and (run / "eval_new.json").is_file()
+    if importlib.util.find_spec("onnx") is not None:
+        assert (run / "onnx" / "decoder.onnx").is_file() and report["onnx_dir"] == str(run / "onnx")
+    train_config = json.loads((run / "train" / "config.json").read_text())
+    assert train_config["init"] == parent.file and train_config["steps"] == 2
+    assert train_config["data"] == [
+        str(tmp_path / "proj" / "datasets" / "v0001" / "train" / "manual")
+    ]
+
+
+@pytest.fixture
+def fake_train(monkeypatch, tmp_path):
+    """Replace the fine-tune by a model file chosen by the test (``fake_train.broken``)."""
+
+    class Fake:
+        broken = False
+        calls = 0
+
+    def train(config, device, progress):
+        Fake.calls += 1
+        out = tmp_path / f"fake_{Fake.calls}.safetensors"
+        return Path(write_model(out, broken=Fake.broken, shift=1e-3 * Fake.calls))
+
+    monkeypatch.setattr(retrain_run, "_train", train)
+    return Fake
+
+
+def test_retrain_switches_only_when_better(tiny_project, fake_train):
+    p = tiny_project
+    parent = p.current_model()
+    fake_train.broken = True
+    worse = retrain(p, export_decoder=False, eval_masks_per_image=3)
+    assert not worse.better and not worse.switched
+    assert worse.new["score"] < worse.parent["score"]
+    assert p.current_model() == parent and p.model == "segany_tiny"
+    assert worse.version.evaluation["better"] is False and worse.version.parent_id == parent.id
+    assert "kept the current model" in worse.summary()
+    forced = retrain(p, export_decoder=False, eval_masks_per_image=3, force_switch=True)
+    assert forced.switched and not forced.better
+    assert p.current_model() == forced.version and p.model == forced.version.file
+    # from the broken model, a better one is switched to without forcing
+    fake_train.broken = False
+    fingerprint = served(p)[0]
+    better = retrain(p, export_decoder=False, eval_masks_per_image=3)
+    assert better.better and better.switched and better.version.parent_id == forced.version.id
+    assert p.current_model() == better.version
+    # another image encoder: the server's embedding cache key changes (images re-encoded)
+    assert served(p)[0] != fingerprint == p.embedding_fingerprint(forced.version)
+    assert p.embedding_fingerprint(better.version) == served(p)[0]
+    assert [v.id for v in p.list_models()] == [
+        parent.id, worse.version.id, forced.version.id, better.version.id,
+    ]  # fmt: skip
+    assert all(v.dataset_version_id == 1 for v in p.list_models()[1:])  # one snapshot
+
+
+def test_killed_retrain_registers_nothing(tiny_project, fake_train, monkeypatch):
+    p = tiny_project
+    parent = p.current_model()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain_run, "_export_decoder", killed)
+    with pytest.raises(KeyboardInterrupt):
+        retrain(p, eval_masks_per_image=2)
+    assert p.list_models() == [parent] and p.current_model() == parent
+    with Project.open(p.root) as q:
+        assert q.list_models() == [parent] and q.current_model() == parent
+    assert not (p.root / "retrain" / "r0001" / "report.json").exists()
+
+
+def test_retrain_bad_input(tiny_project, tmp_path):
+    root = str(tiny_project.root)
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("steps = = 3\n")
+    cases = [
+        ((str(tmp_path / "nowhere"),), "not a segany project"),
+        ((root, "--stages", "1,4"), "--stages"),
+        ((root, "--stages", ""), "--stages"),
+        ((root, "--config", str(bad_toml)), "cannot parse training config"),
+        ((root, "--config", str(tmp_path / "missing.toml")), "not found"),
+        ((root, "--set", "nonsense=1"), "unknown training config field"),
+        ((root, "--holdout", "1.5"), "--holdout"),
+        ((root, "--oversample-manual", "0"), "--oversample-manual"),
+        ((root, "--stages", "2"), "no accepted masks of stage"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(UsageError, match=message) as info:
+            run_cli(*argv)
+        assert info.value.exit_code == 2
+    assert not (tiny_project.root / "retrain").exists()
+    with Project.init(tmp_path / "empty") as empty:
+        empty.add_image_bytes(png(np.zeros((8, 8, 3), np.uint8)), "blank.png")
+    with pytest.raises(UsageError, match="no accepted masks"):
+        run_cli(str(tmp_path / "empty"))

@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "FORMAT_VERSION",
     "EmbeddingRecord",
+    "decoder_fingerprint",
     "load_embedding_file",
     "model_fingerprint",
     "save_embedding_file",
@@ -68,6 +69,17 @@ def model_fingerprint(model: nn.Module) -> str:
     h = hashlib.sha256()
     for t in model.image_encoder.neck.state_dict().values():
         h.update(t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def decoder_fingerprint(model: nn.Module) -> str:
+    """Short hash of a :class:`segany.modeling.Sam`'s prompt-encoder and mask-decoder weights:
+    what an exported decoder depends on besides the embedding (a decoder-only fine-tune keeps
+    :func:`model_fingerprint` and changes this one)."""
+    h = hashlib.sha256()
+    for part in (model.prompt_encoder, model.mask_decoder):
+        for t in part.state_dict().values():
+            h.update(t.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 

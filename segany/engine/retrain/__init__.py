@@ -7,6 +7,15 @@ only when it is better. ``segany engine retrain DIR`` runs it (:mod:`segany.cli.
 Needs the ``engine`` extra; the training and evaluation need torch (imported when used).
 """
 
+from .run import (
+    DEFAULT_CONFIG,
+    EVAL_CLICKS,
+    RetrainResult,
+    evaluate_model,
+    read_report,
+    retrain,
+    retrain_config,
+)
 from .snapshot import (
     HOLDOUT_FRACTION,
     Snapshot,
@@ -18,11 +27,18 @@ from .snapshot import (
 )
 
 __all__ = [
+    "DEFAULT_CONFIG",
+    "EVAL_CLICKS",
     "HOLDOUT_FRACTION",
+    "RetrainResult",
     "Snapshot",
     "check_stages",
+    "evaluate_model",
     "holdout_key",
     "holdout_split",
     "open_snapshot",
+    "read_report",
+    "retrain",
+    "retrain_config",
     "snapshot",
 ]

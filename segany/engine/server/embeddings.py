@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ...io.embedding import load_embedding_file, model_fingerprint
+from ...io.embedding import decoder_fingerprint, load_embedding_file, model_fingerprint
 from ...io.image import load_image
 from ..store import ModelVersion, Project, file_fingerprint, local_model_file
 from ..store.cachefiles import cache_file_name
@@ -171,12 +171,15 @@ class EmbeddingService:
     def decoder_dir(self) -> Path:
         """The folder with segany's ONNX export of the model's prompt decoder
         (``decoder.onnx``, ``manifest.json``), exported on first use into
-        ``<embeddings_dir>/onnx_<fingerprint>/``."""
+        ``<embeddings_dir>/onnx_<fingerprint>_<decoder fingerprint>/`` (a decoder-only
+        fine-tune keeps the embeddings and gets its own decoder,
+        :func:`segany.io.embedding.decoder_fingerprint`)."""
         from ...export import export_onnx
         from ...io.files import atomic_dir
 
         with self.lock:
-            out = self.dir / f"onnx_{self.fingerprint}"
+            decoder = decoder_fingerprint(self.predictor.model)
+            out = self.dir / f"onnx_{self.fingerprint}_{decoder}"
             if not (out / "manifest.json").is_file():
                 self.dir.mkdir(parents=True, exist_ok=True)
                 with atomic_dir(out) as tmp:
