@@ -11,6 +11,10 @@ import argparse
 import importlib.util
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -323,6 +327,13 @@ def test_retrain_switches_only_when_better(tiny_project, fake_train):
         parent.id, worse.version.id, forced.version.id, better.version.id,
     ]  # fmt: skip
     assert all(v.dataset_version_id == 1 for v in p.list_models()[1:])  # one snapshot
+    # the metrics' model versions carry the held-out mIoU
+    entries = {v["id"]: v for v in p.timeline()["model_versions"]}
+    assert entries[parent.id]["holdout_miou_1pt"] is None
+    assert entries[better.version.id]["holdout_miou_1pt"] == better.new["miou_1pt"]
+    assert entries[better.version.id]["holdout_miou_5pt"] == better.new["miou_5pt"]
+    assert entries[better.version.id]["dataset_version"] == "v0001"
+    assert entries[better.version.id]["parent_id"] == forced.version.id
 
 
 def test_killed_retrain_registers_nothing(tiny_project, fake_train, monkeypatch):
@@ -361,7 +372,49 @@ def test_retrain_bad_input(tiny_project, tmp_path):
             run_cli(*argv)
         assert info.value.exit_code == 2
     assert not (tiny_project.root / "retrain").exists()
+    for kwargs, message in (
+        ({"oversample_manual": 0}, "oversample_manual"),
+        ({"holdout": 1.0}, "held-out fraction"),
+        ({"stages": [5]}, "stages"),
+        ({"steps": 0}, "steps"),
+    ):
+        with pytest.raises(InvalidInput, match=message):
+            retrain(tiny_project, **kwargs)
+    assert tiny_project.list_dataset_versions() == [] and len(tiny_project.list_models()) == 1
     with Project.init(tmp_path / "empty") as empty:
         empty.add_image_bytes(png(np.zeros((8, 8, 3), np.uint8)), "blank.png")
     with pytest.raises(UsageError, match="no accepted masks"):
         run_cli(str(tmp_path / "empty"))
+
+
+def test_sigkilled_retrain_leaves_the_old_model(tiny_project, tmp_path):
+    """A retrain process killed (SIGKILL) while training: nothing registered, the project on
+    its model; the next retrain runs in a new run folder."""
+    p = tiny_project
+    parent = p.current_model()
+    config = tmp_path / "fast.toml"
+    config.write_text(FAST_CONFIG)
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "from segany.engine.store import Project\n"
+        "from segany.engine.retrain import retrain\n"
+        f"with Project.open({str(p.root)!r}) as p:\n"
+        f"    retrain(p, config={str(config)!r}, steps=10000, device='cpu')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE)
+    log = p.root / "retrain" / "r0001" / "train" / "log.jsonl"
+    try:
+        for _ in range(1200):  # at most 120 s
+            if log.is_file() and log.stat().st_size > 0 or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert log.is_file(), "training did not start in time"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    with Project.open(p.root) as q:
+        assert q.list_models() == [parent] and q.current_model() == parent
+        assert q.model == "segany_tiny"
+    assert not (p.root / "retrain" / "r0001" / "report.json").exists()

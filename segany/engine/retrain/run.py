@@ -44,7 +44,7 @@ from typing import Any
 
 from ...io.files import write_json_atomic
 from ..store import STAGES, InvalidInput, ModelVersion, Project, file_fingerprint
-from .snapshot import HOLDOUT_FRACTION, Snapshot, snapshot
+from .snapshot import HOLDOUT_FRACTION, Snapshot, check_oversample, snapshot
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -224,8 +224,8 @@ def _export_decoder(weights: Path, out: Path, name: str) -> Path | None:
     from ...build import load_model
     from ...export import export_onnx
 
-    export_onnx(load_model(str(weights), precision="fp32", device="cpu"), out, encoder=False,
-                name=name)  # fmt: skip
+    model = load_model(str(weights), precision="fp32", device="cpu")
+    export_onnx(model, out, encoder=False, name=name)
     return out
 
 
@@ -258,9 +258,9 @@ def retrain(
     Args:
         config: a training config (a :class:`segany.train.TrainConfig`, or a TOML / JSON
             file of its fields; default :data:`DEFAULT_CONFIG`); ``init``, ``data`` and
-            ``out_dir`` are replaced by the current model, the snapshot and the run folder;
-            ``overrides`` are
-            ``key=value`` changes (TOML values) on top; ``steps`` overrides its steps.
+            ``out_dir`` are replaced by the current model, the snapshot and the run folder.
+        overrides: ``key=value`` changes of the config (TOML values).
+        steps: the training steps (default: the config's).
         stages: the data-engine stages whose masks are used (1, 2, 3).
         oversample_manual: the manual masks' images count this many times in training.
         holdout: the fraction of images held out (:func:`.snapshot.holdout_split`).
@@ -285,6 +285,7 @@ def retrain(
         )
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise InvalidInput(f"steps must be a positive integer; got {steps!r}")
+    check_oversample(oversample_manual)
     base = retrain_config(config, overrides)  # parse errors before any work
     snap = snapshot(project, stages=stages, holdout=holdout)
     specs = snap.train_specs(oversample_manual)

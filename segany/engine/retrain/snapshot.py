@@ -48,6 +48,7 @@ __all__ = [
     "HOLDOUT_FRACTION",
     "MANIFEST_NAME",
     "Snapshot",
+    "check_oversample",
     "check_stages",
     "holdout_key",
     "holdout_split",
@@ -79,6 +80,15 @@ def check_stages(stages: Iterable[int]) -> tuple[int, ...]:
             f"stages must be a non-empty list of data-engine stages {list(STAGES)}; got {values}"
         )
     return tuple(values)
+
+
+def check_oversample(oversample_manual: int) -> int:
+    """``oversample_manual`` if it is an integer >= 1, else InvalidInput."""
+    if isinstance(oversample_manual, bool) or not isinstance(oversample_manual, int):
+        raise InvalidInput(f"oversample_manual must be an integer; got {oversample_manual!r}")
+    if oversample_manual < 1:
+        raise InvalidInput(f"oversample_manual must be >= 1; got {oversample_manual}")
+    return oversample_manual
 
 
 def holdout_key(sha256: str) -> float:
@@ -141,10 +151,7 @@ class Snapshot:
     def train_specs(self, oversample_manual: int = 1) -> list[str]:
         """The training data specs (:func:`segany.data.datasets.open_dataset`): the manual
         masks' folder ``oversample_manual`` times, then the prefill/auto masks' folder."""
-        if isinstance(oversample_manual, bool) or not isinstance(oversample_manual, int):
-            raise InvalidInput(f"oversample_manual must be an integer; got {oversample_manual!r}")
-        if oversample_manual < 1:
-            raise InvalidInput(f"oversample_manual must be >= 1; got {oversample_manual}")
+        check_oversample(oversample_manual)
         specs = []
         if (self.root / _MANUAL).is_dir():
             specs += [str(self.root / _MANUAL)] * oversample_manual

@@ -111,8 +111,10 @@ def compute_timeline(
         "masks", "images", "prompts", "seconds_per_mask", "clicks_per_mask",
         "masks_per_image"}]}`` (totals over all buckets, then one point per bucket with
         events, in time order); ``model_versions`` every registered version in order
-        ``{"id", "name", "fingerprint", "created_at", "masks", "seconds_per_mask"}`` (masks
-        of the filtered groups), plus ``{"id": None, "name": None, ...}`` first when masks
+        ``{"id", "name", "fingerprint", "created_at", "parent_id", "masks",
+        "seconds_per_mask", "holdout_miou_1pt", "holdout_miou_5pt", "dataset_version"}``
+        (masks of the filtered groups; the held-out mIoU and dataset version of a retrained
+        version's evaluation, else None), plus ``{"id": None, "name": None, ...}`` first when masks
         without a model version exist.
 
     Raises:
@@ -255,11 +257,16 @@ def _version_entry(
     row: ModelVersionRow | None, mask_ids: list[int], elapsed_of_mask: dict[int, int]
 ) -> dict[str, Any]:
     timed = [elapsed_of_mask[m] for m in mask_ids if m in elapsed_of_mask]
+    evaluation = (row.evaluation if row is not None else None) or {}
     return {
         "id": None if row is None else row.id,
         "name": None if row is None else row.name,
         "fingerprint": None if row is None else row.fingerprint,
         "created_at": None if row is None else row.created_at.isoformat(),
+        "parent_id": None if row is None else row.parent_id,
         "masks": len(mask_ids),
         "seconds_per_mask": sum(timed) / 1000 / len(timed) if timed else None,
+        "holdout_miou_1pt": evaluation.get("miou_1pt"),
+        "holdout_miou_5pt": evaluation.get("miou_5pt"),
+        "dataset_version": evaluation.get("dataset_version"),
     }
