@@ -299,3 +299,216 @@ def test_js_rle_decoder_equals_encode_coco_rle(alice, server):
         assert np.array_equal(np.asarray(o["mask"], bool).reshape(m.shape), m)
         assert o["counts"] == r["counts"]
         assert np.array_equal(decode_uncompressed_rle(o["unc"]), m)
+
+
+def test_background_point_changes_the_mask(alice, server):
+    scene = server["scenes"][3]
+    k, (x, y) = _object_point(scene)
+    alice.open(server["ids"][3])
+    alice.click(x, y)
+    first = alice.working_mask()
+    # a background point on the selected mask, away from the object: the mask shrinks there
+    ys, xs = np.nonzero(first & ~_display_gt(scene.masks[k], first.shape))
+    if len(xs):
+        bx, by = float(xs[len(xs) // 2]) + 0.5, float(ys[len(ys) // 2]) + 0.5
+    else:
+        bx, by = 2.5, 2.5
+    alice.click(bx, by, button="right")
+    st = alice.state()
+    assert st["labels"] == [1, 0] and len(st["scores"]) == 1  # single mask after the first
+    second = alice.working_mask()
+    assert not np.array_equal(first, second)
+    # shift+click is a background point too
+    alice.page.keyboard.down("Shift")
+    alice.click(3.5, 3.5)
+    alice.page.keyboard.up("Shift")
+    assert alice.state()["labels"] == [1, 0, 0]
+
+
+def test_drag_draws_a_box_and_a_mask_inside_it(alice, server):
+    scene = server["scenes"][4]
+    k, _ = _object_point(scene)
+    ys, xs = np.nonzero(scene.masks[k])
+    box = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    alice.open(server["ids"][4])
+    alice.drag((box[0], box[1]), (box[2], box[3]))
+    st = alice.state()
+    assert st["points"] == [] and st["box"] is not None
+    assert np.allclose(st["box"], box, atol=0.1)
+    assert len(st["scores"]) == 1
+    mask = alice.working_mask()
+    assert mask.any()
+    ys2, xs2 = np.nonzero(mask)
+    assert xs2.min() >= box[0] - 3 and xs2.max() <= box[2] + 3
+    assert ys2.min() >= box[1] - 3 and ys2.max() <= box[3] + 3
+    assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.5
+    # a new drag replaces the box
+    alice.drag((box[0] + 2, box[1] + 2), (box[2] - 2, box[3] - 2))
+    assert np.allclose(alice.state()["box"], [box[0] + 2, box[1] + 2, box[2] - 2, box[3] - 2],
+                       atol=0.1)  # fmt: skip
+
+
+def test_brush_adds_and_eraser_removes_pixels(alice, server):
+    image_id = server["ids"][5]
+    alice.open(image_id)
+    before = len(_server_masks(server, image_id))
+    alice.key("b")
+    assert alice.state()["tool"] == "brush"
+    alice.drag((40, 40), (120, 40))  # a manual mask: no SAM prompt
+    st = alice.state()
+    assert st["strokes"] == 1 and st["scores"] == []
+    painted = st["workingArea"]
+    r = st["brushRadius"]
+    assert painted > 80 * 2 * r * 0.8
+    alice.key("e")
+    alice.drag((80, 20), (80, 60))  # cut it in two
+    erased = alice.state()["workingArea"]
+    assert 0 < erased < painted
+    mask = alice.working_mask()
+    assert not mask[40, 80 - r // 2 : 80 + r // 2].any() and mask[40, 50] and mask[40, 110]
+    alice.key("Control+z")  # undo the eraser stroke
+    assert alice.state()["workingArea"] == painted
+    alice.key("Control+Shift+z")
+    assert alice.state()["workingArea"] == erased
+    alice.key("Enter")
+    masks = _server_masks(server, image_id)
+    assert len(masks) == before + 1
+    got = decode_coco_rle(masks[-1].segmentation)
+    assert got[40, 50] and got[40, 110] and not got[40, 80]
+    assert abs(int(got.sum()) - erased) < 0.05 * erased  # the full-size replay ~ the display
+
+
+def test_undo_redo_of_accept_and_delete(alice, server):
+    image_id = server["ids"][6]
+    scene = server["scenes"][6]
+    _, (x, y) = _object_point(scene)
+    alice.open(image_id)
+    before = {m.id for m in _server_masks(server, image_id)}
+    alice.click(x, y)
+    alice.key("Enter")
+    added = {m.id for m in _server_masks(server, image_id)} - before
+    assert len(added) == 1
+    alice.key("Control+z")  # undo the accept: deleted on the server, the working mask is back
+    assert {m.id for m in _server_masks(server, image_id)} == before
+    assert alice.state()["working"]
+    alice.key("Control+y")  # redo: posted again
+    now = {m.id for m in _server_masks(server, image_id)}
+    assert len(now - before) == 1 and not alice.state()["working"]
+    new_id = (now - before).pop()
+    # select it in the list and Delete
+    alice.page.locator(f'#mask-list li[data-id="{new_id}"]').click()
+    assert alice.state()["selectedMask"] == new_id
+    alice.page.locator("#view").focus()
+    alice.key("Delete")
+    assert {m.id for m in _server_masks(server, image_id)} == before
+    alice.key("Control+z")  # undo the delete: it comes back
+    assert len({m.id for m in _server_masks(server, image_id)} - before) == 1
+    kinds = [e.kind for e in server["project"].list_events(image_id=image_id)]
+    assert "undo" in kinds and "redo" in kinds and "prompt" in kinds
+
+
+def test_another_annotator_cannot_take_a_leased_image(alice, browser, server):
+    image_id = server["ids"][7]
+    alice.open(image_id)
+    assert not alice.state()["readOnly"]
+    bob = Tool(browser, server, server["tokens"]["bob"])
+    try:
+        statuses = []
+        bob.page.on(
+            "response",
+            lambda r: statuses.append(r.status) if r.url.endswith(f"/{image_id}/lease") else None,
+        )
+        bob.open(image_id)
+        st = bob.state()
+        assert st["imageId"] == image_id and st["readOnly"] and st["leaseHolder"] == "alice"
+        assert 409 in statuses
+        assert "Taken by alice" in bob.page.locator("#banner").inner_text()
+        item = bob.page.locator(f'#image-list li[data-id="{image_id}"]')
+        assert "taken by alice" in item.inner_text()
+        before = len(_server_masks(server, image_id))
+        _, (x, y) = _object_point(server["scenes"][7])
+        bob.click(x, y)
+        bob.key("Enter")
+        assert not bob.state()["working"]  # read-only: no prompt taken
+        assert len(_server_masks(server, image_id)) == before
+        assert not bob.errors, bob.errors
+    finally:
+        bob.close()
+
+
+@pytest.mark.parametrize("how", ["query", "wasm_404"])
+def test_server_fallback_gives_a_mask_and_says_so(browser, server, how):
+    tool = Tool(browser, server, server["tokens"]["alice"])
+    try:
+        if how == "query":
+            tool.open(server["ids"][0], query="decoder=server")
+        else:
+            tool.context.route("**/*.wasm", lambda route: route.fulfill(status=404, body="no"))
+            tool.open(server["ids"][0])
+        st = tool.state()
+        assert st["decoder"] == "server"
+        badge = tool.page.locator("#decoder-badge").inner_text()
+        assert badge.startswith("decoder: server (")
+        if how == "wasm_404":
+            assert "WASM unavailable" in badge
+        scene = server["scenes"][0]
+        k, (x, y) = _object_point(scene)
+        tool.click(x, y)
+        st = tool.state()
+        assert len(st["scores"]) == 3
+        mask = tool.working_mask()
+        assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.7
+        tool.click(3.5, 3.5, button="right")  # the server's mask_input token is fed back
+        assert len(tool.state()["scores"]) == 1
+        assert not tool.errors, tool.errors
+    finally:
+        tool.close()
+
+
+def test_admin_sign_in_creates_an_annotator(browser, server):
+    tool = Tool(browser, server, TOKEN)
+    try:
+        tool.open()
+        dialog = tool.page.locator("#signin")
+        assert dialog.is_visible()
+        tool.page.fill("#signin-name", "alice")  # taken: the server's message is shown
+        tool.page.click("#signin-ok")
+        tool.page.wait_for_function(
+            "document.getElementById('signin-error').textContent.length > 0"
+        )
+        assert "exists" in tool.page.locator("#signin-error").inner_text()
+        tool.page.fill("#signin-name", "carol")
+        tool.page.click("#signin-ok")
+        tool.page.wait_for_url(f"{server['base']}/")
+        tool.page.wait_for_function("window.seganyTool !== undefined")
+        tool.page.evaluate("window.seganyTool.ready")
+        assert tool.state()["annotator"] == "carol"
+        assert "carol" in [a.name for a in server["project"].list_annotators()]
+    finally:
+        tool.close()
+
+
+def test_screenshot_with_accepted_masks(alice, server, tmp_path):
+    """The tool with a few accepted masks; SEGANY_SCREENSHOT=1 writes docs/images/."""
+    image_id = server["ids"][1]
+    scene = server["scenes"][1]
+    alice.open(image_id)
+    objects = sorted(
+        (k for k in range(len(scene.masks)) if scene.levels[k] == 0),
+        key=lambda j: -int(scene.masks[j].sum()),
+    )[:4]
+    for k in objects[:3]:
+        depth = cv2.distanceTransform(scene.masks[k].astype(np.uint8), cv2.DIST_L2, 3)
+        y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+        alice.click(float(x) + 0.5, float(y) + 0.5)
+        alice.key("Enter")
+    depth = cv2.distanceTransform(scene.masks[objects[3]].astype(np.uint8), cv2.DIST_L2, 3)
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    alice.click(float(x) + 0.5, float(y) + 0.5)  # a working mask with its candidates, too
+    assert len(alice.state()["accepted"]) >= 3
+    out = SCREENSHOT if os.environ.get("SEGANY_SCREENSHOT") == "1" else tmp_path / "tool.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    png = alice.page.screenshot()
+    # 256 colours keep the committed PNG small (< 300 KB)
+    Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(out, optimize=True)
+    assert 10_000 < out.stat().st_size < 300_000

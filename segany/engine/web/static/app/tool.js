@@ -461,10 +461,14 @@ const actions = {
     }
     rebuildHighlight();
   },
-  select(id) {
+  /** Select a mask (a second click deselects it, unless `keep`). */
+  select(id, keep = false) {
+    if (S.selectedId === id && keep) return;
     S.selectedId = S.selectedId === id ? null : id;
     rebuildHighlight();
-    ui.renderMasks(S, actions);
+    for (const li of document.querySelectorAll("#mask-list li")) {
+      li.classList.toggle("selected", Number(li.dataset.id) === S.selectedId);
+    }
     refreshUi();
   },
   relabel,

@@ -108,7 +108,7 @@ export function renderMasks(S, actions) {
     label.value = m.label ?? "";
     label.placeholder = "label";
     label.disabled = S.readOnly;
-    label.addEventListener("click", (e) => e.stopPropagation());
+    label.addEventListener("focus", () => actions.select(m.id, true));
     label.addEventListener("keydown", (e) => {
       e.stopPropagation();
       if (e.key === "Enter") label.blur();
@@ -121,7 +121,9 @@ export function renderMasks(S, actions) {
     li.append(sw, id, label, info);
     li.addEventListener("mouseenter", () => actions.hover(m.id));
     li.addEventListener("mouseleave", () => actions.hover(null));
-    li.addEventListener("click", () => actions.select(m.id));
+    li.addEventListener("click", (e) => {
+      if (e.target !== label) actions.select(m.id);
+    });
     list.append(li);
   }
 }
