@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -28,7 +25,7 @@ import segany  # noqa: E402
 from segany.data.scenes import ProceduralScenes  # noqa: E402
 from segany.engine.server import create_app  # noqa: E402
 from segany.engine.store import Project  # noqa: E402
-from segany.engine.web import browser_unavailable, launch_chromium  # noqa: E402
+from segany.engine.web import app_server, browser_unavailable, launch_chromium  # noqa: E402
 from segany.formats import decode_coco_rle, decode_uncompressed_rle, encode_coco_rle  # noqa: E402
 from segany.masks import mask_iou  # noqa: E402
 
@@ -67,8 +64,6 @@ def _object_point(scene) -> tuple[int, tuple[float, float]]:
 @pytest.fixture(scope="module")
 def server(requirements, bundled, tmp_path_factory):
     """A served project: scenes as images, two annotators (alice, bob); stopped at the end."""
-    import uvicorn
-
     root = tmp_path_factory.mktemp("tool") / "proj"
     project = Project.init(root, model="segany_tiny")
     scenes = ProceduralScenes(N_IMAGES, seed=3, sizes=(SIZE,))
@@ -80,30 +75,16 @@ def server(requirements, bundled, tmp_path_factory):
         ids.append(record.id)
     tokens = {name: project.add_annotator(name)[1] for name in ("alice", "bob")}
     app = create_app(project, predictor_factory=lambda: segany.SamPredictor(bundled), token=TOKEN)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not srv.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert srv.started, "the test server did not start in 60 s"
     try:
-        yield {
-            "base": f"http://127.0.0.1:{port}",
-            "project": project,
-            "scenes": scenes,
-            "ids": ids,
-            "tokens": tokens,
-        }
+        with app_server(app) as base:
+            yield {
+                "base": base,
+                "project": project,
+                "scenes": scenes,
+                "ids": ids,
+                "tokens": tokens,
+            }
     finally:
-        srv.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
         project.close()
 
 

@@ -279,6 +279,8 @@ window.seganyTool = Object.freeze({
       selectedMask: S.selectedId,
       lastClickMs: S.lastClickMs,
       clickTimes: [...S.clickTimes],
+      lastTiming: S.lastTiming,
+      openMs: S.openMs,
       tool: S.tool,
       brushRadius: S.brushRadius,
       images: S.images.map((i) => ({ id: i.id, status: i.status, num_masks: i.num_masks,

@@ -49,22 +49,28 @@ export function lowResToMask(result, k, h, w) {
     x1[j] = Math.min(a + 1, L1 - 1);
     fx[j] = u - a;
   }
+  // per output row: the two low-res rows interpolated once (L1 values), then along the row
+  const span = Math.min(L1, Math.ceil(vw) + 1);
+  const col = new Float32Array(span);
   const mask = new Uint8Array(h * w);
+  let lastB = -1;
+  let lastFy = -1;
   for (let i = 0; i < h; i++) {
     let v = (i + 0.5) * (vh / h) - 0.5;
     if (v < 0) v = 0;
     const b = Math.min(Math.floor(v), L0 - 1);
     const fy = v - b;
-    const r0 = off + b * L1;
-    const r1 = off + Math.min(b + 1, L0 - 1) * L1;
+    if (b !== lastB || fy !== lastFy) {
+      const r0 = off + b * L1;
+      const r1 = off + Math.min(b + 1, L0 - 1) * L1;
+      for (let c = 0; c < span; c++) col[c] = data[r0 + c] + (data[r1 + c] - data[r0 + c]) * fy;
+      lastB = b;
+      lastFy = fy;
+    }
     const row = i * w;
     for (let j = 0; j < w; j++) {
       const a0 = x0[j];
-      const a1 = x1[j];
-      const t = fx[j];
-      const top = data[r0 + a0] + (data[r0 + a1] - data[r0 + a0]) * t;
-      const bot = data[r1 + a0] + (data[r1 + a1] - data[r1 + a0]) * t;
-      if (top + (bot - top) * fy > 0) mask[row + j] = 1;
+      if (col[a0] + (col[x1[j]] - col[a0]) * fx[j] > 0) mask[row + j] = 1;
     }
   }
   return mask;

@@ -27,6 +27,8 @@ const S = {
   brushRadius: 8,
   lastClickMs: null,
   clickTimes: [],
+  lastTiming: null, // the last click's parts (ms): wait, decode, layer, draw
+  openMs: null, // opening the last image: record, lease, embedding, bitmap, masks
   embeddings: null,
   decoder: new Decoders(),
   display: [1, 1], // [h, w] of the working layer
@@ -165,6 +167,7 @@ function prompt(change, t0) {
     const next = { ...base, ...change(base) };
     if (!next.points.length && !next.box) return;
     const previous = base.result ? { result: base.result, selected: base.selected } : null;
+    const tStart = performance.now();
     const result = await S.decoder.decode(image, next, previous);
     if (S.image !== image) return;
     let best = 0;
@@ -178,10 +181,15 @@ function prompt(change, t0) {
     }
     S.work = next;
     history.push({ kind: "work", before, after: next });
+    const t1 = performance.now();
     rebuildWorking();
+    const t2 = performance.now();
     viewport.render(); // drawn now, not at the next frame
-    S.lastClickMs = performance.now() - t0;
+    const t3 = performance.now();
+    S.lastClickMs = t3 - t0;
     S.clickTimes.push(S.lastClickMs);
+    S.lastTiming = { clickMs: t3 - t0, decodeMs: t1 - tStart, waitMs: tStart - t0,
+                     workerMs: result.raw?.decodeMs ?? null, layerMs: t2 - t1, drawMs: t3 - t2 };
     ui.renderStatus(S);
   };
   chain = track(chain.then(run).catch(fail));
@@ -412,6 +420,7 @@ async function open(index) {
   S.selectedId = S.hoverId = null;
   S.leaseHolder = null;
   S.lastClickMs = null;
+  const tOpen = performance.now();
   const image = await api.get(`/api/images/${S.images[index].id}`); // also prefetches ahead
   S.image = image;
   ui.setTitle(`${image.file_name} (${image.width}×${image.height})`);
@@ -435,6 +444,8 @@ async function open(index) {
   viewport.setImage(bitmap, image.width, image.height);
   rebuildWorking();
   await loadMasks();
+  await S.decoder.embedding.promise.catch(() => null);
+  S.openMs = performance.now() - tOpen;
   if (!S.readOnly) postEvent("open", { image_id: image.id });
   await refreshImages();
   refreshUi();
