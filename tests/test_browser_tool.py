@@ -34,7 +34,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TIMEOUT_MS = 120_000  # any one Playwright wait
 TOKEN = "owner-token-for-browser-tests"
 SIZE = (240, 320)  # (H, W) of the generated scenes
-N_IMAGES = 8
+N_IMAGES = 10
+BIG = (3000, 4000)  # (H, W) of the large image
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "annotation_tool.png"
 
 
@@ -73,6 +74,12 @@ def server(requirements, bundled, tmp_path_factory):
         Image.fromarray(scenes[i].image).save(buf, format="PNG")
         record, _ = project.add_image_bytes(buf.getvalue(), f"scene_{i}.png")
         ids.append(record.id)
+    big = np.zeros((*BIG, 3), np.uint8)
+    big[...] = (40, 60, 80)
+    cv2.circle(big, (2000, 1500), 800, (230, 200, 40), -1)
+    buf = io.BytesIO()
+    Image.fromarray(big).save(buf, format="PNG")
+    ids.append(project.add_image_bytes(buf.getvalue(), "big.png")[0].id)
     tokens = {name: project.add_annotator(name)[1] for name in ("alice", "bob")}
     app = create_app(project, predictor_factory=lambda: segany.SamPredictor(bundled), token=TOKEN)
     try:
@@ -376,8 +383,11 @@ def test_undo_redo_of_accept_and_delete(alice, server):
     now = {m.id for m in _server_masks(server, image_id)}
     assert len(now - before) == 1 and not alice.state()["working"]
     new_id = (now - before).pop()
-    # select it in the list and Delete
-    alice.page.locator(f'#mask-list li[data-id="{new_id}"]').click()
+    # hover highlights it; select it in the list and Delete
+    item = alice.page.locator(f'#mask-list li[data-id="{new_id}"]')
+    item.hover()
+    assert alice.state()["hoverMask"] == new_id
+    item.click()
     assert alice.state()["selectedMask"] == new_id
     alice.page.locator("#view").focus()
     alice.key("Delete")
@@ -493,3 +503,88 @@ def test_screenshot_with_accepted_masks(alice, server, tmp_path):
     # 256 colours keep the committed PNG small (< 300 KB)
     Image.open(io.BytesIO(png)).convert("RGB").quantize(256).save(out, optimize=True)
     assert 10_000 < out.stat().st_size < 300_000
+
+
+def test_edit_a_mask_and_a_stale_edit_is_refused(alice, server):
+    image_id = server["ids"][8]
+    alice.open(image_id)
+    alice.key("b")
+    alice.drag((40, 40), (100, 40))
+    alice.key("Enter")
+    record = _server_masks(server, image_id)[-1]
+    area = record.area
+    alice.page.locator(f'#mask-list li[data-id="{record.id}"] .swatch').click()
+    alice.key("m")  # edit: the mask becomes the working mask, the brush is on
+    st = alice.state()
+    assert st["editing"] == record.id and st["tool"] == "brush" and st["workingArea"] > 0
+    alice.drag((40, 100), (100, 100))
+    alice.key("Enter")  # PATCH with its version
+    edited = server["project"].get_mask(record.id)
+    assert edited.version == record.version + 1 and edited.area > area
+    assert len(_server_masks(server, image_id)) == 1
+    # it changes meanwhile (alice in another tab): the edit is refused with 409, nothing lost
+    assert alice.state()["selectedMask"] == record.id  # still selected after the edit
+    alice.key("m")
+    alice.drag((40, 160), (100, 160))
+    server["project"].update_mask(
+        record.id, version=edited.version, label="changed", annotator="alice"
+    )
+    alice.key("Enter")
+    toast = alice.page.locator(".toast").last
+    assert "version" in toast.inner_text(timeout=10_000).lower()
+    st = alice.state()
+    assert st["working"] and st["editing"] == record.id  # the edit stays, with the message
+    assert {m["id"]: m["version"] for m in st["accepted"]}[record.id] == edited.version + 1
+    assert server["project"].get_mask(record.id).area == edited.area
+
+
+def test_pan_zoom_and_a_large_image(alice, server):
+    image_id = server["ids"][-1]  # 4000 x 3000
+    alice.open(image_id)
+    st = alice.state()
+    assert st["displaySize"] == [768, 1024]  # the working layer is capped, not full size
+    fit = st["view"]
+    alice.page.mouse.move(*alice.screen(1500, 1000))
+    alice.page.mouse.wheel(0, -400)  # zoom in about the cursor
+    alice.page.wait_for_function(f"window.seganyTool.state().view.scale > {fit['scale']}")
+    sx, sy = alice.screen(1500, 1000)
+    view = alice.state()["view"]
+    assert view["scale"] > fit["scale"] * 1.5
+    pos = alice.screen(1500, 1000)
+    assert abs(pos[0] - sx) < 1 and abs(pos[1] - sy) < 1
+    alice.click(2000, 1500)  # a mask on the large image, drawn from the low-res logits
+    st = alice.state()
+    assert st["workingArea"] > 0.5 * np.pi * (800 * 1024 / 4000) ** 2
+    # space+drag pans
+    alice.page.keyboard.down(" ")
+    alice.page.mouse.move(600, 400)
+    alice.page.mouse.down()
+    alice.page.mouse.move(700, 450, steps=5)
+    alice.page.mouse.up()
+    alice.page.keyboard.up(" ")
+    moved = alice.state()["view"]
+    assert abs(moved["tx"] - view["tx"] - 100) < 2 and abs(moved["ty"] - view["ty"] - 50) < 2
+    assert len(alice.state()["points"]) == 1  # panning is no prompt
+    alice.key("0")
+    alice.page.wait_for_function(f"window.seganyTool.state().view.scale === {fit['scale']}")
+
+
+def test_next_previous_done_and_help(alice, server):
+    project = server["project"]
+    ids = server["ids"]
+    alice.open(ids[0])
+    alice.key("n")
+    assert alice.state()["imageId"] == ids[1]
+    assert project.get_image(ids[0]).lease_holder is None  # released
+    assert project.get_image(ids[1]).lease_holder == "alice"
+    alice.key("p")
+    assert alice.state()["imageId"] == ids[0]
+    alice.key("d")  # done, and on to the next
+    assert project.get_image(ids[0]).status == "done"
+    assert alice.state()["imageId"] == ids[1]
+    help_panel = alice.page.locator("#help")
+    assert not help_panel.is_visible()
+    alice.key("?")
+    assert help_panel.is_visible() and "Ctrl+Z" in help_panel.inner_text()
+    alice.key("h")
+    assert not help_panel.is_visible()

@@ -277,6 +277,7 @@ window.seganyTool = Object.freeze({
       accepted: S.accepted.map((m) => ({ id: m.id, version: m.version, area: m.area,
                                          label: m.label })),
       selectedMask: S.selectedId,
+      hoverMask: S.hoverId,
       lastClickMs: S.lastClickMs,
       clickTimes: [...S.clickTimes],
       lastTiming: S.lastTiming,
