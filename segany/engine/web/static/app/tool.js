@@ -429,7 +429,14 @@ async function open(index) {
   ui.setBanner(lease.banner);
   if (!S.readOnly) {
     leaseTimer = setInterval(() => {
-      api.post(`/api/images/${image.id}/lease`, { ttl_s: LEASE_TTL_S }).catch(fail);
+      api.post(`/api/images/${image.id}/lease`, { ttl_s: LEASE_TTL_S }).catch((err) => {
+        fail(err);
+        if (err.status === 409 && S.image === image) { // lost (expired and taken): read-only
+          S.readOnly = true;
+          ui.setBanner(`Lease lost: read-only (${err.detail})`);
+          refreshUi();
+        }
+      });
     }, LEASE_RENEW_MS);
   }
   S.display = L.layerSize(image.height, image.width, L.MAX_DISPLAY);
