@@ -279,7 +279,9 @@ def test_js_rle_decoder_equals_encode_coco_rle(alice, server):
             const rle = await import("/static/app/rle.js");
             return rles.map((r) => ({mask: Array.from(rle.rleToMask(r)),
                                      counts: rle.encodeCounts(rle.decodeCounts(r.counts)),
-                                     unc: rle.maskToRle(rle.rleToMask(r), ...r.size)}));
+                                     unc: rle.maskToRle(rle.rleToMask(r), ...r.size),
+                                     crop: Array.from(rle.cropToMask(rle.rleToCrop(r),
+                                                                     ...r.size))}));
         }""",
         rles,
     )
@@ -287,6 +289,7 @@ def test_js_rle_decoder_equals_encode_coco_rle(alice, server):
         assert np.array_equal(np.asarray(o["mask"], bool).reshape(m.shape), m)
         assert o["counts"] == r["counts"]
         assert np.array_equal(decode_uncompressed_rle(o["unc"]), m)
+        assert np.array_equal(np.asarray(o["crop"], bool).reshape(m.shape), m)
 
 
 def test_background_point_changes_the_mask(alice, server):

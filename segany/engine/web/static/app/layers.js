@@ -165,29 +165,57 @@ export function fullMask(base, strokes, H, W) {
 }
 
 /**
- * The composite of accepted masks: translucent fills with opaque outlines, on a layer of at
- * most MAX_COMPOSITE px long side. `masks` are {mask: Uint8Array(H * W), rgb}; `emphasis`
- * masks (hovered, selected) get a stronger fill.
+ * Paint masks given as crops ({crop: {x, y, w, h, mask}, rgb}) of an H x W image into a layer
+ * of `scale` times the image's size, offset by (ox, oy) image px: translucent fills with
+ * opaque outlines. Only each crop's box is visited.
  */
-export function buildComposite(masks, H, W, { alpha = 100, outlineAlpha = 255 } = {}) {
-  const [h, w] = layerSize(H, W, MAX_COMPOSITE);
-  const canvas = new OffscreenCanvas(w, h);
-  const img = new ImageData(w, h);
+function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
+  const { width: w, height: h } = img;
   const px = new Uint32Array(img.data.buffer);
-  for (const { mask: full, rgb } of masks) {
-    const m = resampleMask(full, H, W, h, w);
-    const fill = (alpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0];
-    const line = (outlineAlpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0];
-    for (let i = 0; i < h; i++) {
-      for (let j = 0; j < w; j++) {
-        const p = i * w + j;
-        if (!m[p]) continue;
+  for (const { crop, rgb } of entries) {
+    if (!crop.w) continue;
+    const fill = ((alpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
+    const line = ((outlineAlpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
+    const i0 = Math.max(0, Math.floor((crop.y - oy) * scale));
+    const i1 = Math.min(h, Math.ceil((crop.y + crop.h - oy) * scale));
+    const j0 = Math.max(0, Math.floor((crop.x - ox) * scale));
+    const j1 = Math.min(w, Math.ceil((crop.x + crop.w - ox) * scale));
+    const at = (i, j) => {
+      // the crop's pixel under layer pixel (i, j), 0 outside
+      const y = Math.floor((i + 0.5) / scale + oy) - crop.y;
+      const x = Math.floor((j + 0.5) / scale + ox) - crop.x;
+      return x >= 0 && y >= 0 && x < crop.w && y < crop.h ? crop.mask[y * crop.w + x] : 0;
+    };
+    for (let i = i0; i < i1; i++) {
+      for (let j = j0; j < j1; j++) {
+        if (!at(i, j)) continue;
         const edge = i === 0 || j === 0 || i === h - 1 || j === w - 1 ||
-          !m[p - 1] || !m[p + 1] || !m[p - w] || !m[p + w];
-        px[p] = edge ? line : fill;
+          !at(i, j - 1) || !at(i, j + 1) || !at(i - 1, j) || !at(i + 1, j);
+        px[i * w + j] = edge ? line : fill;
       }
     }
   }
+}
+
+/**
+ * The composite of accepted masks ({crop, rgb}) over an H x W image: one layer of at most
+ * MAX_COMPOSITE px long side, rebuilt only when the list changes.
+ */
+export function buildComposite(entries, H, W, { alpha = 110, outlineAlpha = 255 } = {}) {
+  const [h, w] = layerSize(H, W, MAX_COMPOSITE);
+  const canvas = new OffscreenCanvas(w, h);
+  const img = new ImageData(w, h);
+  paintCrops(img, entries, w / W, 0, 0, alpha, outlineAlpha);
   canvas.getContext("2d").putImageData(img, 0, 0);
   return canvas;
+}
+
+/** One mask's highlight: a layer of its box only, with `rect` [x, y, w, h] in image px. */
+export function buildHighlight(crop, rgb, { alpha = 80 } = {}) {
+  if (!crop.w) return { canvas: null, rect: null };
+  const canvas = new OffscreenCanvas(crop.w + 2, crop.h + 2);
+  const img = new ImageData(crop.w + 2, crop.h + 2);
+  paintCrops(img, [{ crop, rgb }], 1, crop.x - 1, crop.y - 1, alpha, 255);
+  canvas.getContext("2d").putImageData(img, 0, 0);
+  return { canvas, rect: [crop.x - 1, crop.y - 1, crop.w + 2, crop.h + 2] };
 }

@@ -73,6 +73,64 @@ export function rleToMask(rle) {
   return mask;
 }
 
+/**
+ * A COCO RLE decoded into its bounding box only: {x, y, w, h, mask: Uint8Array(w * h)}
+ * (row-major; x, y the box's top-left pixel; w = h = 0 for an empty mask). Memory grows with
+ * the object, not the image (a 4000 x 3000 image's many small masks).
+ */
+export function rleToCrop(rle) {
+  const [H, W] = rle.size;
+  const counts = typeof rle.counts === "string" ? decodeCounts(rle.counts) : rle.counts;
+  let x0 = W;
+  let x1 = -1;
+  let y0 = H;
+  let y1 = -1;
+  let pos = 0;
+  for (let i = 0; i < counts.length; i++) {
+    const n = counts[i];
+    if (i % 2 === 1 && n > 0) {
+      const c0 = (pos / H) | 0;
+      const c1 = ((pos + n - 1) / H) | 0;
+      x0 = Math.min(x0, c0);
+      x1 = Math.max(x1, c1);
+      if (c0 !== c1) {
+        y0 = 0;
+        y1 = H - 1;
+      } else {
+        y0 = Math.min(y0, pos - c0 * H);
+        y1 = Math.max(y1, pos + n - 1 - c0 * H);
+      }
+    }
+    pos += n;
+  }
+  if (pos !== H * W) throw new Error(`RLE runs add up to ${pos}, not ${H}x${W} = ${H * W}`);
+  if (x1 < 0) return { x: 0, y: 0, w: 0, h: 0, mask: new Uint8Array(0) };
+  const w = x1 - x0 + 1;
+  const h = y1 - y0 + 1;
+  const mask = new Uint8Array(w * h);
+  pos = 0;
+  for (let i = 0; i < counts.length; i++) {
+    const n = counts[i];
+    if (i % 2 === 1) {
+      for (let j = pos; j < pos + n; j++) {
+        const x = (j / H) | 0;
+        mask[(j - x * H - y0) * w + (x - x0)] = 1;
+      }
+    }
+    pos += n;
+  }
+  return { x: x0, y: y0, w, h, mask };
+}
+
+/** The full H x W mask of a crop. */
+export function cropToMask(crop, H, W) {
+  const mask = new Uint8Array(H * W);
+  for (let i = 0; i < crop.h; i++) {
+    mask.set(crop.mask.subarray(i * crop.w, (i + 1) * crop.w), (crop.y + i) * W + crop.x);
+  }
+  return mask;
+}
+
 /** The uncompressed COCO RLE {size: [H, W], counts: [int, ...]} of a row-major mask. */
 export function maskToRle(mask, h, w) {
   const counts = [];

@@ -4,7 +4,7 @@
 import { api, postEvent, track } from "./api.js";
 import { Decoders } from "./decode.js";
 import * as L from "./layers.js";
-import { maskArea, maskToRle, rleToMask } from "./rle.js";
+import { cropToMask, maskArea, maskToRle, rleToCrop } from "./rle.js";
 import * as ui from "./ui.js";
 import { Viewport } from "./view.js";
 import { History } from "./history.js";
@@ -19,7 +19,7 @@ const S = {
   image: null, // the open image's record
   readOnly: true,
   leaseHolder: null,
-  accepted: [], // mask records (+ .mask: Uint8Array(H * W), decoded lazily)
+  accepted: [], // mask records (+ .crop: the mask in its box, decoded once)
   selectedId: null,
   hoverId: null,
   work: null, // {points, labels, box, result, selected, strokes, startedAt, edit}
@@ -62,9 +62,10 @@ function emptyWork() {
            startedAt: Date.now(), edit: null };
 }
 
-function maskOf(record) {
-  if (!record.mask) record.mask = rleToMask(record.segmentation);
-  return record.mask;
+/** A mask record's pixels, decoded once into its bounding box. */
+function cropOf(record) {
+  if (!record.crop) record.crop = rleToCrop(record.segmentation);
+  return record.crop;
 }
 
 // ------------------------------------------------------------------ layers
@@ -89,7 +90,7 @@ function rebuildComposite() {
   const editing = S.work?.edit?.id;
   const shown = S.accepted.filter((m) => m.id !== editing);
   compositeLayer.canvas = L.buildComposite(
-    shown.map((m) => ({ mask: maskOf(m), rgb: L.colorFor(m.id) })), H, W);
+    shown.map((m) => ({ crop: cropOf(m), rgb: L.colorFor(m.id) })), H, W);
   rebuildHighlight();
   ui.renderMasks(S, actions);
 }
@@ -97,10 +98,10 @@ function rebuildComposite() {
 function rebuildHighlight() {
   const id = S.hoverId ?? S.selectedId;
   const m = S.accepted.find((x) => x.id === id);
-  highlightLayer.canvas = m && m.id !== S.work?.edit?.id
-    ? L.buildComposite([{ mask: maskOf(m), rgb: [255, 255, 255] }], S.image.height, S.image.width,
-      { alpha: 70 })
-    : null;
+  const shown = m && m.id !== S.work?.edit?.id
+    ? L.buildHighlight(cropOf(m), [255, 255, 255]) : { canvas: null, rect: null };
+  highlightLayer.canvas = shown.canvas;
+  highlightLayer.rect = shown.rect;
   viewport.requestRender();
 }
 
@@ -209,7 +210,19 @@ function discard() {
   rebuildComposite();
 }
 
+let accepting = false; // one accept at a time: a second Enter does not post twice
+
 async function accept() {
+  if (accepting) return;
+  accepting = true;
+  try {
+    await acceptWork();
+  } finally {
+    accepting = false;
+  }
+}
+
+async function acceptWork() {
   await chain; // the last prompt's result first
   const work = S.work;
   if (!work || S.readOnly) return;
@@ -281,7 +294,8 @@ async function deleteSelected() {
 function editSelected() {
   const m = S.accepted.find((x) => x.id === S.selectedId);
   if (!m || S.readOnly) return;
-  setWork({ ...emptyWork(), edit: { id: m.id, version: m.version, base: maskOf(m) } });
+  setWork({ ...emptyWork(), edit: { id: m.id, version: m.version,
+                                            base: cropToMask(cropOf(m), S.image.height, S.image.width) } });
   if (S.tool === "prompt") S.tool = "brush";
   rebuildComposite();
   refreshUi();
@@ -292,7 +306,7 @@ async function relabel(id, label) {
   if (!m) return;
   try {
     const rec = await api.patch(`/api/masks/${id}`, { version: m.version, label: label || null });
-    rec.mask = m.mask;
+    rec.crop = m.crop;
     replaceMask(rec);
   } catch (err) {
     fail(err);

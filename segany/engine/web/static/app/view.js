@@ -13,7 +13,7 @@ export class Viewport {
     this.scale = 1;
     this.tx = 0;
     this.ty = 0;
-    this.layers = []; // [{canvas, alpha}] drawn over the image in order
+    this.layers = []; // [{canvas, alpha, rect?}] over the image (rect: [x, y, w, h] image px)
     this.overlay = null; // (ctx, viewport) => void, drawn in screen space
     this.frame = 0;
     this.onRender = null;
@@ -111,7 +111,8 @@ export class Viewport {
       for (const layer of this.layers) {
         if (!layer.canvas) continue;
         ctx.globalAlpha = layer.alpha ?? 1;
-        ctx.drawImage(layer.canvas, 0, 0, this.W, this.H);
+        if (layer.rect) ctx.drawImage(layer.canvas, ...layer.rect); // a part of the image
+        else ctx.drawImage(layer.canvas, 0, 0, this.W, this.H);
       }
       ctx.globalAlpha = 1;
       ctx.setTransform(1, 0, 0, 1, 0, 0);
