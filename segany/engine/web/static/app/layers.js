@@ -49,9 +49,16 @@ export function lowResToMask(result, k, h, w) {
     x1[j] = Math.min(a + 1, L1 - 1);
     fx[j] = u - a;
   }
-  // per output row: the two low-res rows interpolated once (L1 values), then along the row
+  // Per output row: the two low-res rows interpolated once (span values); then per low-res
+  // interval [c, c + 1] of that row, the output pixels it covers are all out (both ends <= 0),
+  // all in (both > 0, filled at once) or interpolated one by one (the mask's edge only).
   const span = Math.min(L1, Math.ceil(vw) + 1);
   const col = new Float32Array(span);
+  const start = new Int32Array(span + 1); // output columns whose x0 is c: [start[c], start[c+1])
+  for (let j = 0, c = 0; c <= span; c++) {
+    while (j < w && x0[j] < c) j++;
+    start[c] = j;
+  }
   const mask = new Uint8Array(h * w);
   let lastB = -1;
   let lastFy = -1;
@@ -68,9 +75,20 @@ export function lowResToMask(result, k, h, w) {
       lastFy = fy;
     }
     const row = i * w;
-    for (let j = 0; j < w; j++) {
-      const a0 = x0[j];
-      if (col[a0] + (col[x1[j]] - col[a0]) * fx[j] > 0) mask[row + j] = 1;
+    for (let c = 0; c < span; c++) {
+      const j0 = start[c];
+      const j1 = start[c + 1];
+      if (j0 === j1) continue;
+      const a0 = col[c];
+      const a1 = col[Math.min(c + 1, span - 1)];
+      if (a0 <= 0 && a1 <= 0) continue;
+      if (a0 > 0 && a1 > 0) {
+        mask.fill(1, row + j0, row + j1);
+        continue;
+      }
+      for (let j = j0; j < j1; j++) {
+        if (col[x0[j]] + (col[x1[j]] - col[x0[j]]) * fx[j] > 0) mask[row + j] = 1;
+      }
     }
   }
   return mask;
