@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 import cv2
@@ -227,6 +228,8 @@ def test_tab_cycles_the_three_candidates(alice, server):
         seen.append(st["selected"])
         areas[st["selected"]] = st["workingArea"]
     assert seen == [first, (first + 1) % 3, (first + 2) % 3, first]
+    alice.key("Control+z")  # the candidate choice is undone too
+    assert alice.state()["selected"] == (first + 2) % 3
     assert len(set(areas.values())) > 1  # the candidates are different masks
     assert alice.page.locator("#chips .chip.selected").count() == 1
 
@@ -428,6 +431,12 @@ def test_another_annotator_cannot_take_a_leased_image(alice, browser, server):
         assert not bob.errors, bob.errors
     finally:
         bob.close()
+    # leaving the page releases the lease (a keepalive DELETE on pagehide)
+    alice.page.close(run_before_unload=True)
+    deadline = time.monotonic() + 20
+    while server["project"].get_image(image_id).lease_holder and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server["project"].get_image(image_id).lease_holder is None
 
 
 @pytest.mark.parametrize("how", ["query", "wasm_404"])
@@ -637,3 +646,20 @@ def test_display_upsample_equals_bilinear(alice, server):
         ref = _bilinear_reference(low, valid, h, w)
         got = np.asarray(got, bool).reshape(h, w)
         assert int((got != ref).sum()) <= 2  # float32 rounding at exact zero crossings only
+
+
+def test_label_is_saved_verbatim(alice, server):
+    image_id = server["ids"][9]
+    alice.open(image_id)
+    alice.key("b")
+    alice.drag((30, 30), (60, 60))
+    alice.key("Enter")
+    record = _server_masks(server, image_id)[-1]
+    label = "road'; DROP TABLE masks; -- <b>é</b>"
+    field = alice.page.locator(f'#mask-list li[data-id="{record.id}"] input')
+    field.fill(label)
+    field.press("Enter")  # blur -> change -> PATCH with the version
+    alice.idle()
+    saved = server["project"].get_mask(record.id)
+    assert saved.label == label and saved.version == record.version + 1
+    assert {m["id"]: m["label"] for m in alice.state()["accepted"]}[record.id] == label
