@@ -132,6 +132,8 @@ def run(args) -> dict:
                         time.sleep(0.2)
                     for mode in ("browser", "server"):
                         q = f"image={ids[0]}&warmup={args.warmup}"
+                        if args.threads:
+                            q += f"&threads={args.threads}"
                         if mode == "server":
                             q += "&decoder=server"
                         print(f"{mode}: {args.clicks} clicks ...", file=sys.stderr)
@@ -179,6 +181,7 @@ def main() -> None:
     p.add_argument("--clicks", type=int, default=40, help="timed masks per decoder")
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--warmup", type=int, default=150, help="decoder runs in the worker first")
+    p.add_argument("--threads", type=int, default=0, help="WASM threads (0: the tool's default)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
 

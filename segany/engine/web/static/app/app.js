@@ -237,7 +237,11 @@ async function boot() {
   ui.renderStatus(S);
   await T.refreshImages();
   const warmup = params.has("warmup") ? Number(params.get("warmup")) : 150;
-  await S.decoder.start({ forceServer: params.get("decoder") === "server", warmup });
+  // WASM threads: half the cores, 1 to 4 (?threads=N overrides). The page, the compositor
+  // and the server want cores too; on a busy 2-core machine 1 thread decoded faster than 2.
+  const cores = navigator.hardwareConcurrency || 1;
+  const numThreads = Number(params.get("threads")) || Math.max(1, Math.min(4, Math.floor(cores / 2)));
+  await S.decoder.start({ forceServer: params.get("decoder") === "server", warmup, numThreads });
   T.refreshUi();
   if (S.images.length) await T.open(firstImage());
   pollStats();

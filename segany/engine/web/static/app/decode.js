@@ -20,13 +20,14 @@ export class Decoders {
   }
 
   /** Start the browser decoder, or fall back to the server (saying why). */
-  async start({ forceServer = false, warmup = 150, timeoutMs = 60000 } = {}) {
+  async start({ forceServer = false, warmup = 150, numThreads = 0, timeoutMs = 60000 } = {}) {
     if (forceServer) return this.useServer("forced by ?decoder=server");
     if (typeof WebAssembly === "undefined") return this.useServer("WASM unavailable: no WebAssembly");
     try {
       const model = await api.get("/api/model");
       this.client = new DecoderClient(new URL("../decoder-worker.js", import.meta.url), { timeoutMs });
-      const info = await track(this.client.init({ manifestUrl: model.manifest_url, warmup }));
+      const info = await track(this.client.init({ manifestUrl: model.manifest_url, warmup,
+                                                  numThreads: numThreads || undefined }));
       this.mode = "browser";
       this.threads = info.numThreads;
       this.info = info;
