@@ -663,3 +663,28 @@ def test_label_is_saved_verbatim(alice, server):
     saved = server["project"].get_mask(record.id)
     assert saved.label == label and saved.version == record.version + 1
     assert {m["id"]: m["label"] for m in alice.state()["accepted"]}[record.id] == label
+
+
+def test_upload_adds_images_and_refuses_non_images(alice, server):
+    alice.open(server["ids"][0])
+    before = len(server["project"].list_images())
+    image = np.zeros((50, 60, 3), np.uint8)
+    image[10:30, 20:40] = 200
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    alice.page.set_input_files(
+        "#upload-input",
+        files=[
+            {"name": "added.png", "mimeType": "image/png", "buffer": buf.getvalue()},
+            {"name": "notes.png", "mimeType": "image/png", "buffer": b"not an image at all"},
+        ],
+    )
+    alice.page.wait_for_function(
+        f"window.seganyTool.state().images.length === {before + 1}", timeout=30_000
+    )
+    alice.idle()
+    names = [i.file_name for i in server["project"].list_images()]
+    assert len(names) == before + 1 and "added.png" in names and "notes.png" not in names
+    toasts = alice.page.locator(".toast").all_inner_texts()
+    assert any("notes.png" in t for t in toasts), toasts
+    assert alice.page.locator("#image-list li").count() == before + 1

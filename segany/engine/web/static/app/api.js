@@ -66,7 +66,31 @@ async function request(method, path, body, { raw = false } = {}) {
   return response.json();
 }
 
+/** POST one file as multipart `file` (an image upload). */
+async function upload(path, file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  let response;
+  try {
+    response = await fetch(path, { method: "POST", body: form, credentials: "same-origin" });
+  } catch (err) {
+    throw new ApiError(0, `the server did not answer the upload of ${file.name} (${err.message})`);
+  }
+  if (!response.ok) {
+    let detail = `upload of ${file.name}: HTTP ${response.status}`;
+    try {
+      const j = await response.json();
+      if (j && j.detail) detail = `${file.name}: ${j.detail}`;
+    } catch {
+      // not JSON: keep the status line
+    }
+    throw new ApiError(response.status, detail);
+  }
+  return response.json();
+}
+
 export const api = {
+  upload: (path, file) => track(upload(path, file)),
   get: (path) => track(request("GET", path)),
   post: (path, body) => track(request("POST", path, body ?? {})),
   patch: (path, body) => track(request("PATCH", path, body)),

@@ -192,6 +192,12 @@ document.getElementById("accept-btn").addEventListener("click", () => T.accept()
 document.getElementById("edit-btn").addEventListener("click", () => T.editSelected());
 document.getElementById("done-btn").addEventListener("click", () => T.markDone());
 document.getElementById("help-btn").addEventListener("click", () => ui.toggleHelp());
+const uploadInput = document.getElementById("upload-input");
+uploadInput.addEventListener("change", () => {
+  const files = [...uploadInput.files];
+  uploadInput.value = "";
+  T.uploadFiles(files).catch(T.fail);
+});
 
 window.addEventListener("pagehide", () => {
   if (S.image && !S.readOnly) releaseOnExit(S.image.id);

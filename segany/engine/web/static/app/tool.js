@@ -472,6 +472,22 @@ async function open(index) {
   refreshUi();
 }
 
+/** Upload image files; each failure (not an image, too large) is shown with its reason. */
+async function uploadFiles(files) {
+  let added = 0;
+  for (const file of files) {
+    try {
+      await api.upload("/api/images", file);
+      added += 1;
+    } catch (err) {
+      fail(err);
+    }
+  }
+  await refreshImages();
+  if (added) ui.toast(`${added} image${added === 1 ? "" : "s"} added`, "info", 3000);
+  if (!S.image && S.images.length) await open(0);
+}
+
 async function markDone() {
   if (S.readOnly || !S.image) return;
   try {
@@ -508,5 +524,5 @@ const actions = {
 
 export {
   S, accept, actions, deleteSelected, discard, editSelected, emptyWork, fail, leave, markDone,
-  open, prompt, refreshImages, refreshUi, setWork, undoRedo, viewport, workLayer,
+  open, prompt, refreshImages, refreshUi, setWork, undoRedo, uploadFiles, viewport, workLayer,
 };

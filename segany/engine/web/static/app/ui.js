@@ -62,6 +62,7 @@ export function toggleHelp(force) {
 export function renderImages(S, actions) {
   const list = $("image-list");
   list.replaceChildren();
+  $("no-images").hidden = S.images.length > 0;
   S.images.forEach((img, i) => {
     const li = document.createElement("li");
     li.dataset.id = img.id;
