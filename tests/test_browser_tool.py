@@ -688,3 +688,32 @@ def test_upload_adds_images_and_refuses_non_images(alice, server):
     toasts = alice.page.locator(".toast").all_inner_texts()
     assert any("notes.png" in t for t in toasts), toasts
     assert alice.page.locator("#image-list li").count() == before + 1
+
+
+def test_a_failed_accept_keeps_the_working_mask(alice, server):
+    image_id = server["ids"][3]
+    alice.open(image_id)
+    before = len(_server_masks(server, image_id))
+
+    def refuse(route):
+        if route.request.method == "POST":
+            route.fulfill(
+                status=503,
+                content_type="application/json",
+                body='{"detail": "the database is busy; try again"}',
+            )
+        else:
+            route.continue_()
+
+    alice.page.route(f"**/api/images/{image_id}/masks", refuse)
+    _, (x, y) = _object_point(server["scenes"][3])
+    alice.click(x, y)
+    alice.key("Enter")
+    assert "the database is busy" in alice.page.locator(".toast").last.inner_text()
+    st = alice.state()
+    assert st["working"] and st["workingArea"] > 0  # kept, not dropped
+    assert len(_server_masks(server, image_id)) == before
+    alice.page.unroute(f"**/api/images/{image_id}/masks")
+    alice.key("Enter")  # again, now the server takes it
+    assert len(_server_masks(server, image_id)) == before + 1
+    assert not alice.state()["working"]

@@ -241,7 +241,7 @@ async function acceptWork() {
     if (work.edit) {
       const old = S.accepted.find((m) => m.id === work.edit.id);
       const rec = await api.patch(`/api/masks/${work.edit.id}`, {
-        version: work.edit.version, segmentation, source: "manual",
+        version: work.edit.version, segmentation, // the source (manual, prefill, auto) stays
         elapsed_ms: Date.now() - work.startedAt,
       });
       history.push({ kind: "edit", work, before: old, after: rec });
