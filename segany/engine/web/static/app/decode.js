@@ -16,7 +16,8 @@ export class Decoders {
     this.reason = "";
     this.threads = 0;
     this.client = null;
-    this.embedding = null; // {imageId, promise}
+    this.embedding = null; // {imageId, promise}: the open image's, in the worker
+    this.ahead = null; // {imageId, bytes: Promise<ArrayBuffer | null>}: the next image's
   }
 
   /** Start the browser decoder, or fall back to the server (saying why). */
@@ -45,17 +46,28 @@ export class Decoders {
     return this.mode;
   }
 
+  /** Fetch the next image's embedding bytes ahead of opening it (browser mode only). */
+  prefetch(image) {
+    if (this.mode !== "browser" || this.ahead?.imageId === image.id) return;
+    const bytes = fetch(embeddingUrl(image), { credentials: "same-origin" })
+      .then((r) => (r.ok ? r.arrayBuffer() : null))
+      .catch(() => null);
+    this.ahead = { imageId: image.id, bytes };
+  }
+
   /** Fetch an image's embedding into the worker (once per image); server mode: nothing. */
   setImage(image) {
     if (this.mode !== "browser") {
       this.embedding = { imageId: image.id, promise: Promise.resolve() };
       return this.embedding.promise;
     }
-    const promise = track(this.client.setEmbedding({
-      url: `/api/images/${image.id}/embedding?dtype=float32`,
+    const ahead = this.ahead?.imageId === image.id ? this.ahead.bytes : Promise.resolve(null);
+    this.ahead = null;
+    const promise = track(ahead.then((buffer) => this.client.setEmbedding({
+      ...(buffer ? { buffer } : { url: embeddingUrl(image) }),
       dtype: "float32",
       originalSize: [image.height, image.width],
-    }));
+    })));
     this.embedding = { imageId: image.id, promise };
     return promise;
   }
@@ -108,6 +120,10 @@ export class Decoders {
     const raw = await track(this.client.decode({ ...result.request, output: "full" }));
     return logitsToMask(raw.masks, k, image.height, image.width);
   }
+}
+
+function embeddingUrl(image) {
+  return `/api/images/${image.id}/embedding?dtype=float32`;
 }
 
 function serverMask(result, k) {

@@ -423,6 +423,21 @@ async function takeLease(image) {
   }
 }
 
+let bitmapAhead = null; // {id, bitmap: Promise<ImageBitmap | null>}
+
+async function loadBitmap(imageId) {
+  const response = await api.raw(`/api/images/${imageId}/file`);
+  return createImageBitmap(await response.blob());
+}
+
+/** The prefetched bitmap of image `id` (null when none was fetched or it failed). */
+function takeAhead(id) {
+  const ahead = bitmapAhead;
+  bitmapAhead = null;
+  if (!ahead || ahead.id !== id) return null;
+  return ahead.bitmap.then((b) => b ?? loadBitmap(id));
+}
+
 async function open(index) {
   if (index < 0 || index >= S.images.length) return;
   await chain;
@@ -459,14 +474,18 @@ async function open(index) {
     ui.toast(`the browser decoder failed; using the server: ${err.message}`);
     refreshUi();
   });
-  const response = await api.raw(`/api/images/${image.id}/file`);
-  const bitmap = await createImageBitmap(await response.blob());
+  const bitmap = await (takeAhead(image.id) ?? loadBitmap(image.id));
   if (S.image !== image) return;
   viewport.setImage(bitmap, image.width, image.height);
   rebuildWorking();
   await loadMasks();
   await S.decoder.embedding.promise.catch(() => null);
   S.openMs = performance.now() - tOpen;
+  const next = S.images[index + 1];
+  if (next) { // the next image's file and embedding, ahead of N
+    S.decoder.prefetch(next);
+    bitmapAhead = { id: next.id, bitmap: loadBitmap(next.id).catch(() => null) };
+  }
   if (!S.readOnly) postEvent("open", { image_id: image.id });
   await refreshImages();
   refreshUi();
