@@ -438,10 +438,13 @@ function takeAhead(id) {
   return ahead.bitmap.then((b) => b ?? loadBitmap(id));
 }
 
+let openSeq = 0; // the latest open(); an older one that is overtaken gives up its lease
+
 async function open(index) {
   if (index < 0 || index >= S.images.length) return;
   await chain;
-  await leave();
+  const seq = ++openSeq;
+  const leaving = leave(); // the old lease goes while the new image loads
   history.clear();
   S.index = index;
   S.work = null;
@@ -449,12 +452,32 @@ async function open(index) {
   S.selectedId = S.hoverId = null;
   S.leaseHolder = null;
   S.lastClickMs = null;
+  S.readOnly = true;
   const tOpen = performance.now();
-  const image = await api.get(`/api/images/${S.images[index].id}`); // also prefetches ahead
+  const listed = S.images[index];
+  S.display = L.layerSize(listed.height, listed.width, L.MAX_DISPLAY);
+  S.image = listed;
+  const embedding = S.decoder.setImage(listed).catch((err) => {
+    S.decoder.useServer(`WASM unavailable: the embedding failed (${err.message})`);
+    ui.toast(`the browser decoder failed; using the server: ${err.message}`);
+    refreshUi();
+  });
+  // the record (its GET also has the server encode the next images), the lease, the file and
+  // the masks, all at once
+  const [image, lease, bitmap, masks] = await Promise.all([
+    api.get(`/api/images/${listed.id}`),
+    takeLease(listed),
+    takeAhead(listed.id) ?? loadBitmap(listed.id),
+    api.get(`/api/images/${listed.id}/masks`),
+  ]);
+  await leaving;
+  if (seq !== openSeq) {
+    if (!lease.readOnly) api.del(`/api/images/${listed.id}/lease`).catch(fail);
+    return;
+  }
   S.image = image;
-  ui.setTitle(`${image.file_name} (${image.width}×${image.height})`);
-  const lease = await takeLease(image);
   S.readOnly = lease.readOnly;
+  ui.setTitle(`${image.file_name} (${image.width}×${image.height})`);
   ui.setBanner(lease.banner);
   if (!S.readOnly) {
     leaseTimer = setInterval(() => {
@@ -468,18 +491,11 @@ async function open(index) {
       });
     }, LEASE_RENEW_MS);
   }
-  S.display = L.layerSize(image.height, image.width, L.MAX_DISPLAY);
-  S.decoder.setImage(image).catch((err) => {
-    S.decoder.useServer(`WASM unavailable: the embedding failed (${err.message})`);
-    ui.toast(`the browser decoder failed; using the server: ${err.message}`);
-    refreshUi();
-  });
-  const bitmap = await (takeAhead(image.id) ?? loadBitmap(image.id));
-  if (S.image !== image) return;
   viewport.setImage(bitmap, image.width, image.height);
+  S.accepted = masks;
   rebuildWorking();
-  await loadMasks();
-  await S.decoder.embedding.promise.catch(() => null);
+  rebuildComposite();
+  await embedding;
   S.openMs = performance.now() - tOpen;
   const next = S.images[index + 1];
   if (next) { // the next image's file and embedding, ahead of N
