@@ -10,7 +10,8 @@ worker, the low-res logits bilinearly upsampled into the display layer, the fram
 read back from ``window.seganyTool``. Also timed: a second click on the same mask (the mask
 prompt fed back), the first mask after opening the next image (its embedding prefetched by
 the server while the previous one was open), and the same clicks with ``?decoder=server``
-(the server ``predict`` route, RLE back, drawn).
+(the server ``predict`` route, RLE back, drawn), and the viewport's frame draw times while
+zooming and panning a 4000x3000 image.
 
 Run: ``python benchmarks/bench_browser_tool.py [--clicks 40]`` (needs chromium, playwright and
 ``make web``). Prints a Markdown table and writes JSON to ``benchmarks/results/``.
@@ -114,6 +115,12 @@ def run(args) -> dict:
             buf = io.BytesIO()
             Image.fromarray(scenes[i].image).save(buf, format="PNG")
             ids.append(project.add_image_bytes(buf.getvalue(), f"scene_{i}.png")[0].id)
+        big = np.full((3000, 4000, 3), 70, np.uint8)
+        big[::50] = 200  # a grid, so the frames have something to draw
+        big[:, ::50] = 200
+        buf = io.BytesIO()
+        Image.fromarray(big).save(buf, format="PNG")
+        big_id = project.add_image_bytes(buf.getvalue(), "big.png")[0].id
         _, token = project.add_annotator("bench")
         app = create_app(project, predictor_factory=lambda: segany.SamPredictor(model))
         try:
@@ -166,6 +173,21 @@ def run(args) -> dict:
                         out["first_click_next_image_ms"] = st2["lastClickMs"]
                         page.key("Escape")
                         results[mode] = out
+                    print("4000x3000: zoom and pan frames ...", file=sys.stderr)
+                    page.open(f"image={big_id}&warmup=0")
+                    page.page.mouse.move(800, 500)
+                    for i in range(30):
+                        page.page.mouse.wheel(0, -120 if i < 15 else 120)
+                        page.page.wait_for_timeout(20)
+                    page.page.keyboard.down(" ")
+                    page.page.mouse.down()
+                    for i in range(30):
+                        page.page.mouse.move(800 + 10 * i, 500 + 5 * i)
+                    page.page.mouse.up()
+                    page.page.keyboard.up(" ")
+                    page.idle()
+                    frames = page.state()["frameTimes"]
+                    results["large_image_frame"] = _stats(frames[-60:])
                     context.close()
                     version = browser.version
                 finally:
@@ -203,6 +225,11 @@ def main() -> None:
             f"| {mode} | {r['click']['median_ms']:.1f} ms | {r['click']['p95_ms']:.1f} ms | "
             f"{r['second_click']['median_ms']:.1f} ms | {r['first_click_next_image_ms']:.1f} ms |"
         )
+    f = results["large_image_frame"]
+    print(
+        f"\n4000x3000 image, zoom/pan: frame draw median {f['median_ms']:.1f} ms, p95 "
+        f"{f['p95_ms']:.1f} ms ({f['n']} frames)"
+    )
     b = results["browser"]
     print(
         f"\nbrowser parts (median): decode {b.get('decodeMs', 0):.1f} ms (worker "

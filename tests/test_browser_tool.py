@@ -463,6 +463,10 @@ def test_server_fallback_gives_a_mask_and_says_so(browser, server, how):
         assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.7
         tool.click(3.5, 3.5, button="right")  # the server's mask_input token is fed back
         assert len(tool.state()["scores"]) == 1
+        if how == "query":  # accept: the server's own RLE is stored
+            before = len(_server_masks(server, server["ids"][0]))
+            tool.key("Enter")
+            assert len(_server_masks(server, server["ids"][0])) == before + 1
         assert not tool.errors, tool.errors
     finally:
         tool.close()

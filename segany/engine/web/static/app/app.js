@@ -297,6 +297,7 @@ window.seganyTool = Object.freeze({
       images: S.images.map((i) => ({ id: i.id, status: i.status, num_masks: i.num_masks,
                                      lease_holder: i.lease_holder })),
       view: { scale: viewport.scale, tx: viewport.tx, ty: viewport.ty },
+      frameTimes: [...viewport.frameTimes],
     };
   },
   /** The working mask's display layer as an uncompressed COCO RLE (null without one). */

@@ -17,6 +17,7 @@ export class Viewport {
     this.overlay = null; // (ctx, viewport) => void, drawn in screen space
     this.frame = 0;
     this.onRender = null;
+    this.frameTimes = []; // the last frames' draw times (ms)
     new ResizeObserver(() => this.resize()).observe(canvas.parentElement);
     this.resize();
   }
@@ -100,6 +101,7 @@ export class Viewport {
 
   /** Draw now (the click-to-mask path draws at once instead of waiting for a frame). */
   render() {
+    const t0 = performance.now();
     const { ctx, canvas } = this;
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.clearRect(0, 0, canvas.width, canvas.height);
@@ -118,6 +120,8 @@ export class Viewport {
       ctx.setTransform(1, 0, 0, 1, 0, 0);
       if (this.overlay) this.overlay(ctx, this);
     }
+    this.frameTimes.push(performance.now() - t0);
+    if (this.frameTimes.length > 240) this.frameTimes.shift();
     if (this.onRender) this.onRender();
   }
 }
