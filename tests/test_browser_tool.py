@@ -667,6 +667,12 @@ def test_label_is_saved_verbatim(alice, server):
     saved = server["project"].get_mask(record.id)
     assert saved.label == label and saved.version == record.version + 1
     assert {m["id"]: m["label"] for m in alice.state()["accepted"]}[record.id] == label
+    # a label for new masks goes with each accept
+    alice.page.fill("#next-label", "car")
+    alice.page.press("#next-label", "Enter")
+    alice.drag((150, 150), (180, 150))
+    alice.key("Enter")
+    assert _server_masks(server, image_id)[-1].label == "car"
 
 
 def test_upload_adds_images_and_refuses_non_images(alice, server):

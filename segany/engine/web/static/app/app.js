@@ -54,7 +54,10 @@ const KEYS = {
 
 document.addEventListener("keydown", (event) => {
   const target = event.target;
-  if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
+  if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) {
+    if (event.key === "Enter" || event.key === "Escape") target.blur(); // back to the canvas
+    return;
+  }
   if (document.getElementById("signin").open) return;
   const key = event.key;
   const ctrl = event.ctrlKey || event.metaKey;
@@ -252,6 +255,7 @@ async function boot() {
   if (S.images.length) await T.open(firstImage());
   pollStats();
   setInterval(pollStats, 5000);
+  setInterval(() => T.refreshImages(), 15000); // leases and statuses others change
 }
 
 const ready = boot().catch((err) => {

@@ -257,6 +257,8 @@ async function acceptWork() {
         source: "manual",
         elapsed_ms: Date.now() - work.startedAt,
       };
+      const label = document.getElementById("next-label").value.trim();
+      if (label) body.label = label;
       const rec = await api.post(`/api/images/${image.id}/masks`, body);
       history.push({ kind: "accept", work, body, record: rec });
       S.accepted.push(rec);
