@@ -317,6 +317,12 @@ def test_background_point_changes_the_mask(alice, server):
     alice.click(3.5, 3.5)
     alice.page.keyboard.up("Shift")
     assert alice.state()["labels"] == [1, 0, 0]
+    alice.key("Escape")  # discards the working mask, recorded as an event
+    assert not alice.state()["working"]
+    kinds = [e.kind for e in server["project"].list_events(image_id=server["ids"][3])]
+    assert "discard" in kinds
+    alice.key("Control+z")  # the discard is undone: the mask and its prompts are back
+    assert alice.state()["labels"] == [1, 0, 0]
 
 
 def test_drag_draws_a_box_and_a_mask_inside_it(alice, server):
@@ -581,8 +587,20 @@ def test_pan_zoom_and_a_large_image(alice, server):
     moved = alice.state()["view"]
     assert abs(moved["tx"] - view["tx"] - 100) < 2 and abs(moved["ty"] - view["ty"] - 50) < 2
     assert len(alice.state()["points"]) == 1  # panning is no prompt
+    # middle-button drag pans too
+    alice.page.mouse.move(600, 400)
+    alice.page.mouse.down(button="middle")
+    alice.page.mouse.move(560, 380, steps=5)
+    alice.page.mouse.up(button="middle")
+    again = alice.state()["view"]
+    assert abs(again["tx"] - moved["tx"] + 40) < 2 and abs(again["ty"] - moved["ty"] + 20) < 2
     alice.key("0")
     alice.page.wait_for_function(f"window.seganyTool.state().view.scale === {fit['scale']}")
+    alice.key("+")
+    assert alice.state()["view"]["scale"] > fit["scale"]
+    alice.key("-")
+    alice.key("-")
+    assert alice.state()["view"]["scale"] < fit["scale"]
 
 
 def test_next_previous_done_and_help(alice, server):

@@ -27,6 +27,7 @@ function setTool(tool) {
 const KEYS = {
   Enter: () => T.accept(),
   Escape: () => {
+    if (!document.getElementById("help").hidden) return ui.toggleHelp(false);
     if (S.tool === "brush" || S.tool === "erase" || S.tool === "hand") {
       if (!S.work?.edit) return setTool("prompt");
     }

@@ -459,7 +459,11 @@ async function open(index) {
   const listed = S.images[index];
   S.display = L.layerSize(listed.height, listed.width, L.MAX_DISPLAY);
   S.image = listed;
-  const embedding = S.decoder.setImage(listed).catch((err) => {
+  S.embeddingReady = false;
+  const embedding = S.decoder.setImage(listed).then(() => {
+    S.embeddingReady = true;
+  }, (err) => {
+    S.embeddingReady = true; // the server decodes from now on
     S.decoder.useServer(`WASM unavailable: the embedding failed (${err.message})`);
     ui.toast(`the browser decoder failed; using the server: ${err.message}`);
     refreshUi();

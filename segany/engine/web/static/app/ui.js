@@ -155,6 +155,7 @@ export function renderStatus(S) {
   const tools = { prompt: "prompt", brush: "brush", erase: "eraser", hand: "hand" };
   let mode = S.work?.edit ? `editing #${S.work.edit.id}` : (S.work ? "working mask" : "no mask");
   if (S.readOnly) mode = "read-only";
+  if (S.image && !S.embeddingReady) mode += " · loading the embedding";
   $("tool-status").textContent = `tool: ${tools[S.tool]} · ${mode}`;
   $("brush-status").textContent = `brush: ${S.brushRadius}px`;
   for (const b of document.querySelectorAll("#tools button")) {
