@@ -67,11 +67,22 @@ class Page:
     def open(self, query: str) -> None:
         self.page.goto(f"{self.base}/?{query}")
         self.page.wait_for_function("window.seganyTool !== undefined")
-        self.page.evaluate("window.seganyTool.ready")
+        self.bounded("window.seganyTool.ready")
         self.idle()
 
     def idle(self) -> None:
-        self.page.evaluate("window.seganyTool.waitIdle()")
+        self.bounded("window.seganyTool.waitIdle()")
+
+    def bounded(self, expression: str):
+        """Await a page promise, rejected after TIMEOUT_MS (page.evaluate has no timeout)."""
+        return self.page.evaluate(
+            """([expression, ms]) => Promise.race([
+                (0, eval)(expression),
+                new Promise((_, reject) => setTimeout(
+                    () => reject(new Error(`${expression} did not settle in ${ms} ms`)), ms)),
+            ])""",
+            [expression, TIMEOUT_MS],
+        )
 
     def state(self) -> dict:
         return self.page.evaluate("window.seganyTool.state()")

@@ -108,6 +108,18 @@ def browser(requirements):
             b.close()
 
 
+def _bounded(page, expression: str, timeout_ms: int = TIMEOUT_MS):
+    """Await a page promise, rejected after ``timeout_ms`` (page.evaluate has no timeout)."""
+    return page.evaluate(
+        """([expression, ms]) => Promise.race([
+            (0, eval)(expression),
+            new Promise((_, reject) => setTimeout(
+                () => reject(new Error(`${expression} did not settle in ${ms} ms`)), ms)),
+        ])""",
+        [expression, timeout_ms],
+    )
+
+
 class Tool:
     """One browser context signed in with a token, on the tool's page."""
 
@@ -127,12 +139,12 @@ class Tool:
             q = f"{q}&image={image_id}" if q else f"image={image_id}"
         self.page.goto(f"{self.server['base']}/?{q}")
         self.page.wait_for_function("window.seganyTool !== undefined")
-        self.page.evaluate("window.seganyTool.ready")
+        _bounded(self.page, "window.seganyTool.ready")
         self.idle()
         return self
 
     def idle(self) -> None:
-        self.page.evaluate("window.seganyTool.waitIdle()")
+        _bounded(self.page, "window.seganyTool.waitIdle()")
 
     def state(self) -> dict:
         return self.page.evaluate("window.seganyTool.state()")
@@ -494,7 +506,7 @@ def test_admin_sign_in_creates_an_annotator(browser, server):
         tool.page.click("#signin-ok")
         tool.page.wait_for_url(f"{server['base']}/")
         tool.page.wait_for_function("window.seganyTool !== undefined")
-        tool.page.evaluate("window.seganyTool.ready")
+        _bounded(tool.page, "window.seganyTool.ready")
         assert tool.state()["annotator"] == "carol"
         assert "carol" in [a.name for a in server["project"].list_annotators()]
     finally:
