@@ -634,6 +634,10 @@ def test_next_previous_done_and_help(alice, server):
     assert help_panel.is_visible() and "Ctrl+Z" in help_panel.inner_text()
     alice.key("h")
     assert not help_panel.is_visible()
+    alice.key("o")
+    assert alice.state()["overlays"] is False
+    alice.key("o")
+    assert alice.state()["overlays"] is True
 
 
 def _bilinear_reference(low: np.ndarray, valid: tuple[float, float], h: int, w: int) -> np.ndarray:

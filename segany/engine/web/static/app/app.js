@@ -42,6 +42,11 @@ const KEYS = {
   "[": () => { S.brushRadius = Math.max(1, Math.round(S.brushRadius / 1.25)); T.refreshUi(); },
   "]": () => { S.brushRadius = Math.min(500, Math.ceil(S.brushRadius * 1.25)); T.refreshUi(); },
   m: () => T.editSelected(),
+  o: () => {
+    S.overlays = !S.overlays;
+    T.compositeLayer.alpha = S.overlays ? 1 : 0;
+    viewport.requestRender();
+  },
   n: () => T.open(S.index + 1),
   p: () => T.open(S.index - 1),
   d: () => T.markDone(),
@@ -298,6 +303,7 @@ window.seganyTool = Object.freeze({
       lastTiming: S.lastTiming,
       openMs: S.openMs,
       tool: S.tool,
+      overlays: S.overlays,
       brushRadius: S.brushRadius,
       images: S.images.map((i) => ({ id: i.id, status: i.status, num_masks: i.num_masks,
                                      lease_holder: i.lease_holder })),

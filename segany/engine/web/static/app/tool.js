@@ -24,6 +24,7 @@ const S = {
   hoverId: null,
   work: null, // {points, labels, box, result, selected, strokes, startedAt, edit}
   tool: "prompt",
+  overlays: true, // the accepted masks shown (O toggles)
   brushRadius: 8,
   lastClickMs: null,
   clickTimes: [],
@@ -564,6 +565,6 @@ const actions = {
 };
 
 export {
-  S, accept, actions, deleteSelected, discard, editSelected, emptyWork, fail, leave, markDone,
+  S, accept, actions, compositeLayer, deleteSelected, discard, editSelected, emptyWork, fail, leave, markDone,
   open, prompt, refreshImages, refreshUi, setWork, undoRedo, uploadFiles, viewport, workLayer,
 };

@@ -18,6 +18,7 @@ export const SHORTCUTS = [
   ["B / E / V", "brush / eraser / prompt tool"],
   ["[ / ]", "brush radius smaller / larger"],
   ["M", "edit the selected mask (brush/eraser, Enter saves)"],
+  ["O", "show / hide the accepted masks"],
   ["Delete / Backspace", "delete the selected mask"],
   ["N / P", "next / previous image"],
   ["D", "mark the image done, go to the next"],
