@@ -213,7 +213,7 @@ def test_click_gives_a_mask_of_the_object(alice, server):
     st = alice.state()
     assert st["decoder"] == "browser" and st["imageId"] == image_id and not st["readOnly"]
     badge = alice.page.locator("#decoder-badge").inner_text()
-    assert badge.startswith("decoder: browser (WASM, ") and "threads" in badge
+    assert badge.startswith("decoder: browser (WASM, ") and "thread" in badge
     alice.click(x, y)
     st = alice.state()
     assert np.allclose(st["points"], [[x, y]], atol=0.05) and st["labels"] == [1]

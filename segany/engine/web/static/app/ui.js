@@ -149,7 +149,7 @@ export function renderStatus(S) {
   const badge = $("decoder-badge");
   const d = S.decoder;
   badge.className = `badge ${d.mode}`;
-  if (d.mode === "browser") badge.textContent = `decoder: browser (WASM, ${d.threads} threads)`;
+  if (d.mode === "browser") badge.textContent = `decoder: browser (WASM, ${d.threads} thread${d.threads === 1 ? "" : "s"})`;
   else if (d.mode === "server") badge.textContent = `decoder: server (${d.reason})`;
   else badge.textContent = "decoder: starting";
   $("click-ms").textContent = S.lastClickMs == null ? "— ms" : `${S.lastClickMs.toFixed(1)} ms`;
