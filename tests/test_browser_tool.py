@@ -221,7 +221,7 @@ def test_click_gives_a_mask_of_the_object(alice, server):
     assert st["workingArea"] > 0 and st["lastClickMs"] is not None
     mask = alice.working_mask()
     iou = mask_iou(mask, _display_gt(scene.masks[k], mask.shape))
-    assert iou > 0.7, iou
+    assert iou > 0.9, iou  # 0.98 measured (the display layer vs the scene's ground truth)
     assert alice.page.locator("#chips .chip").count() == 3
     assert "ms" in alice.page.locator("#click-ms").inner_text()
 
@@ -353,7 +353,7 @@ def test_drag_draws_a_box_and_a_mask_inside_it(alice, server):
     ys2, xs2 = np.nonzero(mask)
     assert xs2.min() >= box[0] - 3 and xs2.max() <= box[2] + 3
     assert ys2.min() >= box[1] - 3 and ys2.max() <= box[3] + 3
-    assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.5
+    assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.85  # 0.95 measured
     # a new drag replaces the box
     alice.drag((box[0] + 2, box[1] + 2), (box[2] - 2, box[3] - 2))
     assert np.allclose(alice.state()["box"], [box[0] + 2, box[1] + 2, box[2] - 2, box[3] - 2],
@@ -478,7 +478,7 @@ def test_server_fallback_gives_a_mask_and_says_so(browser, server, how):
         st = tool.state()
         assert len(st["scores"]) == 3
         mask = tool.working_mask()
-        assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.7
+        assert mask_iou(mask, _display_gt(scene.masks[k], mask.shape)) > 0.9  # 0.98 measured
         tool.click(3.5, 3.5, button="right")  # the server's mask_input token is fed back
         assert len(tool.state()["scores"]) == 1
         if how == "query":  # accept: the server's own RLE is stored

@@ -4,7 +4,7 @@
 // window.seganyTool = {ready, state(), workingMask(), waitIdle()} is a read-only hook for the
 // tests and the benchmark, which drive the tool through real mouse and keyboard events.
 
-import { api, releaseOnExit, waitIdle } from "./api.js";
+import { api, releaseOnExit, track, waitIdle } from "./api.js";
 import * as L from "./layers.js";
 import { maskArea, maskToRle } from "./rle.js";
 import * as T from "./tool.js";
@@ -82,7 +82,7 @@ document.addEventListener("keydown", (event) => {
   }
   if (!run) return;
   event.preventDefault();
-  Promise.resolve(run()).catch(T.fail);
+  track(Promise.resolve().then(run).catch(T.fail)); // in flight (waitIdle) until done
 });
 document.addEventListener("keyup", (event) => {
   if (event.key === " ") spaceDown = false;
@@ -197,9 +197,9 @@ canvas.addEventListener("wheel", (event) => {
 for (const b of document.querySelectorAll("#tools button")) {
   b.addEventListener("click", () => setTool(b.dataset.tool));
 }
-document.getElementById("accept-btn").addEventListener("click", () => T.accept());
+document.getElementById("accept-btn").addEventListener("click", () => track(T.accept()));
 document.getElementById("edit-btn").addEventListener("click", () => T.editSelected());
-document.getElementById("done-btn").addEventListener("click", () => T.markDone());
+document.getElementById("done-btn").addEventListener("click", () => track(T.markDone()));
 document.getElementById("help-btn").addEventListener("click", () => ui.toggleHelp());
 const uploadInput = document.getElementById("upload-input");
 uploadInput.addEventListener("change", () => {

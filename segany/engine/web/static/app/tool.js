@@ -428,9 +428,11 @@ async function takeLease(image) {
 
 let bitmapAhead = null; // {id, bitmap: Promise<ImageBitmap | null>}
 
-async function loadBitmap(imageId) {
-  const response = await api.raw(`/api/images/${imageId}/file`);
-  return createImageBitmap(await response.blob());
+function loadBitmap(imageId) {
+  return track((async () => {
+    const response = await api.raw(`/api/images/${imageId}/file`);
+    return createImageBitmap(await response.blob());
+  })());
 }
 
 /** The prefetched bitmap of image `id` (null when none was fetched or it failed). */
@@ -542,7 +544,7 @@ async function markDone() {
 }
 
 const actions = {
-  open: (i) => open(i).catch(fail),
+  open: (i) => track(open(i)).catch(fail),
   choose,
   hover(id) {
     S.hoverId = id;
