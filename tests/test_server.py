@@ -515,3 +515,22 @@ def test_segany_serve_subprocess(tmp_path):
     assert proc.returncode in (0, -15), err
     assert "Traceback" not in err, err
     assert "no web browser to open here" in err
+
+
+def test_app_server_runs_the_app_in_a_thread(project, sam):
+    """segany.engine.web.app_server (the browser tests' and benchmarks' server): uvicorn on
+    127.0.0.1 at a free port with the lifespan, stopped when the block exits."""
+    import httpx
+
+    from segany.engine.web import app_server
+
+    app = create_app(
+        project, predictor_factory=lambda: segany.SamPredictor(sam), token=TOKEN, prefetch=False
+    )
+    with app_server(app) as base:
+        assert base.startswith("http://127.0.0.1:")
+        assert httpx.get(base + "/api/health", timeout=10).json() == {"status": "ok"}
+        assert httpx.get(base + "/api/images", headers=AUTH, timeout=10).json() == []
+        assert httpx.get(base + "/api/images", timeout=10).status_code == 401
+    with pytest.raises(httpx.TransportError):
+        httpx.get(base + "/api/health", timeout=2)

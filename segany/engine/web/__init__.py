@@ -11,7 +11,7 @@ committed. :func:`isolated_server` serves folders with the headers WASM threads 
 from __future__ import annotations
 
 from .browser import CHROMIUM_ARGS, browser_unavailable, chromium_path, launch_chromium
-from .serve import isolated_server
+from .serve import app_server, isolated_server
 from .vendor import (
     HERE,
     STATIC_DIR,
@@ -26,6 +26,7 @@ __all__ = [
     "STATIC_DIR",
     "VENDOR_DIR",
     "VENDOR_FILES",
+    "app_server",
     "browser_unavailable",
     "chromium_path",
     "isolated_server",

@@ -13,6 +13,7 @@ import contextlib
 import os
 import posixpath
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from http import HTTPStatus
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -99,3 +100,32 @@ def isolated_server(routes: Mapping[str, Path | bytes]) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def app_server(app: object, *, start_timeout_s: float = 60.0) -> Iterator[str]:
+    """Run an ASGI ``app`` (the annotation server) on uvicorn in a thread, on 127.0.0.1 at a
+    free port, and yield the base URL; the lifespan runs (startup and shutdown). For tests and
+    benchmarks: the server is asked to exit and its thread joined when the block exits."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + start_timeout_s
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not server.started:
+            raise RuntimeError(f"the app server did not start in {start_timeout_s:g} s")
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
