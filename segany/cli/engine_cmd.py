@@ -68,6 +68,12 @@ def register(sub: Any) -> None:
         help="CPUs reserved per actor (default: a share that leaves one for reading images)",
     )
     a.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per generator (default: torch's in-process, the actor's CPU share "
+        "on Ray); the output is bit-identical in-process and on Ray for the same value",
+    )
+    a.add_argument(
         "--into-project",
         metavar="DIR",
         help="afterwards, import the shards into the project DIR as source=auto, stage 3 masks",
@@ -88,6 +94,8 @@ def cmd_engine_auto(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be positive; got {args.workers}")
     if args.points_per_side is not None and args.points_per_side <= 0:
         raise UsageError(f"--points-per-side must be positive; got {args.points_per_side}")
+    if args.threads is not None and args.threads <= 0:
+        raise UsageError(f"--threads must be positive; got {args.threads}")
     source = Path(args.input)
     if not source.is_dir():
         raise UsageError(f"INPUT {source} is not a folder (give a folder of images or a project)")
@@ -98,7 +106,7 @@ def cmd_engine_auto(args: argparse.Namespace) -> int:
     overrides = {} if args.points_per_side is None else {"points_per_side": args.points_per_side}
     spec = GeneratorSpec.from_preset(
         PRESETS[args.preset], model=args.model, device=args.device, precision=args.precision,
-        **overrides,
+        threads=args.threads, **overrides,
     )  # fmt: skip
     with bad_input():
         report = run_auto(

@@ -14,6 +14,7 @@ order, so the bytes do not depend on where the masks were computed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -25,7 +26,15 @@ from typing import Any
 
 from ...io.files import is_image_file, write_json_atomic
 from .shards import INDEX_FILE, ShardImage, ShardIndex, extract_shard, write_shard
-from .spec import PRESETS, AutoPreset, GeneratorSpec, ImageResult, read_and_segment, segment_image
+from .spec import (
+    PRESETS,
+    AutoPreset,
+    GeneratorSpec,
+    ImageResult,
+    read_and_segment,
+    segment_image,
+    torch_threads,
+)
 
 __all__ = [
     "PRESETS",
@@ -77,9 +86,12 @@ def list_inputs(source: str | os.PathLike) -> list[InputImage]:
 
 
 def _in_process(spec: GeneratorSpec, todo: list[InputImage]) -> Iterator[ImageResult]:
-    generator = spec.build() if todo else None
-    for im in todo:
-        yield read_and_segment(generator, im.path)
+    if not todo:
+        return
+    with torch_threads(spec.threads):
+        generator = spec.build()
+        for im in todo:
+            yield read_and_segment(generator, im.path)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -136,27 +148,24 @@ def run_auto(
     if len(images) > len(todo):
         _status(f"skipping {len(images) - len(todo)} image(s) already in {out}'s shards")
     start = time.perf_counter()
+    mode = "ray" if use_ray else "in-process"
+    stats = {"done": 0, "masks": 0, "failed": []}
     if results is not None:
-        stream = iter(results)
-        mode = "given"
+        _write_all(index, todo, results, shard_size, stats, progress)
     elif use_ray and todo:
         from .ray_run import ray_results, ray_session
 
-        mode = "ray"
-        session = ray_session(ray_address, num_cpus=None)
-    else:
-        stream = _in_process(spec, todo)
-        mode = "in-process"
-    stats = {"done": 0, "masks": 0, "failed": []}
-    if mode == "ray":
-        with session:
+        with ray_session(ray_address):
             stream = ray_results(
                 [im.path for im in todo], spec, workers=workers or 1,
                 gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker,
             )  # fmt: skip
-            _write_all(index, todo, stream, shard_size, stats, progress)
+            with contextlib.closing(stream):  # the Ray iterator ends before Ray does
+                _write_all(index, todo, stream, shard_size, stats, progress)
     else:
-        _write_all(index, todo, stream, shard_size, stats, progress)
+        stream = _in_process(spec, todo)
+        with contextlib.closing(stream):  # torch threads restored even on an error
+            _write_all(index, todo, stream, shard_size, stats, progress)
     seconds = time.perf_counter() - start
     report = {
         "images": len(images),

@@ -29,7 +29,9 @@ LOOPBACK = "127.0.0.1"
 
 def _import_ray(local: bool) -> Any:
     if local:
-        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read when ray is imported
+        # Ray reads this when it is imported: "no multi-node cluster", so that the node's
+        # address resolves to loopback and not to the machine's own IP
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     try:
         import ray
     except ImportError:
@@ -37,6 +39,20 @@ def _import_ray(local: bool) -> Any:
             "running on Ray needs the 'ray' extra: pip install 'segany[ray]'"
         ) from None
     return ray
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Ray imported before the variable was set has read it already: set the constant it
+    became for the session (a Ray internal; the tests check the sockets), then restore it."""
+    from ray._private import ray_constants
+
+    old = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
 
 
 @contextlib.contextmanager
@@ -48,20 +64,20 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     if ray.is_initialized():
         yield ray
         return
-    if address is None:
-        ray.init(
-            _node_ip_address=LOOPBACK,
-            include_dashboard=False,
-            num_cpus=num_cpus,
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
-    try:
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            stack.enter_context(_loopback_only())
+            ray.init(
+                _node_ip_address=LOOPBACK,
+                include_dashboard=False,
+                num_cpus=num_cpus,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        stack.callback(ray.shutdown)
         yield ray
-    finally:
-        ray.shutdown()
 
 
 def default_cpus_per_worker(total_cpus: float, workers: int) -> float:
@@ -89,6 +105,10 @@ class _GeneratorActor:
     """Ray Data actor: holds one generator, built from the spec when the actor starts."""
 
     def __init__(self, spec: GeneratorSpec) -> None:
+        if spec.threads is not None:
+            import torch
+
+            torch.set_num_threads(spec.threads)
         self.generator = spec.build()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:

@@ -4,9 +4,10 @@ records in JSON, so that in-process and Ray results are the same bytes)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "ImageResult",
     "read_and_segment",
     "segment_image",
+    "torch_threads",
 ]
 
 
@@ -75,13 +77,19 @@ class GeneratorSpec:
     """What a worker needs to build the generator: the model (a variant name or checkpoint
     path), its device and precision, and the generator ``settings`` (keyword arguments of
     :class:`segany.amg.SamAutomaticMaskGenerator`; ``output_mode`` is always COCO RLE).
-    Picklable, so that Ray actors build their own generator from it."""
+    Picklable, so that Ray actors build their own generator from it.
+
+    ``threads`` is the number of torch threads each generator computes with (default: torch's
+    own in-process; on Ray, what Ray gives the actor, one thread for a fraction of a CPU). The
+    output is bit-identical wherever it runs for the same ``threads``; with other thread
+    counts, CPU reductions may change scores in their last float32 digit."""
 
     model: str = "segany_tiny"
     device: str | None = None
     precision: str = "auto"
     settings: Mapping[str, Any] = field(default_factory=dict)
     preset: str = "custom"
+    threads: int | None = None
 
     @classmethod
     def from_preset(
@@ -91,11 +99,14 @@ class GeneratorSpec:
         model: str = "segany_tiny",
         device: str | None = None,
         precision: str = "auto",
+        threads: int | None = None,
         **overrides: Any,
     ) -> GeneratorSpec:
         """A spec with ``preset``'s settings, changed by ``overrides`` (generator keywords)."""
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer; got {threads!r}")
         settings = {**preset.generator_kwargs(), **overrides}
-        return cls(model, device, precision, settings, preset.name)
+        return cls(model, device, precision, settings, preset.name, threads)
 
     def build(self) -> Any:
         """Load the model and return the SamAutomaticMaskGenerator (COCO RLE output)."""
@@ -120,6 +131,22 @@ class ImageResult:
     height: int = 0
     annotations: str = "[]"
     error: str | None = None
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (unchanged when None), then restore."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def segment_image(generator: Any, image: Any) -> ImageResult:
