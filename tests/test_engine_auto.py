@@ -272,6 +272,8 @@ def test_cli_writes_shards_and_imports(tmp_path, images, capsys):
         (["{images}", "--preset", "paper"], "--preset"),
         (["{images}", "--shard-size", "0"], "--shard-size"),
         (["{images}", "--workers", "0"], "--workers"),
+        (["{images}", "--gpus-per-worker", "1"], "--gpus-per-worker"),
+        (["{images}", "--threads", "0"], "--threads"),
         (["{images}", "--into-project", "{empty}"], "not a segany project"),
     ],
 )
@@ -282,3 +284,17 @@ def test_cli_bad_input_exits_2(tmp_path, images, capsys, args, message):
     code = main(["engine", "auto", argv[0], "--out", str(tmp_path / "out"), *FAST, *argv[1:]])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_extract_refuses_members_outside_the_folder(tmp_path):
+    import io
+
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        info = tarfile.TarInfo("../evil.json")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"{}"))
+    (tmp_path / "dest").mkdir()
+    with pytest.raises(ValueError, match="unexpected member"):
+        extract_shard(bad, tmp_path / "dest")
+    assert not (tmp_path / "evil.json").exists()

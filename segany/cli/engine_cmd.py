@@ -94,6 +94,15 @@ def cmd_engine_auto(args: argparse.Namespace) -> int:
         raise UsageError(f"--workers must be positive; got {args.workers}")
     if args.points_per_side is not None and args.points_per_side <= 0:
         raise UsageError(f"--points-per-side must be positive; got {args.points_per_side}")
+    on_ray = args.workers is not None or args.ray_address is not None
+    if args.gpus_per_worker < 0 or (args.gpus_per_worker and not on_ray):
+        raise UsageError(
+            "--gpus-per-worker takes a number >= 0 and needs --workers or --ray-address"
+        )
+    if args.cpus_per_worker is not None and (args.cpus_per_worker <= 0 or not on_ray):
+        raise UsageError(
+            "--cpus-per-worker takes a number > 0 and needs --workers or --ray-address"
+        )
     if args.threads is not None and args.threads <= 0:
         raise UsageError(f"--threads must be positive; got {args.threads}")
     source = Path(args.input)

@@ -44,7 +44,7 @@ __all__ = [
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "segany-sa1b-shards"
 INDEX_VERSION = 1
-_TEMP_PREFIXES = (".sa_", f".{INDEX_FILE}.", ".report.json.")
+_TEMP_PREFIXES = (".sa_", f".{INDEX_FILE}.", ".report.json.", ".import-")
 
 
 def shard_name(number: int) -> str:
