@@ -3,7 +3,7 @@ an actor killed mid-run, a driver killed mid-run and re-run (nothing duplicated 
 half-written), and every socket of the Ray processes on 127.0.0.1.
 
 One Ray session serves the module (starting Ray takes about 9 s); the killed driver runs its
-own. The whole file takes about a minute on 2 cores.
+own.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ from segany.engine.stages import INDEX_FILE, PRESETS, GeneratorSpec, run_auto
 
 if importlib.util.find_spec("ray") is None:  # not imported here: segany imports it loopback-only
     pytest.skip("needs the 'ray' extra", allow_module_level=True)
+
+#: Seconds each, and a Ray start: ``make test`` runs them, ``make test-fast`` skips them. Every
+#: wait below has its own deadline, so the file ends in bounded time (about a minute on 2 idle
+#: cores).
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = GeneratorSpec.from_preset(
