@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
         help="data engine stages over many images (auto: the fully automatic stage)",
         description="Data engine stages run over many images.",
     )
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = p.add_subparsers(
+        dest="action", metavar="ACTION", required=True, help="auto: the fully automatic stage"
+    )
     a = actions.add_parser(
         "auto",
         help="segment everything in a folder or project into SA-1B-style tar shards",
@@ -41,15 +43,23 @@ def register(sub: Any) -> None:
     a.add_argument(
         "--preset",
         default="sa1b",
+        metavar="{sa1b,default}",
         help="generator settings: sa1b (the SAM paper's stage 3: 32x32 grid plus 2x2 and 4x4 "
         "crops, IoU >= 0.88, stability >= 0.95, masks >= 95%% of the image dropped, regions "
         "< 100 px cleaned) or default (the generator's defaults) (default: %(default)s)",
     )
     a.add_argument(
-        "--points-per-side", type=int, help="override the preset's grid (points per side)"
+        "--points-per-side",
+        type=int,
+        metavar="N",
+        help="override the preset's grid (points per side)",
     )
     a.add_argument(
-        "--shard-size", type=int, default=100, help="images per shard (default: %(default)s)"
+        "--shard-size",
+        type=int,
+        default=100,
+        metavar="K",
+        help="images per shard (default: %(default)s)",
     )
     a.add_argument(
         "--ray-address",
@@ -59,17 +69,26 @@ def register(sub: Any) -> None:
     a.add_argument(
         "--workers",
         type=int,
+        metavar="N",
         help="run on Ray with N generator actors (a local loopback Ray unless --ray-address)",
     )
-    a.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default: 0)")
+    a.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        default=0.0,
+        metavar="G",
+        help="GPUs per actor (default: 0)",
+    )
     a.add_argument(
         "--cpus-per-worker",
         type=float,
+        metavar="C",
         help="CPUs reserved per actor (default: a share that leaves one for reading images)",
     )
     a.add_argument(
         "--threads",
         type=int,
+        metavar="T",
         help="torch threads per generator (default: torch's in-process, the actor's CPU share "
         "on Ray); the output is bit-identical in-process and on Ray for the same value",
     )
