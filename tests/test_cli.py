@@ -528,7 +528,7 @@ def test_cli_modules_import_no_circle():
                 found |= {a.name for a in node.names}
         deps[path.stem] = found & modules
     commands = {m for m in modules if m.endswith("_cmd")}
-    assert len(commands) == 11
+    assert len(commands) == 12
     assert deps["common"] == set()
     for command in commands - {"demo_cmd"}:
         assert deps[command] <= {"common"}, (command, deps[command])

@@ -37,6 +37,7 @@ from . import (
     demo_cmd,
     download_cmd,
     embed_cmd,
+    engine_cmd,
     eval_cmd,
     export_cmd,
     info_cmd,
@@ -70,6 +71,7 @@ COMMANDS = (
     train_cmd,
     project_cmd,
     serve_cmd,
+    engine_cmd,
 )
 
 

@@ -200,11 +200,23 @@ def _exact_polygons(rle: Mapping[str, Any]) -> list[list[float]] | None:
 # ----------------------------------------------------------------------------- import
 
 
-def import_into(project: Project, path: str | os.PathLike) -> dict[str, int]:
+def import_into(
+    project: Project,
+    path: str | os.PathLike,
+    *,
+    source: str | None = None,
+    stage: int | None = None,
+) -> dict[str, int]:
     """Import an SA-1B folder or JSON file, or a COCO instances file, into ``project`` (see
-    the module docstring). Returns ``{"images_added", "images_existing", "masks_added",
-    "masks_existing"}``. Raises InvalidInput, importing nothing, when a file is malformed or
-    an image is missing or invalid."""
+    the module docstring). ``source`` / ``stage``, when given, are set on every imported mask
+    (e.g. ``"auto"`` and 3 for the fully automatic stage's shards) instead of what the files
+    say. Returns ``{"images_added", "images_existing", "masks_added", "masks_existing"}``.
+    Raises InvalidInput, importing nothing, when a file is malformed, an image is missing or
+    invalid, or ``source`` / ``stage`` is not a valid value."""
+    if source is not None and source not in MASK_SOURCES:
+        raise InvalidInput(f"source must be one of {list(MASK_SOURCES)}; got {source!r}")
+    if stage is not None and stage not in STAGES:
+        raise InvalidInput(f"stage must be one of {list(STAGES)}; got {stage!r}")
     path = Path(path)
     if path.is_dir():
         files = sorted(path.glob("*.json"))
@@ -228,6 +240,10 @@ def import_into(project: Project, path: str | os.PathLike) -> dict[str, int]:
     for image_path, _, masks in plan:  # validate every image and mask before adding any
         decoded = decode_image(image_path.read_bytes(), str(image_path))
         for fields in masks:
+            if source is not None:
+                fields["source"] = source
+            if stage is not None:
+                fields["stage"] = stage
             try:
                 fields["segmentation"] = canonical_rle(
                     fields["segmentation"], decoded.height, decoded.width

@@ -583,7 +583,9 @@ class Project(DatasetMethods, MaskMethods):
         :func:`.exchange.export_project`."""
         return export_project(self, out, format=format, polygons=polygons)
 
-    def import_(self, path: str | os.PathLike) -> dict[str, int]:
-        """Import an SA-1B folder or file, or a COCO instances file; see
-        :func:`.exchange.import_into`."""
-        return import_into(self, path)
+    def import_(
+        self, path: str | os.PathLike, *, source: str | None = None, stage: int | None = None
+    ) -> dict[str, int]:
+        """Import an SA-1B folder or file, or a COCO instances file, optionally setting every
+        mask's ``source`` and ``stage``; see :func:`.exchange.import_into`."""
+        return import_into(self, path, source=source, stage=stage)
