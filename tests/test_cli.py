@@ -530,7 +530,23 @@ def test_cli_modules_import_no_circle():
     commands = {m for m in modules if m.endswith("_cmd")}
     assert len(commands) == 12
     assert deps["common"] == set()
-    for command in commands - {"demo_cmd"}:
+    # segany engine's actions live in modules of their own (engine_retrain, ...)
+    engine_actions = {m for m in modules if m.startswith("engine_")} - {"engine_cmd"}
+    assert engine_actions and modules == commands | engine_actions | {"common", "main", "__init__", "__main__"}
+    for command in commands - {"demo_cmd", "engine_cmd"}:
         assert deps[command] <= {"common"}, (command, deps[command])
+    for action in engine_actions:
+        assert deps[action] <= {"common"}, (action, deps[action])
+    assert deps["engine_cmd"] <= {"common"} | engine_actions
     assert deps["demo_cmd"] <= {"common", "segment_cmd", "auto_cmd"}
     assert deps["main"] == commands | {"common"}
+
+
+def test_engine_has_its_actions(tmp_path, capsys):
+    """``segany engine`` carries ``auto`` and ``retrain``; a folder that is not a project is
+    bad usage for retrain."""
+    for action in ("auto", "retrain"):
+        assert main(["engine", action, "--help"]) == 0
+        assert f"segany engine {action}" in capsys.readouterr().out
+    assert main(["engine", "retrain", str(tmp_path / "nothing")]) == 2
+    assert "not a segany project" in capsys.readouterr().err

@@ -1,7 +1,8 @@
 """``segany engine``: the data engine's stages run over many images. ``segany engine auto`` is
 the fully automatic stage: the automatic mask generator over a folder or a project, written as
 SA-1B-style tar shards with an index, in-process or on Ray (see
-:mod:`segany.engine.stages`)."""
+:mod:`segany.engine.stages`). ``segany engine retrain`` (:mod:`.engine_retrain`) fine-tunes a
+project's model on its accepted masks."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from . import engine_retrain
 from .common import EXIT_OK, EXIT_SOME_FAILED, UsageError, add_model_args, bad_input, status
 
 #: Names of the presets (kept here so that ``--help`` imports no torch; checked in the tests
@@ -17,14 +19,18 @@ PRESET_NAMES = ("sa1b", "default")
 
 
 def register(sub: Any) -> None:
-    """Add ``segany engine`` (with its action ``auto``) to the subparsers ``sub``."""
+    """Add ``segany engine`` (with its actions ``auto`` and ``retrain``) to the subparsers
+    ``sub``."""
     p = sub.add_parser(
         "engine",
-        help="data engine stages over many images (auto: the fully automatic stage)",
+        help="data engine stages: auto (the fully automatic stage), retrain",
         description="Data engine stages run over many images.",
     )
     actions = p.add_subparsers(
-        dest="action", metavar="ACTION", required=True, help="auto: the fully automatic stage"
+        dest="action",
+        metavar="ACTION",
+        required=True,
+        help="auto: the fully automatic stage; retrain: fine-tune on the accepted masks",
     )
     a = actions.add_parser(
         "auto",
@@ -100,6 +106,7 @@ def register(sub: Any) -> None:
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(a)
     a.set_defaults(func=cmd_engine_auto)
+    engine_retrain.register(actions)
 
 
 def cmd_engine_auto(args: argparse.Namespace) -> int:
