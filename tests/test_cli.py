@@ -532,7 +532,12 @@ def test_cli_modules_import_no_circle():
     assert deps["common"] == set()
     # segany engine's actions live in modules of their own (engine_retrain, ...)
     engine_actions = {m for m in modules if m.startswith("engine_")} - {"engine_cmd"}
-    assert engine_actions and modules == commands | engine_actions | {"common", "main", "__init__", "__main__"}
+    assert engine_actions and modules == commands | engine_actions | {
+        "common",
+        "main",
+        "__init__",
+        "__main__",
+    }
     for command in commands - {"demo_cmd", "engine_cmd"}:
         assert deps[command] <= {"common"}, (command, deps[command])
     for action in engine_actions:
