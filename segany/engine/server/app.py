@@ -48,6 +48,7 @@ _PATCH_FIELDS = {
     "version", "segmentation", "label", "predicted_iou", "stability_score", "point_coords",
     "prompts", "source", "elapsed_ms",
 }  # fmt: skip
+_REVIEW_FIELDS = {"version", "elapsed_ms"}
 _PREDICT_FIELDS = {"points", "labels", "box", "mask_input", "multimask"}
 _EVENT_FIELDS = {"kind", "image_id", "mask_id", "stage", "elapsed_ms", "payload"}
 #: How many images after the one opened the background encoder is asked for.
@@ -465,7 +466,11 @@ def create_app(
 
     @app.get("/api/images/{image_id}/masks")
     def list_masks(image_id: int) -> list[dict[str, Any]]:
-        return [m.to_sa1b() for m in project.list_masks(image_id)]
+        """The masks; prefilled ones (``source: "prefill"``) carry ``review``: ``proposal``
+        (waiting for the annotator), ``accepted`` or ``edited``; other masks ``review: null``."""
+        masks = project.list_masks(image_id)
+        states = project.proposal_states(image_id)
+        return [{**m.to_sa1b(), "review": states.get(m.id)} for m in masks]
 
     @app.post("/api/images/{image_id}/masks")
     async def add_mask(image_id: int, request: Request) -> JSONResponse:
@@ -492,6 +497,31 @@ def create_app(
             lambda: project.update_mask(mask_id, annotator=annotator, **body)
         )
         return record.to_sa1b()
+
+    @app.post("/api/masks/{mask_id}/accept")
+    async def accept_proposal(mask_id: int, request: Request) -> dict[str, Any]:
+        """Accept a prefilled proposal as it is: ``{"version": N, "elapsed_ms"}`` -> the mask
+        (409 stale version, 422 not a proposal waiting for review)."""
+        body = await json_body(request, _REVIEW_FIELDS)
+        if "version" not in body:
+            raise _HTTPError(422, "version (the version of the proposal) is required")
+        annotator = request.state.annotator
+        record = await run_in_threadpool(
+            lambda: project.accept_proposal(mask_id, annotator=annotator, **body)
+        )
+        return {**record.to_sa1b(), "review": "accepted"}
+
+    @app.post("/api/masks/{mask_id}/reject", status_code=204)
+    async def reject_proposal(mask_id: int, request: Request) -> Response:
+        """Reject (delete) a prefilled proposal: ``{"version": N, "elapsed_ms"}``."""
+        body = await json_body(request, _REVIEW_FIELDS)
+        if "version" not in body:
+            raise _HTTPError(422, "version (the version of the proposal) is required")
+        annotator = request.state.annotator
+        await run_in_threadpool(
+            lambda: project.reject_proposal(mask_id, annotator=annotator, **body)
+        )
+        return Response(status_code=204)
 
     @app.delete("/api/masks/{mask_id}", status_code=204)
     def delete_mask(mask_id: int, request: Request, version: int | None = None) -> Response:

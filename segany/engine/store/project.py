@@ -38,6 +38,7 @@ from .exchange import export_project, import_into
 from .masks import MaskMethods
 from .media import clean_file_name, decode_image
 from .models import AnnotatorRow, ImageRow, MaskRow, ModelVersionRow
+from .proposals import ProposalMethods
 from .records import AddReport, Annotator, ImageRecord, ModelVersion
 
 __all__ = [
@@ -78,7 +79,7 @@ def local_model_file(name: str) -> Path | None:
     return bundled if bundled.is_file() else None
 
 
-class Project(MaskMethods):
+class Project(MaskMethods, ProposalMethods):
     """An open project (use :meth:`init` or :meth:`open`; close it, or use ``with``).
 
     ``clock`` (a function returning an aware UTC datetime) replaces the wall clock for
