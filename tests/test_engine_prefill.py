@@ -4,6 +4,8 @@ generator and by the box detector, their review through the store and the server
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -196,3 +198,68 @@ def test_api_accept_reject_edit(api):
     assert [m["review"] for m in listed if m["id"] == manual_id] == [None]
     pre = client.get("/api/stats", headers=AUTH).json()["prefill"]
     assert (pre["proposals"], pre["accepted"], pre["edited"], pre["rejected"]) == (3, 1, 1, 1)
+
+
+# ---------------------------------------------------------------------- detector
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, scenes):
+    """A project whose first 3 images have manual masks (the objects), and a tiny detector
+    trained on them for a few steps."""
+    pytest.importorskip("torchvision")
+    from segany.engine.prefill.detector import train_project_detector
+
+    root = tmp_path_factory.mktemp("det") / "p"
+    project = _make_project(root, scenes)
+    for image, i in zip(project.list_images()[:3], range(3), strict=True):
+        for mask in scenes[i].masks[scenes[i].levels == 0]:
+            project.add_mask(image.id, segmentation=mask)
+        project.set_status(image.id, "done")
+    path, info = train_project_detector(project, steps=30, arch="tiny", lr=0.01)
+    yield project, path, info
+    project.close()
+
+
+def test_detector_trains_records_and_detects(trained, scenes):
+    from segany.engine.prefill.detector import detect_boxes, load_detector, newest_detector
+
+    project, path, info = trained
+    losses = info["losses"]
+    assert len(losses) == info["steps"] == 30 and info["images"] == 3 and info["boxes"] > 3
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])  # it learns
+    assert path.parent == project.root / "detectors" and newest_detector(project.root) == path
+    recorded = json.loads(path.with_suffix(".json").read_text())
+    assert recorded["arch"] == "tiny" and recorded["file"] == path.name
+    boxes, scores = detect_boxes(load_detector(path), scenes[3].image, min_score=0.0)
+    assert boxes.shape[1:] == (4,) and len(boxes) == len(scores) > 0
+    assert np.all(boxes[:, 2] >= boxes[:, 0]) and np.all(boxes[:, 3] >= boxes[:, 1])
+    assert np.all(np.diff(scores) <= 0) and np.all(boxes <= SIZE)
+
+
+def test_prefill_detector_stores_box_prompted_masks(trained, predictor):
+    project, path, _ = trained
+    new = [im.id for im in project.list_images(status="new")]
+    report = prefill_project(
+        project, method="detector", min_score=0.0, min_iou=0.0, predictor=predictor
+    )
+    assert report.prefilled == new and report.masks > 0
+    masks = project.list_masks(new[0])
+    assert masks and all((m.source, m.stage) == ("prefill", 2) for m in masks)
+    for m in masks:
+        x0, y0, x1, y1 = m.prompts["box"]
+        assert 0 <= x0 <= x1 <= SIZE and 0 <= y0 <= y1 <= SIZE
+        assert 0.0 <= m.prompts["detector_score"] <= 1.0 and m.predicted_iou is not None
+    assert project.list_events(kind="prefill")[-1].payload["params"]["detector"] == path.name
+    assert prefill_project(project, method="detector", predictor=predictor).prefilled == []
+
+
+def test_no_detector_is_a_clear_error(tmp_path, scenes, predictor):
+    from segany.engine.prefill.detector import NoDetectorError
+
+    with _make_project(tmp_path / "p", scenes, n=1) as project:
+        with pytest.raises(NoDetectorError, match="train-detector"):
+            prefill_project(project, method="detector", predictor=predictor)
+        with pytest.raises(ValueError, match="min_score"):
+            prefill_project(project, method="auto", min_score=1.5, predictor=predictor)
+        assert project.prefilled_image_ids() == set()
