@@ -263,3 +263,80 @@ def test_no_detector_is_a_clear_error(tmp_path, scenes, predictor):
         with pytest.raises(ValueError, match="min_score"):
             prefill_project(project, method="auto", min_score=1.5, predictor=predictor)
         assert project.prefilled_image_ids() == set()
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def _cli(argv):
+    """Exit code of the ``engine_prefill`` actions as ``segany`` maps it (argparse errors 2,
+    CliError its code)."""
+    import argparse
+
+    from segany.cli import engine_prefill
+    from segany.cli.common import CliError
+
+    parser = argparse.ArgumentParser(prog="segany engine")
+    engine_prefill.register(parser.add_subparsers(dest="action"))
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    try:
+        return args.func(args)
+    except CliError as e:
+        return e.exit_code
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prefill", "{dir}", "--method", "magic"],
+        ["prefill", "{dir}", "--min-score", "1.5"],
+        ["prefill", "{dir}", "--min-score", "-0.1"],
+        ["prefill", "{dir}", "--min-score", "high"],
+        ["prefill", "{dir}", "--images", "some"],
+        ["train-detector", "{dir}", "--steps", "0"],
+        ["train-detector", "{dir}", "--arch", "resnet"],
+    ],
+)
+def test_cli_bad_arguments_exit_2(tmp_path, argv, capsys):
+    assert _cli([a.format(dir=tmp_path) for a in argv]) == 2
+
+
+def test_cli_errors_exit_2(tmp_path, scenes, capsys):
+    assert _cli(["prefill", str(tmp_path / "nothing"), "--method", "auto"]) == 2
+    with _make_project(tmp_path / "p", scenes, n=1):
+        pass
+    root = str(tmp_path / "p")
+    assert _cli(["prefill", root, "--method", "detector"]) == 2  # no detector yet
+    assert _cli(["train-detector", root, "--steps", "1", "--arch", "tiny"]) == 2  # no masks
+    assert _cli(["prefill", root, "--device", "nonsense"]) == 2
+
+
+def test_cli_train_detector_and_prefill(trained, tmp_path, capsys):
+    project, _, _ = trained
+    out = tmp_path / "mine.pt"
+    argv = [
+        "train-detector",
+        str(project.root),
+        "--steps",
+        "2",
+        "--arch",
+        "tiny",
+        "--out",
+        str(out),
+    ]
+    assert _cli(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (
+        result["path"] == str(out) and result["steps"] == 2 and out.with_suffix(".json").is_file()
+    )
+    argv = ["prefill", str(project.root), "--images", "all", "--detector", str(out)]
+    assert _cli(argv) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    n = len(project.list_images())
+    assert report["method"] == "detector" and report["skipped"] + len(report["prefilled"]) == n
+    assert len([line for line in captured.err.splitlines() if line.startswith("[")]) == n
+    assert _cli(argv) == 0 and json.loads(capsys.readouterr().out)["skipped"] == n

@@ -6,21 +6,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["AUTO_DEFAULTS", "auto_proposals", "make_auto_generator"]
+from .settings import AUTO_DEFAULTS
 
-#: The generator's settings for prefill (the one place they are written): a 32 x 32 grid and
-#: strict thresholds, so that only masks an annotator would accept as they are are proposed.
-#: ``--min-score`` replaces ``pred_iou_thresh``. Masks covering 95 % of the image or more are
-#: dropped, as in SA-1B.
-AUTO_DEFAULTS: dict[str, Any] = {
-    "points_per_side": 32,
-    "points_per_batch": 64,
-    "pred_iou_thresh": 0.95,
-    "stability_score_thresh": 0.97,
-    "box_nms_thresh": 0.7,
-    "min_mask_region_area": 0,
-    "max_area_fraction": 0.95,
-}
+__all__ = ["auto_proposals", "make_auto_generator"]
 
 
 def make_auto_generator(model: Any, **knobs: Any) -> Any:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ...io.files import write_bytes_atomic, write_json_atomic
 from ...io.image import load_image
+from .settings import ARCHS
 
 __all__ = [
     "ARCHS",
@@ -47,10 +48,6 @@ __all__ = [
 
 #: The detector folder of a project.
 DETECTORS_DIR = "detectors"
-#: Architectures: ``mobilenet_v3`` (torchvision's ``fasterrcnn_mobilenet_v3_large_320_fpn``,
-#: images resized to 320 px) and ``tiny`` (a 4-layer CNN backbone, one feature map, 256 px:
-#: seconds per step on a CPU; for tests and quick projects).
-ARCHS = ("mobilenet_v3", "tiny")
 _NAME = re.compile(r"^detector_(\d+)\.json$")
 
 

@@ -12,28 +12,14 @@ from typing import Any
 
 from ...io.image import load_image
 from ..store import ImageRecord, ModelVersion, Project, file_fingerprint, local_model_file
+from .settings import DETECTOR_MIN_IOU, IMAGE_CHOICES, METHODS, MIN_SCORE
 
 __all__ = [
-    "DETECTOR_MIN_IOU",
-    "IMAGE_CHOICES",
-    "METHODS",
-    "MIN_SCORE",
     "PrefillReport",
     "model_version_for",
     "prefill_project",
 ]
 
-#: The prefill methods.
-METHODS = ("detector", "auto")
-#: Which images are prefilled: those with status ``new``, or every image (both skip the
-#: images prefilled before).
-IMAGE_CHOICES = ("new", "all")
-#: ``--min-score`` defaults: for ``auto`` the least predicted IoU of a mask (the generator's
-#: ``pred_iou_thresh``; see :data:`.auto.AUTO_DEFAULTS` for the rest), for ``detector`` the
-#: least detector score of a box.
-MIN_SCORE = {"auto": 0.95, "detector": 0.5}
-#: ``detector``: the least SAM predicted IoU of a box's mask for it to be proposed.
-DETECTOR_MIN_IOU = 0.88
 
 Progress = Callable[[int, int, ImageRecord, "int | None", float], None]
 
@@ -106,7 +92,7 @@ def prefill_project(
         model: the SAM model (default: the project's); ``device`` a torch device.
         predictor: a :class:`segany.SamPredictor` to use instead of loading ``model``.
         min_iou: ``detector`` only; default :data:`DETECTOR_MIN_IOU`.
-        auto_knobs: ``auto`` only: generator settings over :data:`.auto.AUTO_DEFAULTS`.
+        auto_knobs: ``auto`` only: generator settings over :data:`.settings.AUTO_DEFAULTS`.
         progress: called after each image with ``(index, total, image, proposals stored or
             None when skipped, seconds)``.
 
