@@ -16,6 +16,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from ..precision import PRECISIONS
 from .common import EXIT_OK, CliError, UsageError, bad_input, status
 
 __all__ = ["cmd_prefill", "cmd_train_detector", "register"]
@@ -112,6 +113,12 @@ def register(actions: Any) -> None:
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="M", default=None, help="SAM model (default: the project's)")
     p.add_argument("--device", metavar="D", default=None, help="torch device (default: cpu)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="SAM's compute precision (default: auto, as for the other commands)",
+    )
 
 
 @contextlib.contextmanager
@@ -156,7 +163,7 @@ def cmd_prefill(args: argparse.Namespace) -> int:
         from .common import load_model
 
         name = args.model or project.model
-        model_args = argparse.Namespace(model=name, device=args.device, precision="auto")
+        model_args = argparse.Namespace(model=name, device=args.device, precision=args.precision)
         predictor = SamPredictor(load_model(model_args))
 
         def progress(i: int, n: int, image: Any, stored: int | None, seconds: float) -> None:
