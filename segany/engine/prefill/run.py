@@ -12,7 +12,7 @@ from typing import Any
 
 from ...io.image import load_image
 from ..store import ImageRecord, ModelVersion, Project, file_fingerprint, local_model_file
-from .settings import DETECTOR_MIN_IOU, IMAGE_CHOICES, METHODS, MIN_SCORE
+from .settings import AUTO_DEFAULTS, DETECTOR_MIN_IOU, IMAGE_CHOICES, METHODS, MIN_SCORE
 
 __all__ = [
     "PrefillReport",
@@ -124,7 +124,8 @@ def prefill_project(
 
         knobs = {**(auto_knobs or {}), "pred_iou_thresh": min_score}
         generator = make_auto_generator(predictor.model, **knobs)
-        params: dict[str, Any] = {k: v for k, v in knobs.items() if _jsonable(v)}
+        used = {**AUTO_DEFAULTS, **knobs}
+        params: dict[str, Any] = {k: v for k, v in used.items() if _jsonable(v)}
 
         def propose(image: Any) -> list[dict[str, Any]]:
             return auto_proposals(generator, image)

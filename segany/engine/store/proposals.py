@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from . import checks
@@ -293,10 +293,19 @@ def compute_prefill_stats(s: Session) -> dict[str, Any]:
     counts = {k: sum(1 for v in states.values() if v == k) for k in ("accepted", "edited")}
     prefilled = set(s.scalars(select(EventRow.image_id).where(EventRow.kind == PREFILL)))
     done = set(s.scalars(select(ImageRow.id).where(ImageRow.status == "done")))
-    masks: dict[int, list[int]] = {}
-    for mid, img in s.execute(select(MaskRow.id, MaskRow.image_id)):
-        if states.get(mid) != "proposal":
-            masks.setdefault(img, []).append(mid)
+    per_image = dict(
+        s.execute(
+            select(MaskRow.image_id, func.count())
+            .where(MaskRow.image_id.in_(list(done)))
+            .group_by(MaskRow.image_id)
+        ).all()
+    )
+    pending: dict[int, int] = {}
+    kept: dict[int, int] = {}
+    for mid, state in states.items():
+        img = ids[mid][0]
+        bucket = pending if state == "proposal" else kept
+        bucket[img] = bucket.get(img, 0) + 1
     started: dict[int, Any] = {}
     finished: dict[int, float] = {}
     events = s.execute(
@@ -316,13 +325,12 @@ def compute_prefill_stats(s: Session) -> dict[str, Any]:
                 finished[img] = (at - start).total_seconds()
 
     def group(images: set[int]) -> dict[str, Any]:
-        n = sum(len(masks.get(i, [])) for i in images)
-        kept = sum(1 for i in images for m in masks.get(i, []) if m in states)
+        n = sum(int(per_image.get(i, 0)) - pending.get(i, 0) for i in images)
         timed = [finished[i] for i in images if i in finished]
         return {
             "images": len(images),
             "masks": n,
-            "prefill_masks": kept,
+            "prefill_masks": sum(kept.get(i, 0) for i in images),
             "masks_per_image": n / len(images) if images else None,
             "seconds_per_image": sum(timed) / len(timed) if timed else None,
         }
