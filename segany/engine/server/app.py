@@ -32,6 +32,7 @@ from ..web.serve import ISOLATION_HEADERS, MIME_TYPES
 from ..web.vendor import STATIC_DIR
 from .embeddings import EmbeddingService
 from .metrics import add_metrics_routes
+from .proposals import add_proposal_routes
 
 __all__ = ["COOKIE", "create_app"]
 
@@ -48,7 +49,6 @@ _PATCH_FIELDS = {
     "version", "segmentation", "label", "predicted_iou", "stability_score", "point_coords",
     "prompts", "source", "elapsed_ms",
 }  # fmt: skip
-_REVIEW_FIELDS = {"version", "elapsed_ms"}
 _PREDICT_FIELDS = {"points", "labels", "box", "mask_input", "multimask"}
 _EVENT_FIELDS = {"kind", "image_id", "mask_id", "stage", "elapsed_ms", "payload"}
 #: How many images after the one opened the background encoder is asked for.
@@ -498,31 +498,6 @@ def create_app(
         )
         return record.to_sa1b()
 
-    @app.post("/api/masks/{mask_id}/accept")
-    async def accept_proposal(mask_id: int, request: Request) -> dict[str, Any]:
-        """Accept a prefilled proposal as it is: ``{"version": N, "elapsed_ms"}`` -> the mask
-        (409 stale version, 422 not a proposal waiting for review)."""
-        body = await json_body(request, _REVIEW_FIELDS)
-        if "version" not in body:
-            raise _HTTPError(422, "version (the version of the proposal) is required")
-        annotator = request.state.annotator
-        record = await run_in_threadpool(
-            lambda: project.accept_proposal(mask_id, annotator=annotator, **body)
-        )
-        return {**record.to_sa1b(), "review": "accepted"}
-
-    @app.post("/api/masks/{mask_id}/reject", status_code=204)
-    async def reject_proposal(mask_id: int, request: Request) -> Response:
-        """Reject (delete) a prefilled proposal: ``{"version": N, "elapsed_ms"}``."""
-        body = await json_body(request, _REVIEW_FIELDS)
-        if "version" not in body:
-            raise _HTTPError(422, "version (the version of the proposal) is required")
-        annotator = request.state.annotator
-        await run_in_threadpool(
-            lambda: project.reject_proposal(mask_id, annotator=annotator, **body)
-        )
-        return Response(status_code=204)
-
     @app.delete("/api/masks/{mask_id}", status_code=204)
     def delete_mask(mask_id: int, request: Request, version: int | None = None) -> Response:
         project.delete_mask(mask_id, version=version, annotator=request.state.annotator)
@@ -573,6 +548,7 @@ def create_app(
         return FileResponse(folder / name, media_type=media)
 
     add_metrics_routes(app, project)
+    add_proposal_routes(app, project, json_body)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 
