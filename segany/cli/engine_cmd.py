@@ -1,8 +1,9 @@
 """``segany engine``: the data engine's stages run over many images. ``segany engine auto`` is
 the fully automatic stage: the automatic mask generator over a folder or a project, written as
 SA-1B-style tar shards with an index, in-process or on Ray (see
-:mod:`segany.engine.stages`). ``segany engine retrain`` (:mod:`.engine_retrain`) fine-tunes a
-project's model on its accepted masks."""
+:mod:`segany.engine.stages`). ``segany engine prefill`` and ``train-detector``
+(:mod:`.engine_prefill`) are the semi-automatic stage; ``segany engine retrain``
+(:mod:`.engine_retrain`) fine-tunes a project's model on its accepted masks."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import engine_retrain
+from . import engine_prefill, engine_retrain
 from .common import EXIT_OK, EXIT_SOME_FAILED, UsageError, add_model_args, bad_input, status
 
 #: Names of the presets (kept here so that ``--help`` imports no torch; checked in the tests
@@ -19,18 +20,21 @@ PRESET_NAMES = ("sa1b", "default")
 
 
 def register(sub: Any) -> None:
-    """Add ``segany engine`` (with its actions ``auto`` and ``retrain``) to the subparsers
-    ``sub``."""
+    """Add ``segany engine`` (with its actions ``auto``, ``prefill``, ``train-detector`` and
+    ``retrain``) to the subparsers ``sub``."""
     p = sub.add_parser(
         "engine",
-        help="data engine stages: auto (the fully automatic stage), retrain",
+        help="data engine stages: auto, prefill, train-detector, retrain",
         description="Data engine stages run over many images.",
     )
     actions = p.add_subparsers(
         dest="action",
         metavar="ACTION",
         required=True,
-        help="auto: the fully automatic stage; retrain: fine-tune on the accepted masks",
+        help=(
+            "auto: the fully automatic stage; prefill, train-detector: the semi-automatic "
+            "stage; retrain: fine-tune on the accepted masks"
+        ),
     )
     a = actions.add_parser(
         "auto",
@@ -106,6 +110,7 @@ def register(sub: Any) -> None:
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(a)
     a.set_defaults(func=cmd_engine_auto)
+    engine_prefill.register(actions)
     engine_retrain.register(actions)
 
 

@@ -32,6 +32,7 @@ from ..web.serve import ISOLATION_HEADERS, MIME_TYPES
 from ..web.vendor import STATIC_DIR
 from .embeddings import EmbeddingService
 from .metrics import add_metrics_routes
+from .proposals import add_proposal_routes
 
 __all__ = ["COOKIE", "create_app"]
 
@@ -465,7 +466,11 @@ def create_app(
 
     @app.get("/api/images/{image_id}/masks")
     def list_masks(image_id: int) -> list[dict[str, Any]]:
-        return [m.to_sa1b() for m in project.list_masks(image_id)]
+        """The masks; prefilled ones (``source: "prefill"``) carry ``review``: ``proposal``
+        (waiting for the annotator), ``accepted`` or ``edited``; other masks ``review: null``."""
+        masks = project.list_masks(image_id)
+        states = project.proposal_states(image_id)
+        return [{**m.to_sa1b(), "review": states.get(m.id)} for m in masks]
 
     @app.post("/api/images/{image_id}/masks")
     async def add_mask(image_id: int, request: Request) -> JSONResponse:
@@ -543,6 +548,7 @@ def create_app(
         return FileResponse(folder / name, media_type=media)
 
     add_metrics_routes(app, project)
+    add_proposal_routes(app, project, json_body)
     app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
     return app
 

@@ -39,6 +39,7 @@ from .exchange import export_project, import_into
 from .masks import MaskMethods
 from .media import clean_file_name, decode_image
 from .models import AnnotatorRow, ImageRow, MaskRow, ModelVersionRow
+from .proposals import ProposalMethods
 from .records import AddReport, Annotator, DatasetVersion, ImageRecord, ModelVersion
 
 __all__ = [
@@ -79,7 +80,7 @@ def local_model_file(name: str) -> Path | None:
     return bundled if bundled.is_file() else None
 
 
-class Project(DatasetMethods, MaskMethods):
+class Project(DatasetMethods, MaskMethods, ProposalMethods):
     """An open project (use :meth:`init` or :meth:`open`; close it, or use ``with``).
 
     ``clock`` (a function returning an aware UTC datetime) replaces the wall clock for

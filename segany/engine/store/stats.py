@@ -9,6 +9,9 @@ Per (stage, annotator):
   accept events that carry one, in seconds (None without any);
 * ``masks_per_image``: ``masks / images``;
 * ``clicks_per_mask``: ``prompt`` events per ``accept`` event.
+
+``prefill``: the stage-2 proposals and the images with and without them
+(:func:`.proposals.compute_prefill_stats`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .models import IMAGE_STATUSES, AnnotatorRow, EventRow, ImageRow, MaskRow
+from .proposals import compute_prefill_stats
 
 __all__ = ["compute_stats"]
 
@@ -26,8 +30,9 @@ __all__ = ["compute_stats"]
 def compute_stats(s: Session) -> dict[str, Any]:
     """``{"images": {"total", "new", "in_progress", "done", "skipped"}, "masks": N,
     "groups": [{"stage", "annotator", "masks", "images", "images_done", "accepted",
-    "seconds_per_mask", "masks_per_image", "clicks_per_mask"}, ...]}``, groups sorted by stage
-    then annotator name (None, masks without an annotator, first)."""
+    "seconds_per_mask", "masks_per_image", "clicks_per_mask"}, ...], "prefill": {...}}``,
+    groups sorted by stage then annotator name (None, masks without an annotator, first);
+    ``prefill`` as :func:`.proposals.compute_prefill_stats`."""
     names = dict(s.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
     groups: dict[tuple[int, int | None], dict[str, Any]] = {}
 
@@ -99,4 +104,5 @@ def compute_stats(s: Session) -> dict[str, Any]:
         "images": images,
         "masks": int(s.scalar(select(func.count()).select_from(MaskRow)) or 0),
         "groups": out,
+        "prefill": compute_prefill_stats(s),
     }
