@@ -178,6 +178,24 @@ def test_snapshot_stages_and_oversampling(tiny_project):
         everything.train_specs(0)
 
 
+def test_snapshot_leaves_out_unreviewed_proposals(tiny_project):
+    """Prefilled proposals are training data once an annotator accepted them, not before."""
+    p = tiny_project
+    image = p.list_images()[0]
+    square = np.zeros((image.height, image.width), bool)
+    square[2:10, 3:12] = True
+    pending, accepted = p.add_prefill(
+        image.id,
+        [{"segmentation": square, "predicted_iou": 0.97}, {"segmentation": ~square}],
+        method="auto",
+    )
+    p.accept_proposal(accepted.id, version=accepted.version)
+    snap = snapshot(p, stages=[2])
+    ids = {m["id"] for entries in snap.manifest["splits"].values() for e in entries
+           for m in e["masks"]}  # fmt: skip
+    assert accepted.id in ids and pending.id not in ids
+
+
 # ----------------------------------------------------------------------------- retrain
 
 FAST_CONFIG = """

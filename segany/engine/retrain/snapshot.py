@@ -177,9 +177,15 @@ def _mask_key(mask: MaskRecord) -> list[Any]:
 def _collect(
     project: Project, stages: tuple[int, ...]
 ) -> tuple[list[Any], dict[int, list[MaskRecord]]]:
+    """The images and, per image, its masks of ``stages`` that are accepted: a prefilled proposal
+    no annotator has reviewed yet is not training data."""
     images = project.list_images()
+    pending = {k for k, state in project.proposal_states().items() if state == "proposal"}
     masks = {
-        image.id: [m for m in project.list_masks(image.id) if m.stage in stages] for image in images
+        image.id: [
+            m for m in project.list_masks(image.id) if m.stage in stages and m.id not in pending
+        ]
+        for image in images
     }
     return images, masks
 
