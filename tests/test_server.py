@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import numpy as np
 import pytest
@@ -534,3 +535,47 @@ def test_app_server_runs_the_app_in_a_thread(project, sam):
         assert httpx.get(base + "/api/images", timeout=10).status_code == 401
     with pytest.raises(httpx.TransportError):
         httpx.get(base + "/api/health", timeout=2)
+
+
+class ThreadRecordingPredictor(segany.SamPredictor):
+    """A SamPredictor that records the threads its torch work runs on."""
+
+    threads: set = set()
+
+    def __init__(self, model):
+        type(self).threads.add(threading.get_ident())
+        super().__init__(model)
+
+    def set_image(self, image, image_format="RGB"):
+        type(self).threads.add(threading.get_ident())
+        super().set_image(image, image_format)
+
+    def load_embedding(self, path):
+        type(self).threads.add(threading.get_ident())
+        return super().load_embedding(path)
+
+    def predict(self, *args, **kwargs):
+        type(self).threads.add(threading.get_ident())
+        return super().predict(*args, **kwargs)
+
+
+def test_all_model_work_runs_on_one_model_thread(project, sam):
+    """Loading, background encoding, decoding and the embedding route all run on the service's
+    one model thread, never on a request thread or the event loop (two threads with OpenMP
+    teams make every torch operation about twice as slow); it ends with the app."""
+    ThreadRecordingPredictor.threads = set()
+    app = create_app(
+        project, predictor_factory=lambda: ThreadRecordingPredictor(sam), token=TOKEN
+    )  # prefetch on: the background encoder hands its work to the model thread
+    with TestClient(app) as c:
+        ids = [_upload(c, _png(seed)[0], f"s{seed}.png").json()["id"] for seed in range(2)]
+        for image_id in ids + ids:
+            r = c.post(f"/api/images/{image_id}/predict", json={"points": [[50, 60]], "labels": [1]},
+                       headers=AUTH)  # fmt: skip
+            assert r.status_code == 200, r.text
+        assert c.get(f"/api/images/{ids[0]}/embedding", headers=AUTH).status_code == 200
+        service = app.state.embeddings
+        assert service.call(threading.get_ident) in ThreadRecordingPredictor.threads
+    assert len(ThreadRecordingPredictor.threads) == 1
+    assert threading.get_ident() not in ThreadRecordingPredictor.threads
+    assert not [t for t in threading.enumerate() if t.name.startswith("segany-model")]

@@ -95,15 +95,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         if args.model is None:
             args.model = project.model
-        predictor = SamPredictor(load_model(args))
-        version = register_served_model(project, args.model, predictor.model)
         token = server_token(project.root, args.token)
         app = create_app(
             project,
-            predictor_factory=lambda: predictor,
+            predictor_factory=lambda: SamPredictor(load_model(args)),
             token=token,
             max_upload_mb=args.max_upload_mb,
         )
+        # the model is loaded (and fingerprinted) on the server's model thread, where all of
+        # its torch work runs (see segany.engine.server.embeddings)
+        service = app.state.embeddings
+        predictor = service.predictor
+        version = service.call(register_served_model, project, args.model, predictor.model)
         sock = _bind(args.host, args.port)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host

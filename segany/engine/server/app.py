@@ -441,12 +441,14 @@ def create_app(
                     "allowed: a 'mask_input' token from this image's last predictions, or null",
                 )
             prompt["mask_input"] = item[1]
-        with service.lock:
-            predictor = service.set_image(image_id)
+
+        def decode() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             try:
-                masks, scores, low = predictor.predict(**prompt)
+                return service.set_image(image_id).predict(**prompt)
             except ValueError as e:
                 raise _HTTPError(422, str(e)) from None
+
+        masks, scores, low = service.call(decode)
         tokens = [service.logits.put(image_id, low[i : i + 1]) for i in range(len(scores))]
         rles = encode_coco_rle(np.asarray(masks))
         project.record_event(

@@ -1,6 +1,13 @@
-"""The server's model: one :class:`segany.SamPredictor` behind a lock, an on-disk embedding
-cache keyed by (image sha256, model fingerprint), a background encoder thread, and a bounded
-LRU of low-res logits that ``predict`` answers refer to by token.
+"""The server's model: one :class:`segany.SamPredictor` on a model thread of its own, an
+on-disk embedding cache keyed by (image sha256, model fingerprint), a background encoder
+thread, and a bounded LRU of low-res logits that ``predict`` answers refer to by token.
+
+All of the server's torch work (loading the model, encoding, decoding, the ONNX export) runs on
+that one thread (:meth:`EmbeddingService.call`). PyTorch's OpenMP gives every thread that runs
+a parallel operation a thread team of its own, and once two threads have teams every
+operation runs about twice as slow on a small CPU (a decoder call of the bundled model: ~10 ms
+on one thread, ~21 ms after a second thread ran a matrix product), so handing the work to
+whichever request thread is free would double the click latency.
 
 Cache files are ``<embeddings_dir>/<sha256>_<fingerprint>.safetensors``
 (:func:`segany.engine.store.cachefiles.cache_file_name`), written atomically by
@@ -18,8 +25,9 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -29,6 +37,8 @@ from ..store import ModelVersion, Project, file_fingerprint, local_model_file
 from ..store.cachefiles import cache_file_name
 
 __all__ = ["EmbeddingService", "LogitsCache", "register_served_model"]
+
+T = TypeVar("T")
 
 
 def register_served_model(project: Project, name: str, model: Any) -> ModelVersion:
@@ -73,7 +83,8 @@ class LogitsCache:
 
 
 class EmbeddingService:
-    """The predictor (created on first use by ``predictor_factory``), its lock and the cache.
+    """The predictor (created on first use by ``predictor_factory``, on the model thread), the
+    model thread that runs every use of it (:meth:`call`) and the cache.
 
     Args:
         embeddings_dir: the cache folder (a project's ``embeddings_dir``).
@@ -94,7 +105,9 @@ class EmbeddingService:
         self._image_path = image_path
         self._predictor: Any = None
         self._fingerprint: str | None = None
-        self.lock = threading.RLock()
+        self._model_thread: ThreadPoolExecutor | None = None
+        self._model_ident: int | None = None
+        self._model_lock = threading.Lock()
         self._loaded: str | None = None  # cache key of the image set in the predictor
         self._queue: queue.Queue[int | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
@@ -106,13 +119,41 @@ class EmbeddingService:
 
     # ------------------------------------------------------------------ model
 
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` on the model thread and return its result (or raise its
+        exception). Calls run one at a time, in order; a call from the model thread itself runs
+        at once. Everything that touches the predictor goes through here."""
+        if threading.get_ident() == self._model_ident:
+            return fn(*args, **kwargs)
+        with self._model_lock:
+            if self._model_thread is None:
+                self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="segany-model")
+            future = self._model_thread.submit(self._on_model_thread, fn, args, kwargs)
+        return future.result()
+
+    def close(self) -> None:
+        """End the model thread (after the calls queued on it); a later :meth:`call` starts a
+        new one. :meth:`stop` closes it too."""
+        with self._model_lock:
+            executor, self._model_thread = self._model_thread, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    def _on_model_thread(self, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        self._model_ident = threading.get_ident()
+        return fn(*args, **kwargs)
+
     @property
     def predictor(self) -> Any:
-        with self.lock:
-            if self._predictor is None:
-                self._predictor = self._factory()
-                self._fingerprint = model_fingerprint(self._predictor.model)
-            return self._predictor
+        """The predictor (created on first use, on the model thread). Use it inside
+        :meth:`call`."""
+        return self.call(self._get_predictor)
+
+    def _get_predictor(self) -> Any:
+        if self._predictor is None:
+            self._predictor = self._factory()
+            self._fingerprint = model_fingerprint(self._predictor.model)
+        return self._predictor
 
     @property
     def loaded_fingerprint(self) -> str | None:
@@ -132,25 +173,30 @@ class EmbeddingService:
 
     def ensure(self, image_id: int) -> Path:
         """Encode the image unless its embedding is cached; returns the cache file."""
+        return self.call(self._ensure, image_id)
+
+    def _ensure(self, image_id: int) -> Path:
         sha, path = self._image_path(image_id)
-        with self.lock:
-            cached = self.cache_path(sha)
-            if not cached.is_file():
-                self.encoding = image_id
-                try:
-                    predictor = self.predictor
-                    predictor.set_image(load_image(path))
-                    self.dir.mkdir(parents=True, exist_ok=True)
-                    predictor.save_embedding(cached)
-                finally:
-                    self.encoding = None
-                self._loaded = cached.name
-                self.encoded += 1
-            return cached
+        cached = self.cache_path(sha)
+        if not cached.is_file():
+            self.encoding = image_id
+            try:
+                predictor = self.predictor
+                predictor.set_image(load_image(path))
+                self.dir.mkdir(parents=True, exist_ok=True)
+                predictor.save_embedding(cached)
+            finally:
+                self.encoding = None
+            self._loaded = cached.name
+            self.encoded += 1
+        return cached
 
     def set_image(self, image_id: int) -> Any:
         """Make the image current in the predictor (from the cache when there; the encoder
-        only when not) and return the predictor. Call with :attr:`lock` held."""
+        only when not) and return the predictor. Call inside :meth:`call`, which also runs the
+        predictor's use of it: ``service.call(lambda: service.set_image(i).predict(...))``."""
+        if threading.get_ident() != self._model_ident:
+            raise RuntimeError("EmbeddingService.set_image runs on the model thread: use call()")
         cached = self.ensure(image_id)
         predictor = self.predictor
         if self._loaded != cached.name:
@@ -174,17 +220,19 @@ class EmbeddingService:
         ``<embeddings_dir>/onnx_<fingerprint>_<decoder fingerprint>/`` (a decoder-only
         fine-tune keeps the embeddings and gets its own decoder,
         :func:`segany.io.embedding.decoder_fingerprint`)."""
+        return self.call(self._decoder_dir)
+
+    def _decoder_dir(self) -> Path:
         from ...export import export_onnx
         from ...io.files import atomic_dir
 
-        with self.lock:
-            decoder = decoder_fingerprint(self.predictor.model)
-            out = self.dir / f"onnx_{self.fingerprint}_{decoder}"
-            if not (out / "manifest.json").is_file():
-                self.dir.mkdir(parents=True, exist_ok=True)
-                with atomic_dir(out) as tmp:
-                    export_onnx(self.predictor.model, tmp, encoder=False)
-            return out
+        decoder = decoder_fingerprint(self.predictor.model)
+        out = self.dir / f"onnx_{self.fingerprint}_{decoder}"
+        if not (out / "manifest.json").is_file():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_dir(out) as tmp:
+                export_onnx(self.predictor.model, tmp, encoder=False)
+        return out
 
     def is_cached(self, image_id: int) -> bool:
         sha, _ = self._image_path(image_id)
@@ -235,8 +283,10 @@ class EmbeddingService:
             self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Stop the worker after the image it is encoding (queued images are dropped)."""
+        """Stop the worker after the image it is encoding (queued images are dropped) and end
+        the model thread."""
         if self._thread is None:
+            self.close()
             return
         while True:
             try:
@@ -248,6 +298,7 @@ class EmbeddingService:
         self._queue.put(None)
         self._thread.join(timeout)
         self._thread = None
+        self.close()
 
     def _run(self) -> None:
         while True:
