@@ -3,10 +3,11 @@ server (first click farthest from the boundary, a background click on a false po
 best-scored of the multimask output, accept at the target, the click budget, an empty mask
 discarded), a 2-round loop with retrains on tiny procedural scenes through the real server
 (the report's numbers recomputed from the event log and Project.stats, model versions
-recorded)."""
+recorded), and ``segany engine simulate``'s argument errors."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from typing import Any
 
@@ -16,6 +17,8 @@ import pytest
 pytest.importorskip("sqlalchemy")
 pytest.importorskip("fastapi")
 
+from segany.cli import engine_simulate  # noqa: E402
+from segany.cli.common import EXIT_USAGE, UsageError  # noqa: E402
 from segany.engine.simulate import (  # noqa: E402
     SimulatedAnnotator,
     SimulationConfig,
@@ -180,7 +183,9 @@ def test_two_round_loop_recomputable_from_the_event_log(tmp_path):
     report = run_simulation(config)
     rows = report["rounds"]
     assert [r["round"] for r in rows] == [1, 2]
-    masks = [json.loads(line) for line in (tmp_path / "sim" / "masks.jsonl").read_text().splitlines()]
+    masks = [
+        json.loads(line) for line in (tmp_path / "sim" / "masks.jsonl").read_text().splitlines()
+    ]
     with Project.open(tmp_path / "sim" / "project") as p:
         versions = {v.id: v for v in p.list_models()}
         stats = {g["annotator"]: g for g in p.stats()["groups"]}
@@ -216,3 +221,41 @@ def test_two_round_loop_recomputable_from_the_event_log(tmp_path):
     assert "| round |" in (tmp_path / "sim" / "report.md").read_text()
     with pytest.raises(ValueError, match="holds a simulation"):
         run_simulation(config)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def run_cli(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="segany engine")
+    engine_simulate.register(parser.add_subparsers(dest="action"))
+    args = parser.parse_args(["simulate", *argv])
+    return args.func(args)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--rounds", "0"], "--rounds must be >= 1"),
+        (["--click-budget", "0"], "--click-budget must be >= 1"),
+        (["--iou-target", "1.5"], r"--iou-target must be in \(0, 1\]"),
+        (["--iou-target", "0"], r"--iou-target must be in \(0, 1\]"),
+        (["--images-per-round", "0"], "--images-per-round must be >= 1"),
+        (["--steps", "-1"], "--steps must be >= 0"),
+        (["--seconds-per-click", "-2"], "--seconds-per-click must be >= 0"),
+        (["--rounds", "3", "--images-per-round", "2"], "has 4 images"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, extra, message):
+    with pytest.raises(UsageError, match=message) as info:
+        run_cli("--data", "procedural:4", "--out", str(tmp_path / "o"), *extra)
+    assert info.value.exit_code == EXIT_USAGE == 2
+
+
+def test_cli_bad_data_and_out(tmp_path):
+    with pytest.raises(UsageError, match="procedural"):
+        run_cli("--data", "procedural:x", "--out", str(tmp_path / "o"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "f").write_text("x")
+    with pytest.raises(UsageError, match="not an empty folder"):
+        run_cli("--data", "procedural:4", "--out", str(tmp_path / "full"))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .annotator import MaskOutcome, SimulatedAnnotator, check_protocol, target_order
+from .report import fmt, write_report
 
 __all__ = [
     "ROUND_KINDS",
@@ -250,7 +251,6 @@ def run_simulation(
     from ..retrain import retrain
     from ..server import create_app
     from ..store import Project
-    from .report import write_report
 
     check_config(config)
     hooks: dict[str, RoundFn] = {"manual": annotate_round, **dict(round_hooks or {})}
@@ -312,7 +312,7 @@ def run_simulation(
             )  # fmt: skip
             say(
                 f"round {r} ({kind}): {row['masks']} masks, "
-                f"{_fmt(row['clicks_per_mask'])} clicks/mask, mIoU {_fmt(row['miou_final'])}"
+                f"{fmt(row['clicks_per_mask'])} clicks/mask, mIoU {fmt(row['miou_final'])}"
             )
             outcomes_all += [{"round": r, **o.to_dict()} for o in outcomes]
             if config.steps > 0:
@@ -346,10 +346,6 @@ def run_simulation(
     return report
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def _config_dict(config: SimulationConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in config.__dict__.items():
@@ -362,33 +358,3 @@ def _config_dict(config: SimulationConfig) -> dict[str, Any]:
         out[key] = value
     out["round_kinds"] = list(config.kinds())
     return out
-
-
-def rows_table(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
-    """The report table's cells (header first)."""
-    head = [
-        "round", "kind", "model", "images", "masks", "clicks/mask", "s/mask", "masks/image",
-        "mIoU vs truth", "held-out 1 pt", "held-out 5 pt", "retrain",
-    ]  # fmt: skip
-    cells = [head]
-    for row in rows:
-        re_ = row.get("retrain")
-        cells.append(
-            [
-                str(row["round"]), row["kind"],
-                row["model_version"]["name"] if row["model_version"] else "-",
-                str(row["images"]), str(row["masks"]), _fmt2(row["clicks_per_mask"]),
-                _fmt2(row["seconds_per_mask"]), _fmt2(row["masks_per_image"]),
-                _fmt(row["miou_final"]), _fmt(row.get("heldout_miou_1pt")),
-                _fmt(row.get("heldout_miou_5pt")),
-                "-" if re_ is None else (
-                    f"{re_['new_miou_1pt']:.3f}/{re_['new_miou_5pt']:.3f} "
-                    f"{'switched' if re_['switched'] else 'kept'}"
-                ),
-            ]
-        )  # fmt: skip
-    return cells
-
-
-def _fmt2(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"

@@ -13,14 +13,12 @@ from typing import Any
 
 from ...io.files import write_bytes_atomic, write_json_atomic, write_text_atomic
 
-__all__ = ["markdown_table", "plot_report", "write_report"]
+__all__ = ["fmt", "markdown_table", "plot_report", "rows_table", "write_report"]
 
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The rounds as a Markdown table (clicks, seconds and masks per mask / image, final mIoU
     against the truth, the held-out 1/5-point mIoU of the model used, the retrain after it)."""
-    from .loop import rows_table
-
     cells = rows_table(report["rounds"])
     lines = ["| " + " | ".join(cells[0]) + " |", "|" + "---|" * len(cells[0])]
     lines += ["| " + " | ".join(row) + " |" for row in cells[1:]]
@@ -90,3 +88,38 @@ def write_report(
     write_text_atomic(out / "report.md", _markdown(report))
     write_text_atomic(out / "masks.jsonl", "".join(json.dumps(o) + "\n" for o in outcomes))
     plot_report(report["rounds"], out / "report.png")
+
+
+def fmt(value: float | None) -> str:
+    """3 decimals, or ``-`` for None."""
+    return "-" if value is None else f"{value:.3f}"
+
+
+def rows_table(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """The report table's cells (header first)."""
+    head = [
+        "round", "kind", "model", "images", "masks", "clicks/mask", "s/mask", "masks/image",
+        "mIoU vs truth", "held-out 1 pt", "held-out 5 pt", "retrain",
+    ]  # fmt: skip
+    cells = [head]
+    for row in rows:
+        re_ = row.get("retrain")
+        cells.append(
+            [
+                str(row["round"]), row["kind"],
+                row["model_version"]["name"] if row["model_version"] else "-",
+                str(row["images"]), str(row["masks"]), fmt2(row["clicks_per_mask"]),
+                fmt2(row["seconds_per_mask"]), fmt2(row["masks_per_image"]),
+                fmt(row["miou_final"]), fmt(row.get("heldout_miou_1pt")),
+                fmt(row.get("heldout_miou_5pt")),
+                "-" if re_ is None else (
+                    f"{re_['new_miou_1pt']:.3f}/{re_['new_miou_5pt']:.3f} "
+                    f"{'switched' if re_['switched'] else 'kept'}"
+                ),
+            ]
+        )  # fmt: skip
+    return cells
+
+
+def fmt2(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
