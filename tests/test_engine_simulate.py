@@ -259,3 +259,45 @@ def test_cli_bad_data_and_out(tmp_path):
     (tmp_path / "full" / "f").write_text("x")
     with pytest.raises(UsageError, match="not an empty folder"):
         run_cli("--data", "procedural:4", "--out", str(tmp_path / "full"))
+
+
+def test_round_kinds_hooks(tmp_path):
+    data = {"type": "procedural", "length": 2, "seed": 1, "height": 32, "width": 32}
+    config = SimulationConfig(
+        data=data, out=tmp_path / "a", rounds=1, images_per_round=2, steps=0,
+        round_kinds=("prefill",),
+    )  # fmt: skip
+    with pytest.raises(NotImplementedError, match="prefill"):
+        run_simulation(config)
+    seen = []
+
+    def prefill(ctx):
+        seen.append((ctx.number, ctx.kind, len(ctx.images), ctx.client.get("/api/me").json()))
+        return []
+
+    report = run_simulation(config, round_hooks={"prefill": prefill})
+    assert seen == [(1, "prefill", 2, {"annotator": "sim-r01", "admin": False})]
+    (row,) = report["rounds"]
+    assert row["stage"] == 2 and row["masks"] == 0 and "retrain" not in row
+    with pytest.raises(ValueError, match="unknown round kinds"):
+        run_simulation(
+            SimulationConfig(data=data, out=tmp_path / "b", round_kinds=("x",), rounds=1)
+        )
+
+
+def test_weak_model_has_a_new_decoder_and_the_same_encoder(tmp_path):
+    from safetensors.torch import load_file
+
+    from segany.build import bundled_model_path, load_model
+    from segany.engine.simulate import make_weak_model
+
+    path = make_weak_model(tmp_path / "weak", steps=0, seed=3)
+    weak, base = load_file(str(path)), load_file(str(bundled_model_path()))
+    assert weak.keys() == base.keys()
+    enc = [k for k in base if k.startswith("image_encoder.")]
+    dec = [k for k in base if k.startswith("mask_decoder.") and k.endswith(".weight")]
+    assert all(np.array_equal(weak[k].float().numpy(), base[k].float().numpy()) for k in enc)
+    assert any(not np.allclose(weak[k].float().numpy(), base[k].float().numpy()) for k in dec)
+    load_model(str(path), device="cpu")  # a loadable model
+    with pytest.raises(ValueError, match="weak steps"):
+        make_weak_model(tmp_path / "w2", steps=-1)
