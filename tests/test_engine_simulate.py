@@ -243,6 +243,7 @@ def run_cli(*argv: str) -> int:
         (["--images-per-round", "0"], "--images-per-round must be >= 1"),
         (["--steps", "-1"], "--steps must be >= 0"),
         (["--seconds-per-click", "-2"], "--seconds-per-click must be >= 0"),
+        (["--weak-keep", "1"], r"--weak-keep must be in \[0, 1\)"),
         (["--rounds", "3", "--images-per-round", "2"], "has 4 images"),
     ],
 )
@@ -301,3 +302,10 @@ def test_weak_model_has_a_new_decoder_and_the_same_encoder(tmp_path):
     load_model(str(path), device="cpu")  # a loadable model
     with pytest.raises(ValueError, match="weak steps"):
         make_weak_model(tmp_path / "w2", steps=-1)
+    with pytest.raises(ValueError, match="weak keep"):
+        make_weak_model(tmp_path / "w3", keep=1.0)
+    # keep: the base decoder's share of each weight, the rest random (same seed)
+    half = load_file(str(make_weak_model(tmp_path / "half", keep=0.5, seed=3)))
+    for k in dec:
+        blend = 0.5 * weak[k].float().numpy() + 0.5 * base[k].float().numpy()
+        assert np.allclose(half[k].float().numpy(), blend, atol=1e-6)

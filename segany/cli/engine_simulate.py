@@ -73,6 +73,11 @@ def register(actions: Any) -> None:
     )  # fmt: skip
     p.add_argument("--weak-steps", type=int, default=0, metavar="K", help="see --weak-from")
     p.add_argument(
+        "--weak-keep", type=float, default=0.0, metavar="F",
+        help="with --weak-from: keep this share of M's decoder weights, blended with the random "
+        "ones, in [0, 1) (default: 0, fully random)",
+    )  # fmt: skip
+    p.add_argument(
         "--steps", type=int, default=100, metavar="S",
         help="retrain steps after each round (0: no retrain; default: 100)",
     )  # fmt: skip
@@ -109,6 +114,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _positive(args.eval_masks_per_image, "--eval-masks-per-image")
     _positive(args.steps, "--steps", allow_zero=True)
     _positive(args.weak_steps, "--weak-steps", allow_zero=True)
+    if not 0 <= args.weak_keep < 1:
+        raise UsageError(f"--weak-keep must be in [0, 1); got {args.weak_keep}")
     if not 0 < args.iou_target <= 1:
         raise UsageError(f"--iou-target must be in (0, 1]; got {args.iou_target}")
     if not args.seconds_per_click >= 0:
@@ -147,11 +154,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     model = args.model
     if args.weak_from is not None:
-        status(f"making a weak model from {args.weak_from} ({args.weak_steps} decoder steps)")
+        status(
+            f"making a weak model from {args.weak_from} ({args.weak_steps} decoder steps, "
+            f"{args.weak_keep:g} of its decoder kept)"
+        )
         with bad_input():
             model = str(
                 make_weak_model(
-                    out / "weak", base=args.weak_from, steps=args.weak_steps, seed=args.seed,
+                    out / "weak", base=args.weak_from, steps=args.weak_steps, keep=args.weak_keep,
+                    seed=args.seed,
                     device=args.device,
                 )
             )  # fmt: skip

@@ -1,5 +1,6 @@
 """A weak starting model for the simulated loop: a model with its mask decoder re-initialised
-(random weights from a seed) and trained only a few steps on procedural scenes, so that
+(random weights from a seed, optionally blended with the base decoder's: ``keep`` of the base,
+``1 - keep`` of the random weights) and trained only a few steps on procedural scenes, so that
 retraining on the masks the loop collects has room to help. The image and prompt encoders are
 kept (a decoder-only fine-tune, as :data:`segany.engine.retrain.DEFAULT_CONFIG` does)."""
 
@@ -20,6 +21,7 @@ def make_weak_model(
     *,
     base: str = "segany_tiny",
     steps: int = 0,
+    keep: float = 0.0,
     seed: int = 0,
     data: Any = WEAK_DATA,
     device: str | None = None,
@@ -30,12 +32,13 @@ def make_weak_model(
     Args:
         base: the model whose encoders are kept (a variant name or checkpoint path).
         steps: decoder training steps after the re-initialisation (0: the random decoder).
+        keep: the base decoder's share of each decoder weight, in [0, 1) (0: fully random).
         seed: seed of the re-initialisation (and of the training).
         data: training data spec(s) of the decoder (:func:`segany.data.datasets.open_dataset`).
         device: where to train (default: CUDA if available).
 
     Raises:
-        ValueError: a negative ``steps``.
+        ValueError: a negative ``steps``, ``keep`` outside [0, 1).
     """
     import torch
 
@@ -47,11 +50,14 @@ def make_weak_model(
 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"weak steps must be an integer >= 0; got {steps!r}")
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 <= keep < 1:
+        raise ValueError(f"weak keep must be in [0, 1); got {keep!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(base, precision="fp32", device="cpu")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
+    base_state = {k: v.clone() for k, v in model.mask_decoder.state_dict().items()}
     try:
         for module in model.mask_decoder.modules():
             reset = getattr(module, "reset_parameters", None)
@@ -59,6 +65,11 @@ def make_weak_model(
                 reset()
     finally:
         torch.random.set_rng_state(gen_state)
+    if keep > 0:
+        with torch.no_grad():
+            for name, value in model.mask_decoder.state_dict().items():
+                if value.is_floating_point():
+                    value.mul_(1 - keep).add_(base_state[name], alpha=keep)
     init = out / "weak_init.safetensors"
     save_state_dict(model.state_dict(), init, metadata={"producer": "segany.engine.simulate"})
     if steps == 0:
