@@ -132,6 +132,13 @@ def test_click_budget_respected_and_foreground_clicks_on_misses():
         assert gt[y, x] and not half[y, x]
     assert out.iou == pytest.approx(0.5, abs=0.01)
     assert server.posted("/masks")[0]["elapsed_ms"] >= 3 * 1500
+    # corrected by hand after the budget: the truth is stored, the brush time added
+    server = ScriptedServer(lambda call, body: [(half, 0.9)])
+    out = SimulatedAnnotator(server, click_budget=2, brush_seconds=10).annotate_mask(1, gt)
+    (stored,) = server.posted("/masks")
+    assert out.brushed and out.clicks == 2 and out.iou == pytest.approx(0.5, abs=0.01)
+    assert np.array_equal(decode_coco_rle(stored["segmentation"]), gt)
+    assert stored["elapsed_ms"] >= 13000 and stored["prompts"]["brushed"] is True
 
 
 def test_empty_mask_is_discarded_and_image_marked_done():
@@ -243,6 +250,7 @@ def run_cli(*argv: str) -> int:
         (["--images-per-round", "0"], "--images-per-round must be >= 1"),
         (["--steps", "-1"], "--steps must be >= 0"),
         (["--seconds-per-click", "-2"], "--seconds-per-click must be >= 0"),
+        (["--brush-seconds", "-1"], "--brush-seconds must be >= 0"),
         (["--weak-keep", "1"], r"--weak-keep must be in \[0, 1\)"),
         (["--rounds", "3", "--images-per-round", "2"], "has 4 images"),
     ],

@@ -59,6 +59,11 @@ def register(actions: Any) -> None:
         help="simulated seconds per click, added to the measured latency (default: 1.5)",
     )  # fmt: skip
     p.add_argument(
+        "--brush-seconds", type=float, default=None, metavar="S",
+        help="a mask that missed --iou-target is corrected by hand (brush and eraser) in S "
+        "simulated seconds and the truth is stored (default: stored as the model made it)",
+    )  # fmt: skip
+    p.add_argument(
         "--masks-per-image", type=int, default=None, metavar="M",
         help="annotate at most M true masks per image, in index order (default: all)",
     )  # fmt: skip
@@ -114,6 +119,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _positive(args.eval_masks_per_image, "--eval-masks-per-image")
     _positive(args.steps, "--steps", allow_zero=True)
     _positive(args.weak_steps, "--weak-steps", allow_zero=True)
+    if args.brush_seconds is not None and not args.brush_seconds >= 0:
+        raise UsageError(f"--brush-seconds must be >= 0; got {args.brush_seconds}")
     if not 0 <= args.weak_keep < 1:
         raise UsageError(f"--weak-keep must be in [0, 1); got {args.weak_keep}")
     if not 0 < args.iou_target <= 1:
@@ -170,6 +177,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         data=args.data, out=out, rounds=args.rounds,
         images_per_round=args.images_per_round, click_budget=args.click_budget,
         iou_target=args.iou_target, seconds_per_click=args.seconds_per_click,
+        brush_seconds=args.brush_seconds,
         masks_per_image=args.masks_per_image, model=model, steps=args.steps,
         retrain_config=args.config, retrain_overrides=tuple(args.set),
         eval_masks_per_image=args.eval_masks_per_image, seed=args.seed, device=args.device,

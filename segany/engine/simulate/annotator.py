@@ -13,7 +13,9 @@ does (its :func:`~segany.eval.interactive.first_click` and
 It stops when the IoU of the kept mask with the truth (:func:`segany.masks.mask_iou`, both
 ``(H, W)`` bool at the image's resolution) reaches ``iou_target``, when the click budget is
 spent (standing for the SAM paper's rule of moving on after 30 s), or when the mask equals the
-truth; then it accepts the mask (``POST /api/images/{id}/masks`` with ``elapsed_ms`` = the
+truth; then it accepts the mask. With ``brush_seconds`` set, a mask that missed the target is
+first corrected by hand, as the paper's annotators did with brush and eraser: the stored mask is
+the truth and the brush time is added; then it accepts the mask (``POST /api/images/{id}/masks`` with ``elapsed_ms`` = the
 simulated time, clicks x ``seconds_per_click`` plus the measured server latency, and its
 ``prompts``). A kept mask that is empty cannot be stored: it is discarded (a ``discard``
 event). Every click is a ``POST /api/images/{id}/predict``, so the server's ``prompt`` and
@@ -52,6 +54,7 @@ class MaskOutcome:
         iou: IoU of the final (accepted or discarded) mask with the truth.
         reached: ``iou >= iou_target``.
         accepted: the mask was stored (False: it was empty and discarded).
+        brushed: the mask missed the target and was corrected by hand (the truth stored).
         mask_id: the stored mask's id (None when discarded).
         latency_s: measured wall time of the predict requests, seconds.
         elapsed_ms: the simulated time sent with the accept (clicks x seconds per click plus
@@ -66,6 +69,7 @@ class MaskOutcome:
     iou: float
     reached: bool
     accepted: bool
+    brushed: bool
     mask_id: int | None
     latency_s: float
     elapsed_ms: int
@@ -87,6 +91,8 @@ class SimulatedAnnotator:
         iou_target: accept as soon as the IoU with the truth reaches this (in (0, 1]).
         seconds_per_click: simulated time per click (>= 0).
         stage: the data-engine stage the masks are accepted in (1 for these rounds).
+        brush_seconds: None (masks are accepted as the model made them), or the simulated
+            seconds of correcting by hand a mask that missed the target (the truth is stored).
     """
 
     def __init__(
@@ -97,8 +103,14 @@ class SimulatedAnnotator:
         iou_target: float = 0.9,
         seconds_per_click: float = 1.5,
         stage: int = 1,
+        brush_seconds: float | None = None,
     ) -> None:
         check_protocol(click_budget, iou_target, seconds_per_click)
+        if brush_seconds is not None and not (
+            isinstance(brush_seconds, (int, float)) and brush_seconds >= 0
+        ):
+            raise ValueError(f"brush seconds must be >= 0 or None; got {brush_seconds!r}")
+        self.brush_seconds = None if brush_seconds is None else float(brush_seconds)
         self.client = client
         self.click_budget = int(click_budget)
         self.iou_target = float(iou_target)
@@ -160,8 +172,16 @@ class SimulatedAnnotator:
             points.append([int(click[0]), int(click[1])])
             labels.append(int(click[2]))
         clicks = len(points)
-        elapsed_ms = int(round((clicks * self.seconds_per_click + latency) * 1000))
-        prompts = {"points": points, "labels": labels, "protocol": "sam-interactive-points"}
+        seconds = clicks * self.seconds_per_click + latency
+        brushed = ious[-1] < self.iou_target and self.brush_seconds is not None
+        prompts: dict[str, Any] = {
+            "points": points, "labels": labels, "protocol": "sam-interactive-points",
+        }  # fmt: skip
+        if brushed:
+            pred = gt
+            seconds += float(self.brush_seconds or 0.0)
+            prompts["brushed"] = True
+        elapsed_ms = int(round(seconds * 1000))
         mask_id = None
         if pred.any():
             stored = self._call(
@@ -186,7 +206,8 @@ class SimulatedAnnotator:
             )  # fmt: skip
         return MaskOutcome(
             image_id=int(image_id), target=int(target), clicks=clicks, iou=ious[-1],
-            reached=ious[-1] >= self.iou_target, accepted=mask_id is not None, mask_id=mask_id,
+            reached=ious[-1] >= self.iou_target, accepted=mask_id is not None, brushed=brushed,
+            mask_id=mask_id,
             latency_s=latency, elapsed_ms=elapsed_ms, points=points, labels=labels, ious=ious,
         )  # fmt: skip
 

@@ -65,6 +65,8 @@ class SimulationConfig:
             simulation yet).
         rounds, images_per_round: rounds, and fresh images per round.
         click_budget, iou_target, seconds_per_click: the annotator's protocol and time model.
+        brush_seconds: None, or the seconds of correcting by hand a mask that missed the
+            target (the truth is then stored; :class:`.annotator.SimulatedAnnotator`).
         masks_per_image: annotate at most this many true masks per image (None: all).
         model: the starting model (a local weights file, or the bundled ``segany_tiny``).
         steps: retrain steps after each round (0: no retrain).
@@ -85,6 +87,7 @@ class SimulationConfig:
     click_budget: int = 20
     iou_target: float = 0.9
     seconds_per_click: float = 1.5
+    brush_seconds: float | None = None
     masks_per_image: int | None = None
     model: str = "segany_tiny"
     steps: int = 100
@@ -129,6 +132,8 @@ def check_config(config: SimulationConfig) -> None:
     _positive(config.rounds, "rounds")
     _positive(config.images_per_round, "images per round")
     check_protocol(config.click_budget, config.iou_target, config.seconds_per_click)
+    if config.brush_seconds is not None and not config.brush_seconds >= 0:
+        raise ValueError(f"brush seconds must be >= 0 or None; got {config.brush_seconds!r}")
     if config.masks_per_image is not None:
         _positive(config.masks_per_image, "masks per image")
     if config.eval_masks_per_image is not None:
@@ -166,6 +171,7 @@ def annotate_round(ctx: RoundContext) -> list[MaskOutcome]:
     annotator = SimulatedAnnotator(
         ctx.client, click_budget=cfg.click_budget, iou_target=cfg.iou_target,
         seconds_per_click=cfg.seconds_per_click, stage=ROUND_KINDS[ctx.kind],
+        brush_seconds=cfg.brush_seconds,
     )  # fmt: skip
     outcomes: list[MaskOutcome] = []
     for image_id, index in ctx.images:
@@ -204,6 +210,7 @@ def _round_row(
         "masks_per_image": len(accepted) / n_images if n_images else None,
         "miou_final": float(np.mean([o.iou for o in outcomes])) if outcomes else None,
         "reached_target": sum(o.reached for o in outcomes),
+        "brushed": sum(o.brushed for o in outcomes),
         "latency_ms_per_click": 1000 * latency / clicks if clicks else None,
         "event_log": None if group is None else {k: group[k] for k in EVENT_LOG_KEYS},
         "seconds": seconds,
