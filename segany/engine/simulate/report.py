@@ -107,7 +107,7 @@ def rows_table(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
         cells.append(
             [
                 str(row["round"]), row["kind"],
-                row["model_version"]["name"] if row["model_version"] else "-",
+                os.path.basename(row["model_version"]["name"]) if row["model_version"] else "-",
                 str(row["images"]), str(row["masks"]), fmt2(row["clicks_per_mask"]),
                 fmt2(row["seconds_per_mask"]), fmt2(row["masks_per_image"]),
                 fmt(row["miou_final"]), fmt(row.get("heldout_miou_1pt")),
