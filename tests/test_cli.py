@@ -550,7 +550,7 @@ def test_cli_modules_import_no_circle():
 def test_engine_has_its_actions(tmp_path, capsys):
     """``segany engine`` carries ``auto`` and ``retrain``; a folder that is not a project is
     bad usage for retrain."""
-    for action in ("auto", "prefill", "train-detector", "retrain"):
+    for action in ("auto", "prefill", "train-detector", "retrain", "simulate"):
         assert main(["engine", action, "--help"]) == 0
         assert f"segany engine {action}" in capsys.readouterr().out
     assert main(["engine", "retrain", str(tmp_path / "nothing")]) == 2

@@ -3,7 +3,8 @@ the fully automatic stage: the automatic mask generator over a folder or a proje
 SA-1B-style tar shards with an index, in-process or on Ray (see
 :mod:`segany.engine.stages`). ``segany engine prefill`` and ``train-detector``
 (:mod:`.engine_prefill`) are the semi-automatic stage; ``segany engine retrain``
-(:mod:`.engine_retrain`) fine-tunes a project's model on its accepted masks."""
+(:mod:`.engine_retrain`) fine-tunes a project's model on its accepted masks; ``segany engine
+simulate`` (:mod:`.engine_simulate`) plays the loop against ground truth."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from . import engine_prefill, engine_retrain
+from . import engine_prefill, engine_retrain, engine_simulate
 from .common import EXIT_OK, EXIT_SOME_FAILED, UsageError, add_model_args, bad_input, status
 
 #: Names of the presets (kept here so that ``--help`` imports no torch; checked in the tests
@@ -20,11 +21,11 @@ PRESET_NAMES = ("sa1b", "default")
 
 
 def register(sub: Any) -> None:
-    """Add ``segany engine`` (with its actions ``auto``, ``prefill``, ``train-detector`` and
-    ``retrain``) to the subparsers ``sub``."""
+    """Add ``segany engine`` (with its actions ``auto``, ``prefill``, ``train-detector``,
+    ``retrain`` and ``simulate``) to the subparsers ``sub``."""
     p = sub.add_parser(
         "engine",
-        help="data engine stages: auto, prefill, train-detector, retrain",
+        help="data engine stages: auto, prefill, train-detector, retrain, simulate",
         description="Data engine stages run over many images.",
     )
     actions = p.add_subparsers(
@@ -33,7 +34,8 @@ def register(sub: Any) -> None:
         required=True,
         help=(
             "auto: the fully automatic stage; prefill, train-detector: the semi-automatic "
-            "stage; retrain: fine-tune on the accepted masks"
+            "stage; retrain: fine-tune on the accepted masks; simulate: a simulated "
+            "annotator that measures the loop"
         ),
     )
     a = actions.add_parser(
@@ -112,6 +114,7 @@ def register(sub: Any) -> None:
     a.set_defaults(func=cmd_engine_auto)
     engine_prefill.register(actions)
     engine_retrain.register(actions)
+    engine_simulate.register(actions)
 
 
 def cmd_engine_auto(args: argparse.Namespace) -> int:
