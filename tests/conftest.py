@@ -1,5 +1,6 @@
 """Shared fixtures: random-weight model pairs (official package vs segany) with equal weights,
-and a throwaway PostgreSQL server (``postgres_url``, ``fresh_postgres_url``)."""
+the bundled model in fp32 (``bundled``), a throwaway PostgreSQL server (``postgres_url``,
+``fresh_postgres_url``) and the browser tests' precondition (``browser_requirements``)."""
 
 from __future__ import annotations
 
@@ -105,3 +106,22 @@ def db_url(request):
     if request.param == "sqlite":
         return None
     return request.getfixturevalue("fresh_postgres_url")
+
+
+@pytest.fixture(scope="session")
+def bundled():
+    """The bundled ``segany_tiny`` in fp32 on the CPU (shared: do not modify it)."""
+    return segany.load_model("segany_tiny", precision="fp32", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def browser_requirements():
+    """Debian's Chromium, Playwright and the npm files (``make web``) for the browser tests:
+    without them the tests skip locally and fail on CI."""
+    from segany.engine.web import browser_unavailable
+
+    reason = browser_unavailable()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"browser tests cannot run on CI: {reason}")
+    if reason:
+        pytest.skip(reason)

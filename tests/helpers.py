@@ -542,3 +542,21 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def fast_finetune_toml(max_masks_per_image: int) -> str:
+    """A training config (TOML) for fine-tunes of a few steps in tests: decoder only, one image
+    per step, two rounds, fp32."""
+    return f"""
+freeze_image_encoder = true
+images_per_step = 1
+max_masks_per_image = {max_masks_per_image}
+rounds = 2
+point_rounds = 1
+loss_resolution = "low"
+lr = 1e-4
+warmup_steps = 1
+checkpoint_every = 100
+log_every = 1
+precision = "fp32"
+"""

@@ -8,15 +8,13 @@ test`` runs both installs). Missing either, the tests skip locally and fail on C
 
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
 import pytest
 
 import segany
 from segany.data.scenes import ProceduralScenes
-from segany.engine.web import STATIC_DIR, browser_unavailable, isolated_server, launch_chromium
+from segany.engine.web import STATIC_DIR, isolated_server, launch_chromium
 from segany.export import export_onnx
 from segany.masks import mask_iou
 from segany.runtime import OnnxPredictor
@@ -27,20 +25,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # of its own, so the page's client rejects a request unanswered in this time).
 TIMEOUT_MS = 120_000
 NEAR = 1e-2  # logits this close to the threshold may flip between runtimes
-
-
-@pytest.fixture(scope="module")
-def requirements():
-    reason = browser_unavailable()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run on CI: {reason}")
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def bundled():
-    return segany.load_model("segany_tiny", precision="fp32", device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +50,7 @@ def scene_case(bundled):
 
 
 @pytest.fixture(scope="module")
-def page(requirements, export_dir, scene_case):
+def page(browser_requirements, export_dir, scene_case):
     from playwright.sync_api import sync_playwright
 
     emb = scene_case["emb"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import os
 import socket
 import threading
 import time
@@ -26,20 +25,11 @@ uvicorn = pytest.importorskip("uvicorn")
 from segany.engine.server import create_app  # noqa: E402
 from segany.engine.server.app import COOKIE  # noqa: E402
 from segany.engine.store import Project  # noqa: E402
-from segany.engine.web import browser_unavailable, launch_chromium  # noqa: E402
+from segany.engine.web import launch_chromium  # noqa: E402
 
 TOKEN = "metrics-page-token"
 TIMEOUT_MS = 60_000
 T0 = dt.datetime(2030, 1, 1, 9, 0, tzinfo=dt.UTC)
-
-
-@pytest.fixture(scope="module")
-def requirements():
-    reason = browser_unavailable()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run on CI: {reason}")
-    if reason:
-        pytest.skip(reason)
 
 
 class Clock:
@@ -83,7 +73,7 @@ def _fill(project: Project, clock: Clock) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(requirements, tmp_path_factory):
+def server(browser_requirements, tmp_path_factory):
     """The server on uvicorn in a thread; yields its base URL; stopped at the end."""
     clock = Clock()
     with Project.init(tmp_path_factory.mktemp("metrics") / "proj", clock=clock) as project:

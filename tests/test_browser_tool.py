@@ -26,7 +26,7 @@ import segany  # noqa: E402
 from segany.data.scenes import ProceduralScenes  # noqa: E402
 from segany.engine.server import create_app  # noqa: E402
 from segany.engine.store import Project  # noqa: E402
-from segany.engine.web import app_server, browser_unavailable, launch_chromium  # noqa: E402
+from segany.engine.web import app_server, launch_chromium  # noqa: E402
 from segany.formats import decode_coco_rle, decode_uncompressed_rle, encode_coco_rle  # noqa: E402
 from segany.masks import mask_iou  # noqa: E402
 
@@ -40,20 +40,6 @@ BIG = (3000, 4000)  # (H, W) of the large image
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "images" / "annotation_tool.png"
 
 
-@pytest.fixture(scope="module")
-def requirements():
-    reason = browser_unavailable()
-    if reason and os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run on CI: {reason}")
-    if reason:
-        pytest.skip(reason)
-
-
-@pytest.fixture(scope="module")
-def bundled():
-    return segany.load_model("segany_tiny", precision="fp32", device="cpu")
-
-
 def _object_point(scene) -> tuple[int, tuple[float, float]]:
     """The largest top-level object of a scene and a point deep inside it (pixel centre)."""
     objects = [k for k in range(len(scene.masks)) if scene.levels[k] == 0]
@@ -64,7 +50,7 @@ def _object_point(scene) -> tuple[int, tuple[float, float]]:
 
 
 @pytest.fixture(scope="module")
-def server(requirements, bundled, tmp_path_factory):
+def server(browser_requirements, bundled, tmp_path_factory):
     """A served project: scenes as images, two annotators (alice, bob); stopped at the end."""
     root = tmp_path_factory.mktemp("tool") / "proj"
     project = Project.init(root, model="segany_tiny")
@@ -97,7 +83,7 @@ def server(requirements, bundled, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser(requirements):
+def browser(browser_requirements):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:

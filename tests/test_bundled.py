@@ -21,11 +21,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 FLOOR_TOP1, FLOOR_ORACLE1, FLOOR_TOP5 = 0.72, 0.85, 0.86
 
 
-@pytest.fixture(scope="module")
-def bundled():
-    return segany.load_model(precision="fp32", device="cpu")
-
-
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     def no_network(*args, **kwargs):

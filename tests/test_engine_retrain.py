@@ -37,6 +37,7 @@ from segany.engine.retrain import (  # noqa: E402
 )
 from segany.engine.retrain import run as retrain_run  # noqa: E402
 from segany.engine.store import InvalidInput, Project  # noqa: E402
+from tests.helpers import fast_finetune_toml  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -198,19 +199,8 @@ def test_snapshot_leaves_out_unreviewed_proposals(tiny_project):
 
 # ----------------------------------------------------------------------------- retrain
 
-FAST_CONFIG = """
-freeze_image_encoder = true
-images_per_step = 1
-max_masks_per_image = 3
-rounds = 2
-point_rounds = 1
-loss_resolution = "low"
-lr = 1e-4
-warmup_steps = 1
-checkpoint_every = 100
-log_every = 1
-precision = "fp32"
-"""
+
+FAST_CONFIG = fast_finetune_toml(max_masks_per_image=3)
 
 
 def retrain_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from segany.engine.store import Project  # noqa: E402
 from segany.eval.interactive import first_click  # noqa: E402
 from segany.formats import decode_coco_rle, encode_coco_rle  # noqa: E402
 from segany.masks import mask_iou  # noqa: E402
+from tests.helpers import fast_finetune_toml  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,19 +164,8 @@ def test_bad_protocol_values():
 
 # ----------------------------------------------------------------------------- the loop
 
-FAST_CONFIG = """
-freeze_image_encoder = true
-images_per_step = 1
-max_masks_per_image = 2
-rounds = 2
-point_rounds = 1
-loss_resolution = "low"
-lr = 1e-4
-warmup_steps = 1
-checkpoint_every = 100
-log_every = 1
-precision = "fp32"
-"""
+
+FAST_CONFIG = fast_finetune_toml(max_masks_per_image=2)
 
 
 def test_two_round_loop_recomputable_from_the_event_log(tmp_path):

@@ -22,11 +22,6 @@ INT8_BAR = 0.95  # least mean IoU between int8 and fp32 masks for the bundled mo
 
 
 @pytest.fixture(scope="module")
-def bundled():
-    return segany.load_model(precision="fp32", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def bundled_export(bundled, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx_bundled")
     export_onnx(bundled, out, quantize=True, name="segany_tiny")
