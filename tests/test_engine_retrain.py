@@ -246,7 +246,10 @@ def served(project: Project) -> tuple[str, Path | None]:
 
     service = create_app(project, prefetch=False).state.embeddings
     has_onnx = importlib.util.find_spec("onnx") is not None
-    return service.fingerprint, service.decoder_dir() if has_onnx else None
+    try:
+        return service.fingerprint, service.decoder_dir() if has_onnx else None
+    finally:
+        service.close()
 
 
 def test_retrain_end_to_end_cli(tiny_project, tmp_path, capsys):

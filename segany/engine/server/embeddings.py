@@ -23,6 +23,7 @@ from __future__ import annotations
 import queue
 import secrets
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +129,8 @@ class EmbeddingService:
         with self._model_lock:
             if self._model_thread is None:
                 self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="segany-model")
+                # a service dropped without stop()/close() still ends its thread
+                weakref.finalize(self, self._model_thread.shutdown, wait=False)
             future = self._model_thread.submit(self._on_model_thread, fn, args, kwargs)
         return future.result()
 
