@@ -181,13 +181,10 @@ class ProposalMethods(ProjectBase):
         version = _check_version(version)
         elapsed_ms = checks.check_elapsed(elapsed_ms)
         with self._tx() as s:
-            row = self._proposal_row(s, mask_id)
-            aid = self._annotator_id(s, annotator)
-            self._check_lease(s, s.get(ImageRow, row.image_id), aid)
+            row, aid = self._reviewable(s, mask_id, version, annotator)
             values: dict[str, Any] = {"version": MaskRow.version + 1, "updated_at": self._clock()}
             if aid is not None:
                 values["annotator_id"] = aid
-            self._check_pending(s, row, version)
             done = s.execute(
                 update(MaskRow)
                 .where(MaskRow.id == mask_id, MaskRow.version == version)
@@ -218,10 +215,7 @@ class ProposalMethods(ProjectBase):
         version = _check_version(version)
         elapsed_ms = checks.check_elapsed(elapsed_ms)
         with self._tx() as s:
-            row = self._proposal_row(s, mask_id)
-            aid = self._annotator_id(s, annotator)
-            self._check_lease(s, s.get(ImageRow, row.image_id), aid)
-            self._check_pending(s, row, version)
+            row, aid = self._reviewable(s, mask_id, version, annotator)
             kept = self._mask_record(s, row).to_sa1b()
             done = s.execute(
                 delete(MaskRow)
@@ -237,6 +231,17 @@ class ProposalMethods(ProjectBase):
             )  # fmt: skip
 
     # ------------------------------------------------------------------ helpers
+
+    def _reviewable(
+        self, s: Session, mask_id: int, version: int, annotator: AnnotatorRef
+    ) -> tuple[MaskRow, int | None]:
+        """The proposal to accept or reject and the reviewer's id, after the checks both share:
+        a proposal waiting for review at ``version``, on an image not leased to another."""
+        row = self._proposal_row(s, mask_id)
+        aid = self._annotator_id(s, annotator)
+        self._check_lease(s, s.get(ImageRow, row.image_id), aid)
+        self._check_pending(s, row, version)
+        return row, aid
 
     def _is_prefilled(self, s: Session, image_id: int) -> bool:
         query = select(EventRow.id).where(EventRow.kind == PREFILL, EventRow.image_id == image_id)
