@@ -185,15 +185,15 @@ def main() -> None:
         size = image.shape[:2]
         print("native ONNX Runtime ...", file=sys.stderr)
         native = native_ms(export_dir, emb, size, point, args.int8)
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        graph = "full"
+        if args.low_res_graph:
+            cut_upscale(export_dir, manifest)  # before the browser loads it
+            graph = "low-res only"
         print(f"headless Chromium ({args.warmup} warm-up runs) ...", file=sys.stderr)
         load_before = os.getloadavg()[0]
         out, version = run_browser(export_dir, emb, size, point, args)
         load_after = os.getloadavg()[0]
-        manifest = json.loads((export_dir / "manifest.json").read_text())
-        graph = "full"
-        if args.low_res_graph:
-            cut_upscale(export_dir, manifest)
-            graph = "low-res only"
     ort_web = json.loads(
         (Path(__file__).resolve().parents[1] / "segany/engine/web/package.json").read_text()
     )["dependencies"]["onnxruntime-web"]

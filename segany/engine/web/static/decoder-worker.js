@@ -70,7 +70,9 @@ function feeds(embedding, coords, labels, maskInput, hasMask, sizeHW) {
     point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
     mask_input: new ort.Tensor("float32", maskInput, [1, 1, l0, l1]),
     has_mask_input: new ort.Tensor("float32", Float32Array.of(hasMask), [1]),
-    orig_im_size: new ort.Tensor("float32", Float32Array.from(sizeHW), [2]),
+    // a low-res-only graph has no orig_im_size input
+    ...(session.inputNames.includes("orig_im_size")
+      ? { orig_im_size: new ort.Tensor("float32", Float32Array.from(sizeHW), [2]) } : {}),
   };
 }
 
