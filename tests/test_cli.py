@@ -528,21 +528,27 @@ def test_cli_modules_import_no_circle():
                 found |= {a.name for a in node.names}
         deps[path.stem] = found & modules
     commands = {m for m in modules if m.endswith("_cmd")}
-    assert len(commands) == 12
+    assert len(commands) == 13
     assert deps["common"] == set()
-    # segany engine's actions live in modules of their own (engine_retrain, ...)
-    engine_actions = {m for m in modules if m.startswith("engine_")} - {"engine_cmd"}
-    assert engine_actions and modules == commands | engine_actions | {
+    # a command with actions (segany engine, segany zeroshot) has them in modules of their own
+    groups = {"engine_cmd": "engine_", "zeroshot_cmd": "zeroshot_"}
+    actions = {
+        group: {m for m in modules if m.startswith(prefix)} - {group}
+        for group, prefix in groups.items()
+    }
+    every_action = set().union(*actions.values())
+    assert all(actions.values()) and modules == commands | every_action | {
         "common",
         "main",
         "__init__",
         "__main__",
     }
-    for command in commands - {"demo_cmd", "engine_cmd"}:
+    for command in commands - {"demo_cmd", *groups}:
         assert deps[command] <= {"common"}, (command, deps[command])
-    for action in engine_actions:
+    for action in every_action:
         assert deps[action] <= {"common"}, (action, deps[action])
-    assert deps["engine_cmd"] <= {"common"} | engine_actions
+    for group in groups:
+        assert deps[group] <= {"common"} | actions[group]
     assert deps["demo_cmd"] <= {"common", "segment_cmd", "auto_cmd"}
     assert deps["main"] == commands | {"common"}
 

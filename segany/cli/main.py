@@ -45,6 +45,7 @@ from . import (
     segment_cmd,
     serve_cmd,
     train_cmd,
+    zeroshot_cmd,
 )
 from .common import (
     DEFAULT_MODEL,
@@ -72,6 +73,7 @@ COMMANDS = (
     project_cmd,
     serve_cmd,
     engine_cmd,
+    zeroshot_cmd,
 )
 
 
