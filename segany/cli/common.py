@@ -89,6 +89,32 @@ def make_dir(path: Path, what: str) -> None:
 # ---------------------------------------------------------------------------- arguments
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a positive integer (else a message saying so)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return value
+
+
+def add_annotations_args(p: argparse.ArgumentParser) -> None:
+    """ANNOTATIONS, ``--images``, ``--out``, ``--max-images``, ``--no-progress`` and the model
+    options: the dataset arguments of ``segany zeroshot proposals`` and ``instances``."""
+    p.add_argument("annotations", metavar="ANNOTATIONS.json", help="COCO or LVIS instances JSON")
+    p.add_argument("--images", required=True, metavar="DIR", help="folder of the image files")
+    p.add_argument(
+        "--out", required=True, metavar="OUT", help="output folder (resumed if it exists)"
+    )
+    p.add_argument(
+        "--max-images", type=positive_int, metavar="N", help="only the first N images (by id)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_model_args(p)
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """``--model``, ``--device`` and ``--precision`` (a group named "model")."""
     g = p.add_argument_group("model")

@@ -26,7 +26,9 @@ from ..io.files import write_json_atomic, write_text_atomic
 __all__ = [
     "PAPER",
     "ImageCache",
+    "image_entries",
     "markdown_table",
+    "run_images",
     "write_results",
 ]
 
@@ -65,7 +67,8 @@ def _fmt(value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
-        return f"{value:.3f}"
+        # pycocotools' -1: no ground truth of that size or group
+        return "n/a" if value == -1.0 else f"{value:.3f}"
     return str(value)
 
 
@@ -73,7 +76,8 @@ def markdown_table(
     columns: Sequence[str], rows: Sequence[tuple[str, Mapping[str, Any]]], *, first: str = ""
 ) -> str:
     """A Markdown table: one row per ``(label, values)``, one column per name in ``columns``
-    (a value missing from a row is shown as ``–``; floats with 3 decimals)."""
+    (a value missing from a row is shown as ``–``, pycocotools' -1 as ``n/a``; floats with 3
+    decimals)."""
     head = "| " + " | ".join([first, *columns]) + " |"
     rule = "|---|" + "---:|" * len(columns)
     body = [
@@ -155,3 +159,103 @@ class ImageCache:
 
     def put(self, name: str, value: Any) -> None:
         write_json_atomic(self._path(name), {"key": self.key, "name": str(name), "value": value})
+
+
+def image_entries(
+    coco: Any, images_dir: str | os.PathLike, max_images: int | None = None
+) -> list[dict[str, Any]]:
+    """The images of ``coco`` (a pycocotools ``COCO``) in id order, the first ``max_images``,
+    each ``{"id", "file_name", "height", "width", "path"}`` with ``path`` under ``images_dir``.
+
+    Raises:
+        ValueError: ``images_dir`` is not a folder, ``max_images`` is not positive, a file name
+        leaves the folder (``..``, absolute) or an image file is missing (the first few named).
+    """
+    root = Path(images_dir)
+    if not root.is_dir():
+        raise ValueError(f"--images {images_dir}: not a folder")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be a positive integer, got {max_images}")
+    ids = sorted(coco.getImgIds())
+    if max_images is not None:
+        ids = ids[:max_images]
+    base = root.resolve()
+    entries, missing = [], []
+    for im in coco.loadImgs(ids):
+        name = str(im["file_name"])
+        path = (root / name).resolve()
+        if Path(name).is_absolute() or base not in path.parents:
+            raise ValueError(f"image {im['id']}: file_name {name!r} leaves the images folder")
+        if not path.is_file():
+            missing.append(name)
+        entries.append(
+            {
+                "id": int(im["id"]),
+                "file_name": name,
+                "height": int(im["height"]),
+                "width": int(im["width"]),
+                "path": path,
+            }
+        )
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ValueError(f"images missing from {images_dir}: {', '.join(missing[:3])}{more}")
+    return entries
+
+
+def run_images(
+    entries: Sequence[Mapping[str, Any]],
+    cache: ImageCache,
+    work: Any,
+    *,
+    desc: str,
+    progress: bool = True,
+) -> tuple[dict[int, Any], dict[str, Any]]:
+    """``work(entry, image)`` for every entry not in ``cache`` (``image`` ``(H, W, 3)`` uint8
+    RGB, checked against the entry's height and width), each result cached at once; returns
+    ``{image_id: result}`` for all entries and the times (``images``, ``computed``,
+    ``cached``, ``seconds_per_image`` over the computed ones, ``total_s``).
+
+    Raises:
+        ValueError: an image that cannot be read, or whose size differs from its record.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from ..io.image import load_image
+
+    out: dict[int, Any] = {}
+    spent, computed = 0.0, 0
+    t_start = time.perf_counter()
+    bar = tqdm(entries, desc=desc, unit="image", disable=not progress, leave=False)
+    for entry in bar:
+        key = str(entry["id"])
+        hit = cache.get(key)
+        if hit is not None:
+            out[entry["id"]] = hit
+            continue
+        try:
+            image = load_image(entry["path"])
+        except Exception as e:  # noqa: BLE001 - any decoder error is bad input here
+            raise ValueError(f"cannot read image {entry['file_name']}: {e}") from None
+        if image.shape[:2] != (entry["height"], entry["width"]):
+            raise ValueError(
+                f"image {entry['file_name']} is {image.shape[1]}x{image.shape[0]} but its "
+                f"record says {entry['width']}x{entry['height']}"
+            )
+        t0 = time.perf_counter()
+        value = work(entry, image)
+        spent += time.perf_counter() - t0
+        computed += 1
+        cache.put(key, value)
+        out[entry["id"]] = value
+    bar.close()
+    times = {
+        "images": len(entries),
+        "computed": computed,
+        "cached": len(entries) - computed,
+        "seconds_per_image": spent / computed if computed else None,
+        "total_s": time.perf_counter() - t_start,
+    }
+    return out, times
