@@ -16,12 +16,16 @@ from segany.cli.main import main
 from segany.data.datasets import Sample, open_dataset
 from segany.eval import (
     DEFAULT_CLICKS,
+    NOC_MAX_CLICKS,
     InteractiveResult,
+    average_results,
+    datasets_table,
     evaluate_interactive,
     farthest_point,
     first_click,
     mask_iou,
     next_click,
+    number_of_clicks,
 )
 from tests.helpers import TINY, make_amg_pair, randomize_
 
@@ -163,6 +167,42 @@ def test_empty_predictor_scores_zero_and_keeps_clicking_foreground():
     assert pred.calls[1]["mask_input"].shape == (2, 1, LOW, LOW)
 
 
+def test_number_of_clicks_by_hand():
+    iou = np.zeros((3, 20))
+    iou[0, 2:] = 0.86  # reaches 0.85 at click 3, never 0.90
+    iou[1, :] = 0.95  # click 1
+    iou[2, 19] = 0.91  # only the 20th click
+    assert number_of_clicks(iou, 0.85).tolist() == [3, 1, 20]
+    assert number_of_clicks(iou, 0.90).tolist() == [20, 1, 20]
+    with pytest.raises(ValueError, match="needs IoU after 20 clicks"):
+        number_of_clicks(iou[:, :9], 0.85)
+
+
+def test_noc_runs_twenty_clicks_and_keeps_the_miou():
+    def empty():
+        return FakePredictor(toy_dataset(), "empty")  # one pass over the data each
+
+    short = evaluate_interactive(empty(), toy_dataset(), clicks=(1, 3), progress=False)
+    assert short.noc() is None and "NoC" not in short.table()
+    r = evaluate_interactive(empty(), toy_dataset(), clicks=(1, 3), progress=False, noc=True)
+    assert r.iou_top.shape == (3, NOC_MAX_CLICKS) and r.miou_top == short.miou_top
+    assert r.noc() == {
+        "top": {"NoC@85": 20.0, "NoC@90": 20.0},
+        "oracle": {"NoC@85": 20.0, "NoC@90": 20.0},
+    }
+    perfect = evaluate_interactive(
+        FakePredictor(toy_dataset(), "gt"), toy_dataset(), clicks=(1, 3), progress=False, noc=True
+    )
+    assert perfect.noc()["top"] == {"NoC@85": 1.0, "NoC@90": 1.0}
+    assert "| NoC@85 | NoC@90 |" in perfect.table().splitlines()[0]
+    assert perfect.to_dict()["noc"] == perfect.noc()
+    # the average over datasets weighs each dataset the same
+    avg = average_results([r, perfect])
+    assert avg["noc"]["top"]["NoC@90"] == 10.5 and avg["miou_top"][0] == 0.5
+    table = datasets_table(["empty", "perfect"], [r, perfect])
+    assert "| **average of 2** | 0.500 |" in table
+
+
 def test_oracle_picks_best_mask_top_picks_highest_score():
     pred = FakePredictor(toy_dataset(), "ambiguous")
     r = evaluate_interactive(pred, toy_dataset(), clicks=(1, 2), progress=False)
@@ -302,6 +342,22 @@ def test_cli_eval_writes_outputs(tiny_ckpt, tmp_path, capsys):
     assert data["data"] == "procedural:2"
     assert data["num_masks"] == capped_masks(open_dataset("procedural:2"), 3) > 0
     assert data["model"] == str(tiny_ckpt)
+
+
+def test_cli_eval_several_datasets_with_noc(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", "procedural:1", "procedural:1:7", "--model", str(tiny_ckpt), "--quiet"]
+    args += ["--precision", "fp32", "--max-masks-per-image", "2", "--out", str(out)]
+    assert main(args) == 0
+    stdout = capsys.readouterr().out
+    assert "| dataset | 1 pt | 2 pt | 3 pt | 5 pt | 9 pt | NoC@85 | NoC@90 | masks |" in stdout
+    data = json.loads((out / "eval.json").read_text())
+    assert [d["data"] for d in data["datasets"]] == ["procedural:1", "procedural:1:7"]
+    for d in data["datasets"]:
+        assert len(d["per_mask"][0]["iou_top"]) == 20 and d["noc"] is not None
+    mean = np.mean([d["miou_top"] for d in data["datasets"]], axis=0)
+    assert data["average"]["miou_top"] == pytest.approx(mean.tolist())
+    assert "average of 2" in (out / "eval.md").read_text() and (out / "eval.png").exists()
 
 
 def test_cli_eval_errors(tiny_ckpt, tmp_path, capsys):

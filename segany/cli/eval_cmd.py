@@ -1,6 +1,6 @@
-"""``segany eval DATA [--clicks 1,2,3,5,9] [--out DIR]``: the SAM paper's interactive point
-evaluation on a dataset. A bad DATA spec or an unreadable image or annotation file is bad input
-(exit code 2)."""
+"""``segany eval DATA [DATA ...] [--clicks 1,2,3,5,9] [--out DIR]``: the SAM paper's interactive
+point evaluation on one or several datasets (averaged), with NoC@85 and NoC@90. A bad DATA
+spec or an unreadable image or annotation file is bad input (exit code 2)."""
 
 from __future__ import annotations
 
@@ -71,9 +71,11 @@ def register(sub: Any) -> None:
     p.add_argument(
         "data",
         metavar="DATA",
+        nargs="+",
         help=(
             "an SA-1B folder (<stem>.jpg|png + <stem>.json), a COCO instances .json (images "
-            "next to it or under images/), or procedural:N[:SEED] (N generated scenes)"
+            "next to it or under images/), or procedural:N[:SEED] (N generated scenes); "
+            "several DATA are evaluated one by one and averaged (each dataset weighs the same)"
         ),
     )
     p.add_argument(
@@ -110,6 +112,13 @@ def register(sub: Any) -> None:
         default=None,
         help="also write " + ", ".join(OUTPUT_FILES) + " into DIR (created if needed)",
     )
+    p.add_argument(
+        "--noc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run 20 clicks to report NoC@85 and NoC@90 (clicks to reach that IoU, capped at "
+        "20) beside the mIoU (default: on; --no-noc runs only up to the largest --clicks)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     p.set_defaults(func=cmd_eval)
@@ -137,35 +146,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     if out is not None:
         check_out_dir(out)
+    datasets = []
     with bad_input():  # bad DATA fails before the model loads
-        dataset = open_dataset(args.data)
-    status(f"dataset {args.data}: {len(dataset)} image(s)")
+        for spec in args.data:
+            datasets.append(open_dataset(spec))
+            status(f"dataset {spec}: {len(datasets[-1])} image(s)")
     predictor = load_predictor(args)
-    result = evaluate_interactive(
-        predictor,
-        _Samples(dataset),
-        clicks=args.clicks,
-        max_masks_per_image=args.max_masks_per_image,
-        max_images=args.max_images,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    status(result.summary())
-    print(result.table())
-    if out is not None:
-        make_dir(out, "--out")
-        result.write_json(
-            out / "eval.json",
-            extra={
-                "data": str(args.data),
-                "model": str(args.model),
-                "precision": args.precision,
-                "max_masks_per_image": args.max_masks_per_image,
-                "max_images": args.max_images,
-                "seed": args.seed,
-            },
+    results = []
+    for spec, dataset in zip(args.data, datasets, strict=True):
+        result = evaluate_interactive(
+            predictor,
+            _Samples(dataset),
+            clicks=args.clicks,
+            max_masks_per_image=args.max_masks_per_image,
+            max_images=args.max_images,
+            seed=args.seed,
+            progress=not args.quiet,
+            noc=args.noc,
         )
-        result.write_markdown(out / "eval.md")
-        result.plot(out / "eval.png")
-        status(f"wrote {', '.join(OUTPUT_FILES)} to {out}")
+        status(f"{spec}: {result.summary()}")
+        results.append(result)
+    settings = {
+        "model": str(args.model),
+        "precision": args.precision,
+        "max_masks_per_image": args.max_masks_per_image,
+        "max_images": args.max_images,
+        "seed": args.seed,
+    }
+    if len(results) == 1:
+        print(results[0].table())
+        if out is not None:
+            make_dir(out, "--out")
+            results[0].write_json(out / "eval.json", extra={"data": str(args.data[0]), **settings})
+            results[0].write_markdown(out / "eval.md")
+            results[0].plot(out / "eval.png")
+            status(f"wrote {', '.join(OUTPUT_FILES)} to {out}")
+        return EXIT_OK
+    _write_several(args.data, results, out, settings)
     return EXIT_OK
+
+
+def _write_several(
+    names: list[str], results: list[Any], out: Path | None, settings: dict[str, Any]
+) -> None:
+    """Print (and with ``out`` write) the table of several datasets and their average."""
+    from ..eval.interactive import average_results, datasets_table, plot_datasets
+    from ..io.files import write_json_atomic, write_text_atomic
+
+    table = datasets_table(names, results)
+    print(table)
+    if out is None:
+        return
+    make_dir(out, "--out")
+    write_json_atomic(
+        out / "eval.json",
+        {
+            "protocol": "sam-interactive-points",
+            "datasets": [{"data": n, **r.to_dict()} for n, r in zip(names, results, strict=True)],
+            "average": average_results(results),
+            **settings,
+        },
+    )
+    parts = [f"Interactive points on {len(results)} datasets (top track)\n\n{table}\n"]
+    for name, r in zip(names, results, strict=True):
+        parts.append(f"\n## {name}\n\n{r.summary()}\n\n{r.table()}\n")
+    write_text_atomic(out / "eval.md", "".join(parts))
+    plot_datasets(names, results, out / "eval.png")
+    status(f"wrote {', '.join(OUTPUT_FILES)} to {out}")

@@ -43,16 +43,28 @@ from ..masks import mask_iou as _bool_mask_iou
 
 __all__ = [
     "DEFAULT_CLICKS",
+    "NOC_MAX_CLICKS",
+    "NOC_TARGETS",
     "InteractiveResult",
+    "average_results",
+    "datasets_table",
+    "plot_datasets",
     "evaluate_interactive",
     "farthest_point",
     "first_click",
     "mask_iou",
     "next_click",
+    "number_of_clicks",
 ]
 
 #: Click counts reported by default (the SAM paper's 1, 2, 3, 5 and 9 points).
 DEFAULT_CLICKS: tuple[int, ...] = (1, 2, 3, 5, 9)
+
+#: NoC (number of clicks to reach an IoU) as interactive segmentation papers report it: the
+#: IoU targets 0.85 and 0.90, and the cap of 20 clicks (a mask that never reaches the target
+#: counts 20).
+NOC_TARGETS: tuple[float, ...] = (0.85, 0.90)
+NOC_MAX_CLICKS = 20
 
 
 # --------------------------------------------------------------------------- clicks
@@ -131,6 +143,28 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return _bool_mask_iou(np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool))
 
 
+def number_of_clicks(
+    iou: np.ndarray, target: float, max_clicks: int = NOC_MAX_CLICKS
+) -> np.ndarray:
+    """Clicks each mask needs to reach ``IoU >= target``: ``iou`` is ``(num_masks, K)`` with
+    the IoU after click 1..K (K >= ``max_clicks``); the result is ``(num_masks,)`` int64, the
+    first click k (1-based) whose IoU reaches the target, or ``max_clicks`` when none of the
+    first ``max_clicks`` does."""
+    iou = np.asarray(iou, dtype=np.float64)
+    if iou.ndim != 2 or iou.shape[1] < max_clicks:
+        raise ValueError(
+            f"NoC with a cap of {max_clicks} clicks needs IoU after {max_clicks} clicks; "
+            f"got shape {iou.shape}"
+        )
+    reached = iou[:, :max_clicks] >= target
+    first = reached.argmax(axis=1) + 1
+    return np.where(reached.any(axis=1), first, max_clicks).astype(np.int64)
+
+
+def _noc_name(target: float) -> str:
+    return f"NoC@{round(target * 100)}"
+
+
 # --------------------------------------------------------------------------- result
 
 
@@ -143,8 +177,9 @@ class InteractiveResult:
         miou_top, miou_oracle: mIoU (mean over all masks) after each of ``clicks``, per track.
         num_masks: masks evaluated (non-empty ground-truth masks, after subsampling).
         num_images: images with at least one evaluated mask.
-        iou_top, iou_oracle: ``(num_masks, max(clicks))`` float64 per-mask IoU after click
-            1, 2, ..., max(clicks) (column ``k - 1`` is after click ``k``).
+        iou_top, iou_oracle: ``(num_masks, K)`` float64 per-mask IoU after click 1, 2, ..., K
+            (column ``k - 1`` is after click ``k``); K is ``max(clicks)``, or
+            :data:`NOC_MAX_CLICKS` if larger when NoC was asked for.
         image_names: names of the evaluated images.
         mask_image: ``(num_masks,)`` int64 index into ``image_names`` of each mask's image.
         mask_index: ``(num_masks,)`` int64 index of each mask in its sample's ``masks``.
@@ -163,15 +198,30 @@ class InteractiveResult:
     mask_index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     seconds: float = 0.0
 
+    def noc(self) -> dict[str, dict[str, float]] | None:
+        """Mean NoC per track, ``{"top": {"NoC@85": ..., "NoC@90": ...}, "oracle": {...}}``
+        (:func:`number_of_clicks`, cap :data:`NOC_MAX_CLICKS`), or None when fewer clicks
+        than the cap were run."""
+        if self.iou_top.ndim != 2 or self.iou_top.shape[1] < NOC_MAX_CLICKS:
+            return None
+        return {
+            track: {_noc_name(t): float(number_of_clicks(iou, t).mean()) for t in NOC_TARGETS}
+            for track, iou in (("top", self.iou_top), ("oracle", self.iou_oracle))
+        }
+
     def table(self) -> str:
         """A Markdown table: rows ``top`` and ``oracle``, columns ``1 pt``, ``2 pt``, ...,
-        values mIoU with 3 decimals."""
-        head = "| track | " + " | ".join(f"{k} pt" for k in self.clicks) + " |"
-        rule = "|---|" + "---:|" * len(self.clicks)
-        rows = [
-            f"| {name} | " + " | ".join(f"{v:.3f}" for v in values) + " |"
-            for name, values in (("top", self.miou_top), ("oracle", self.miou_oracle))
-        ]
+        values mIoU with 3 decimals; then ``NoC@85`` and ``NoC@90`` when :meth:`noc` has
+        them (2 decimals)."""
+        noc = self.noc()
+        names = [_noc_name(t) for t in NOC_TARGETS] if noc else []
+        head = "| track | " + " | ".join([*(f"{k} pt" for k in self.clicks), *names]) + " |"
+        rule = "|---|" + "---:|" * (len(self.clicks) + len(names))
+        rows = []
+        for name, values in (("top", self.miou_top), ("oracle", self.miou_oracle)):
+            cells = [f"{v:.3f}" for v in values]
+            cells += [f"{noc[name][n]:.2f}" for n in names] if noc else []
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
         return "\n".join([head, rule, *rows])
 
     def summary(self) -> str:
@@ -182,8 +232,8 @@ class InteractiveResult:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dict: ``clicks``, ``miou_top``, ``miou_oracle``, counts, ``seconds`` and
-        ``per_mask`` (a list of ``{"image", "mask", "iou_top", "iou_oracle"}`` with the IoU
+        """Plain-JSON dict: ``clicks``, ``miou_top``, ``miou_oracle``, counts, ``seconds``,
+        ``noc`` (:meth:`noc`, null without enough clicks) and ``per_mask`` (a list of ``{"image", "mask", "iou_top", "iou_oracle"}`` with the IoU
         after click 1..max(clicks))."""
         return {
             "protocol": "sam-interactive-points",
@@ -193,6 +243,8 @@ class InteractiveResult:
             "num_masks": int(self.num_masks),
             "num_images": int(self.num_images),
             "seconds": float(self.seconds),
+            "noc": self.noc(),
+            "noc_max_clicks": NOC_MAX_CLICKS,
             "per_mask": [
                 {
                     "image": self.image_names[int(img)],
@@ -381,6 +433,7 @@ def evaluate_interactive(
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
+    noc: bool = False,
 ) -> InteractiveResult:
     """Run the interactive point protocol (module docstring) on a dataset.
 
@@ -403,6 +456,8 @@ def evaluate_interactive(
         batch_size: prompt sets (masks) decoded per ``predict`` call; results do not depend
             on it (the predictor decodes each set exactly as alone).
         progress: show a tqdm bar on stderr.
+        noc: run at least :data:`NOC_MAX_CLICKS` clicks so that the result has NoC@85 and
+            NoC@90 (:meth:`InteractiveResult.noc`); the reported mIoU do not change.
 
     Returns:
         An :class:`InteractiveResult`. Empty ground-truth masks are skipped; images left
@@ -412,7 +467,7 @@ def evaluate_interactive(
         ValueError: bad arguments, or no non-empty mask in the evaluated images.
     """
     report = _check_clicks(clicks)
-    n_clicks = report[-1]
+    n_clicks = max(report[-1], NOC_MAX_CLICKS) if noc else report[-1]
     max_masks_per_image = _optional_positive(max_masks_per_image, "max_masks_per_image")
     max_images = _optional_positive(max_images, "max_images")
     batch_size = _optional_positive(batch_size, "batch_size") or 16
@@ -480,3 +535,84 @@ def evaluate_interactive(
         mask_index=np.concatenate(mask_index),
         seconds=time.perf_counter() - start,
     )
+
+
+# --------------------------------------------------------------------------- several datasets
+
+
+def average_results(results: Sequence[InteractiveResult]) -> dict[str, Any]:
+    """The mean over datasets (each dataset weighs the same, as the SAM paper's 23-dataset
+    average): ``{"datasets", "clicks", "miou_top", "miou_oracle", "noc"}`` (``noc`` null unless
+    every result has it). All results must report the same click counts."""
+    if not results:
+        raise ValueError("no results to average")
+    clicks = results[0].clicks
+    if any(r.clicks != clicks for r in results):
+        raise ValueError("results to average must report the same click counts")
+    nocs = [r.noc() for r in results]
+    noc = None
+    if all(n is not None for n in nocs):
+        noc = {
+            track: {name: float(np.mean([n[track][name] for n in nocs])) for name in nocs[0][track]}
+            for track in nocs[0]
+        }
+    return {
+        "datasets": len(results),
+        "clicks": list(clicks),
+        "miou_top": [float(v) for v in np.mean([r.miou_top for r in results], axis=0)],
+        "miou_oracle": [float(v) for v in np.mean([r.miou_oracle for r in results], axis=0)],
+        "noc": noc,
+    }
+
+
+def datasets_table(names: Sequence[str], results: Sequence[InteractiveResult]) -> str:
+    """A Markdown table of the ``top`` track: one row per dataset (mIoU after each click
+    count, NoC@85 and NoC@90 when run, masks) and their average (:func:`average_results`)."""
+    avg = average_results(results)
+    noc_names = [_noc_name(t) for t in NOC_TARGETS] if avg["noc"] else []
+    cols = [*(f"{k} pt" for k in avg["clicks"]), *noc_names, "masks"]
+    lines = ["| dataset | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name, r in zip(names, results, strict=True):
+        noc = r.noc()
+        cells = [f"{v:.3f}" for v in r.miou_top]
+        cells += [f"{noc['top'][n]:.2f}" for n in noc_names] if noc_names else []
+        lines.append(f"| {name} | " + " | ".join([*cells, str(r.num_masks)]) + " |")
+    cells = [f"{v:.3f}" for v in avg["miou_top"]]
+    cells += [f"{avg['noc']['top'][n]:.2f}" for n in noc_names] if noc_names else []
+    total = sum(r.num_masks for r in results)
+    lines.append(f"| **average of {len(results)}** | " + " | ".join([*cells, str(total)]) + " |")
+    return "\n".join(lines)
+
+
+def plot_datasets(
+    names: Sequence[str], results: Sequence[InteractiveResult], path: str | os.PathLike
+) -> None:
+    """Save a PNG of the ``top`` track's mIoU against clicks, one line per dataset and their
+    average (bold), atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    avg = average_results(results)
+    fig = Figure(figsize=(5.5, 3.8), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for name, r in zip(names, results, strict=True):
+        ax.plot(r.clicks, r.miou_top, marker=".", alpha=0.6, label=name)
+    ax.plot(
+        avg["clicks"],
+        avg["miou_top"],
+        marker="o",
+        linewidth=2.5,
+        color="black",
+        label=f"average of {len(results)}",
+    )
+    ax.set_xlabel("clicks")
+    ax.set_ylabel("mIoU (top track)")
+    ax.set_xticks(avg["clicks"])
+    ax.set_ylim(0.0, 1.0)
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(path, buf.getvalue())
