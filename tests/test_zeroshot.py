@@ -271,6 +271,11 @@ def test_cli_proposals_end_to_end_and_resume(dataset, tmp_path, capsys):
     assert results["paper"] == PAPER["proposals"]
     md = (out / "results.md").read_text()
     assert "the paper's numbers" in md and "AR@1000" in md and (out / "ar.png").stat().st_size
+    kinds = [o["kind"] for o in results["overlays"]]
+    assert kinds == ["best", "best"]  # 2 images: both are among the best 2, none repeated
+    for o in results["overlays"]:
+        with Image.open(out / o["file"]) as im:
+            assert im.size == (192, 160)
     # a second run resumes from the cache: same proposals, nothing computed
     code, _, err = _run(argv, capsys)
     assert code == 0, err
@@ -361,6 +366,18 @@ def test_cli_bad_input_is_exit_2_and_writes_nothing(dataset, tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "missing" in err
+
+
+def test_coverage_of_perfect_and_partial_results(dataset):
+    from segany.zeroshot.overlays import coverage
+
+    gt = coco_eval.load_annotations(dataset / "instances.json")
+    image_id = gt.getImgIds()[0]
+    anns = gt.loadAnns(gt.getAnnIds(imgIds=[image_id]))
+    perfect = [{"segmentation": gt.annToRLE(a), "score": 1.0} for a in anns]
+    assert coverage(gt, image_id, perfect) == pytest.approx(1.0)
+    assert coverage(gt, image_id, perfect[:1]) < 1.0
+    assert coverage(gt, image_id, []) == 0.0
 
 
 def test_image_cache_ignores_other_settings(tmp_path):

@@ -98,12 +98,14 @@ def write_results(
     columns: Sequence[str] | None = None,
     paper: Mapping[str, Any] | None = None,
     extra_md: str = "",
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``OUT/results.json`` and ``OUT/results.md`` (atomically) and return the results.
 
     ``columns``: the metric names of the table (default: every metric); ``paper``: the paper's
     entry to show beside ours (default ``PAPER[task]``; pass ``{}`` for none); ``extra_md`` is
-    appended to the Markdown (further tables, plot links)."""
+    appended to the Markdown (further tables, plot links); ``extra`` keys are added to the
+    results (e.g. ``overlays``)."""
     out = Path(out)
     paper = PAPER.get(task, {}) if paper is None else paper
     results = {
@@ -114,6 +116,7 @@ def write_results(
         "settings": dict(settings),
         "times": dict(times),
         "segany_version": __version__,
+        **(dict(extra) if extra else {}),
     }
     write_json_atomic(out / "results.json", results)
     cols = list(columns or metrics.keys())

@@ -20,6 +20,7 @@ from ..io.files import write_json_atomic
 from .coco_eval import is_lvis, load_annotations, mask_ap, proposal_recall
 from .common import PAPER, ImageCache, image_entries, run_images, write_results
 from .instances import BOX_BATCH, check_detections, gt_detections, segment_boxes
+from .overlays import write_overlays
 from .proposals import ProposalSettings, make_generator, propose
 
 __all__ = ["model_info", "run_instances", "run_proposals"]
@@ -112,6 +113,7 @@ def run_proposals(
     metrics = proposal_recall(gt, results, [e["id"] for e in entries])
     columns = list(metrics)  # AR@10, AR@100, AR@1000, then by size and LVIS group
     _plot(out / "ar.png", lambda ax: _draw_ar(ax, metrics))
+    overlays = write_overlays(out, gt, entries, per_image)
     return write_results(
         out,
         "proposals",
@@ -120,8 +122,21 @@ def run_proposals(
         settings={**settings.to_dict(), "annotations": _name(annotations), "lvis": is_lvis(gt)},
         times=times,
         columns=columns,
-        extra_md="\n![AR vs proposals per image](ar.png)\n",
+        extra_md="\n![AR vs proposals per image](ar.png)\n" + _overlay_md(overlays),
+        extra={"overlays": overlays},
     )
+
+
+def _overlay_md(overlays: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown links to the overlays, with each image's coverage."""
+    if not overlays:
+        return ""
+    lines = ["", "Best and worst images (coverage: mean best IoU of the ground-truth masks):", ""]
+    lines += [
+        f"* {o['kind']}: {o['file_name']} ({o['coverage']:.3f}): [{o['file']}]({o['file']})"
+        for o in overlays
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _draw_ar(ax: Any, metrics: Mapping[str, float]) -> None:
@@ -224,6 +239,7 @@ def run_instances(
         ious = _mask_ious(gt, results)
         metrics["mIoU"] = float(np.mean(ious)) if ious else None
     _plot(out / "ap.png", lambda ax: _draw_ap(ax, metrics))
+    overlays = write_overlays(out, gt, entries, per_image)
     paper = PAPER["instances"]
     if is_lvis(gt):
         paper = {"dataset": "LVIS v1 val, ViTDet-H boxes", "metrics": paper["lvis_metrics"]}
@@ -241,7 +257,8 @@ def run_instances(
         },
         times=times,
         paper=paper,
-        extra_md="\n![AP by object size](ap.png)\n",
+        extra_md="\n![AP by object size](ap.png)\n" + _overlay_md(overlays),
+        extra={"overlays": overlays},
     )
 
 
