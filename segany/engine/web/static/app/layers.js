@@ -185,9 +185,10 @@ export function fullMask(base, strokes, H, W) {
 /**
  * Paint masks given as crops ({crop: {x, y, w, h, mask}, rgb}) of an H x W image into a layer
  * of `scale` times the image's size, offset by (ox, oy) image px: translucent fills with
- * opaque outlines. Only each crop's box is visited.
+ * opaque outlines (dashed, `dash` layer px on and off, when `dash` > 0). Only each crop's box
+ * is visited.
  */
-function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
+function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha, dash = 0) {
   const { width: w, height: h } = img;
   const px = new Uint32Array(img.data.buffer);
   for (const { crop, rgb } of entries) {
@@ -209,7 +210,8 @@ function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
         if (!at(i, j)) continue;
         const edge = i === 0 || j === 0 || i === h - 1 || j === w - 1 ||
           !at(i, j - 1) || !at(i, j + 1) || !at(i - 1, j) || !at(i + 1, j);
-        px[i * w + j] = edge ? line : fill;
+        const on = edge && (!dash || Math.floor((i + j) / dash) % 2 === 0);
+        px[i * w + j] = on ? line : fill;
       }
     }
   }
@@ -219,11 +221,11 @@ function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
  * The composite of accepted masks ({crop, rgb}) over an H x W image: one layer of at most
  * MAX_COMPOSITE px long side, rebuilt only when the list changes.
  */
-export function buildComposite(entries, H, W, { alpha = 110, outlineAlpha = 255 } = {}) {
+export function buildComposite(entries, H, W, { alpha = 110, outlineAlpha = 255, dash = 0 } = {}) {
   const [h, w] = layerSize(H, W, MAX_COMPOSITE);
   const canvas = new OffscreenCanvas(w, h);
   const img = new ImageData(w, h);
-  paintCrops(img, entries, w / W, 0, 0, alpha, outlineAlpha);
+  paintCrops(img, entries, w / W, 0, 0, alpha, outlineAlpha, dash);
   canvas.getContext("2d").putImageData(img, 0, 0);
   return canvas;
 }
@@ -236,4 +238,9 @@ export function buildHighlight(crop, rgb, { alpha = 80 } = {}) {
   paintCrops(img, [{ crop, rgb }], 1, crop.x - 1, crop.y - 1, alpha, 255);
   canvas.getContext("2d").putImageData(img, 0, 0);
   return { canvas, rect: [crop.x - 1, crop.y - 1, crop.w + 2, crop.h + 2] };
+}
+
+/** The proposals' layer (prefilled masks waiting for review): lighter fills, dashed outlines. */
+export function buildProposals(entries, H, W) {
+  return buildComposite(entries, H, W, { alpha: 45, outlineAlpha: 255, dash: 4 });
 }
