@@ -25,12 +25,12 @@ function setTool(tool) {
 
 // ------------------------------------------------------------------ keyboard
 
-/** With no working mask, Enter, Delete and Backspace act on a selected proposal. */
-const onProposal = (review, other) => () =>
-  (!S.work && R.selectedProposal() ? review() : other());
+/** Enter (with no working mask), Delete and Backspace act on a selected proposal. */
+const onProposal = (review, other, idle = false) => () =>
+  ((!idle || !S.work) && R.selectedProposal() ? review() : other());
 
 const KEYS = {
-  Enter: onProposal(R.acceptSelected, T.accept),
+  Enter: onProposal(R.acceptSelected, T.accept, true),
   Escape: () => {
     if (!document.getElementById("help").hidden) return ui.toggleHelp(false);
     if (S.tool === "brush" || S.tool === "erase" || S.tool === "hand") {
