@@ -12,6 +12,7 @@ import torch
 
 import segany
 from tests.helpers import (
+    BROWSER_TIMEOUT_MS,
     PG_INSTALL_HINT,
     TINY,
     PostgresServer,
@@ -125,3 +126,18 @@ def browser_requirements():
         pytest.fail(f"browser tests cannot run on CI: {reason}")
     if reason:
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser(browser_requirements):
+    """Headless Chromium (Playwright) for a module's browser tests; closed at its end."""
+    from playwright.sync_api import sync_playwright
+
+    from segany.engine.web import launch_chromium
+
+    with sync_playwright() as pw:
+        b = launch_chromium(pw, BROWSER_TIMEOUT_MS)
+        try:
+            yield b
+        finally:
+            b.close()

@@ -560,3 +560,86 @@ checkpoint_every = 100
 log_every = 1
 precision = "fp32"
 """
+
+
+# ---------------------------------------------------------------------------- the browser tool
+
+BROWSER_TIMEOUT_MS = 120_000  # any one Playwright wait in the browser tool's tests
+
+
+def bounded(page, expression: str, timeout_ms: int = BROWSER_TIMEOUT_MS):
+    """Await a page promise, rejected after ``timeout_ms`` (page.evaluate has no timeout)."""
+    return page.evaluate(
+        """([expression, ms]) => Promise.race([
+            (0, eval)(expression),
+            new Promise((_, reject) => setTimeout(
+                () => reject(new Error(`${expression} did not settle in ${ms} ms`)), ms)),
+        ])""",
+        [expression, timeout_ms],
+    )
+
+
+class BrowserTool:
+    """The annotation tool in a Playwright browser (``browser`` fixture): one browser context signed in with a token, on the tool's page."""
+
+    def __init__(self, browser, server, token: str, query: str = "warmup=30") -> None:
+        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
+        self.context.set_default_timeout(BROWSER_TIMEOUT_MS)
+        self.page = self.context.new_page()
+        self.errors: list[str] = []
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.server = server
+        self.page.goto(f"{server['base']}/?token={token}")  # sets the cookie, redirects to /
+        self.query = query
+
+    def open(self, image_id: int | None = None, query: str | None = None) -> BrowserTool:
+        q = self.query if query is None else query
+        if image_id is not None:
+            q = f"{q}&image={image_id}" if q else f"image={image_id}"
+        self.page.goto(f"{self.server['base']}/?{q}")
+        self.page.wait_for_function("window.seganyTool !== undefined")
+        bounded(self.page, "window.seganyTool.ready")
+        self.idle()
+        return self
+
+    def idle(self) -> None:
+        bounded(self.page, "window.seganyTool.waitIdle()")
+
+    def state(self) -> dict:
+        return self.page.evaluate("window.seganyTool.state()")
+
+    def screen(self, x: float, y: float) -> tuple[float, float]:
+        """Page coordinates of image pixel (x, y)."""
+        return self.page.evaluate(
+            """([x, y]) => {
+                const v = window.seganyTool.state().view;
+                const r = document.getElementById("view").getBoundingClientRect();
+                const dpr = window.devicePixelRatio || 1;
+                return [r.left + (x * v.scale + v.tx) / dpr, r.top + (y * v.scale + v.ty) / dpr];
+            }""",
+            [x, y],
+        )
+
+    def click(self, x: float, y: float, **kw) -> None:
+        self.page.mouse.click(*self.screen(x, y), **kw)
+        self.idle()
+
+    def drag(self, a: tuple[float, float], b: tuple[float, float]) -> None:
+        self.page.mouse.move(*self.screen(*a))
+        self.page.mouse.down()
+        self.page.mouse.move(*self.screen(*b), steps=8)
+        self.page.mouse.up()
+        self.idle()
+
+    def key(self, key: str) -> None:
+        self.page.keyboard.press(key)
+        self.idle()
+
+    def working_mask(self) -> np.ndarray:
+        from segany.formats import decode_uncompressed_rle
+
+        rle = self.page.evaluate("window.seganyTool.workingMask()")
+        return decode_uncompressed_rle(rle)
+
+    def close(self) -> None:
+        self.context.close()

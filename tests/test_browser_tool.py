@@ -26,13 +26,14 @@ import segany  # noqa: E402
 from segany.data.scenes import ProceduralScenes  # noqa: E402
 from segany.engine.server import create_app  # noqa: E402
 from segany.engine.store import Project  # noqa: E402
-from segany.engine.web import app_server, launch_chromium  # noqa: E402
+from segany.engine.web import app_server  # noqa: E402
 from segany.formats import decode_coco_rle, decode_uncompressed_rle, encode_coco_rle  # noqa: E402
 from segany.masks import mask_iou  # noqa: E402
+from tests.helpers import BrowserTool as Tool  # noqa: E402
+from tests.helpers import bounded as _bounded  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TIMEOUT_MS = 120_000  # any one Playwright wait
 TOKEN = "owner-token-for-browser-tests"
 SIZE = (240, 320)  # (H, W) of the generated scenes
 N_IMAGES = 10
@@ -80,94 +81,6 @@ def server(browser_requirements, bundled, tmp_path_factory):
             }
     finally:
         project.close()
-
-
-@pytest.fixture(scope="module")
-def browser(browser_requirements):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = launch_chromium(pw, TIMEOUT_MS)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-def _bounded(page, expression: str, timeout_ms: int = TIMEOUT_MS):
-    """Await a page promise, rejected after ``timeout_ms`` (page.evaluate has no timeout)."""
-    return page.evaluate(
-        """([expression, ms]) => Promise.race([
-            (0, eval)(expression),
-            new Promise((_, reject) => setTimeout(
-                () => reject(new Error(`${expression} did not settle in ${ms} ms`)), ms)),
-        ])""",
-        [expression, timeout_ms],
-    )
-
-
-class Tool:
-    """One browser context signed in with a token, on the tool's page."""
-
-    def __init__(self, browser, server, token: str, query: str = "warmup=30") -> None:
-        self.context = browser.new_context(viewport={"width": 1280, "height": 800})
-        self.context.set_default_timeout(TIMEOUT_MS)
-        self.page = self.context.new_page()
-        self.errors: list[str] = []
-        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.server = server
-        self.page.goto(f"{server['base']}/?token={token}")  # sets the cookie, redirects to /
-        self.query = query
-
-    def open(self, image_id: int | None = None, query: str | None = None) -> Tool:
-        q = self.query if query is None else query
-        if image_id is not None:
-            q = f"{q}&image={image_id}" if q else f"image={image_id}"
-        self.page.goto(f"{self.server['base']}/?{q}")
-        self.page.wait_for_function("window.seganyTool !== undefined")
-        _bounded(self.page, "window.seganyTool.ready")
-        self.idle()
-        return self
-
-    def idle(self) -> None:
-        _bounded(self.page, "window.seganyTool.waitIdle()")
-
-    def state(self) -> dict:
-        return self.page.evaluate("window.seganyTool.state()")
-
-    def screen(self, x: float, y: float) -> tuple[float, float]:
-        """Page coordinates of image pixel (x, y)."""
-        return self.page.evaluate(
-            """([x, y]) => {
-                const v = window.seganyTool.state().view;
-                const r = document.getElementById("view").getBoundingClientRect();
-                const dpr = window.devicePixelRatio || 1;
-                return [r.left + (x * v.scale + v.tx) / dpr, r.top + (y * v.scale + v.ty) / dpr];
-            }""",
-            [x, y],
-        )
-
-    def click(self, x: float, y: float, **kw) -> None:
-        self.page.mouse.click(*self.screen(x, y), **kw)
-        self.idle()
-
-    def drag(self, a: tuple[float, float], b: tuple[float, float]) -> None:
-        self.page.mouse.move(*self.screen(*a))
-        self.page.mouse.down()
-        self.page.mouse.move(*self.screen(*b), steps=8)
-        self.page.mouse.up()
-        self.idle()
-
-    def key(self, key: str) -> None:
-        self.page.keyboard.press(key)
-        self.idle()
-
-    def working_mask(self) -> np.ndarray:
-        rle = self.page.evaluate("window.seganyTool.workingMask()")
-        return decode_uncompressed_rle(rle)
-
-    def close(self) -> None:
-        self.context.close()
 
 
 @pytest.fixture

@@ -78,6 +78,7 @@ def test_review_versions_and_stats(tmp_path, scenes, db_url):
         project.add_annotator("alice")
         a, b = (im.id for im in project.list_images())
         m1, m2, m3 = project.add_prefill(a, _gt_proposals(scenes[0]), method="test")
+        assert project.pending_proposals() == {a: 3}
         manual = project.add_mask(b, segmentation=scenes[1].masks[0], annotator="alice")
         with pytest.raises(VersionConflict):
             project.accept_proposal(m1.id, version=2, annotator="alice")
@@ -94,6 +95,7 @@ def test_review_versions_and_stats(tmp_path, scenes, db_url):
             project.reject_proposal(m2.id, version=2)
         project.reject_proposal(m3.id, version=1, annotator="alice")
         assert project.proposal_states(a) == {m1.id: "accepted", m2.id: "edited"}
+        assert project.pending_proposals() == {}
         assert [e.payload["mask"]["id"] for e in project.list_events(kind="reject_prefill")] == [
             m3.id
         ]
@@ -109,6 +111,38 @@ def test_review_versions_and_stats(tmp_path, scenes, db_url):
         assert pre["without_prefill"]["masks"] == 1 and pre["without_prefill"]["prefill_masks"] == 0
         assert pre["with_prefill"]["seconds_per_image"] is not None
         assert {"images", "masks", "groups"} <= set(stats)  # existing keys kept
+        assert pre["reviewed"] == 3 and pre["accept_rate"] == pre["reject_rate"] == 1 / 3
+        assert pre["seconds_per_review"] == 0.9  # only the accept carried a time
+        (mine,) = pre["by_annotator"]  # alice decided every review and marked both done
+        assert mine["annotator"] == "alice"
+        assert (mine["accepted"], mine["edited"], mine["rejected"]) == (1, 1, 1)
+        assert mine["with_prefill"] == pre["with_prefill"]
+        assert mine["without_prefill"] == pre["without_prefill"]
+
+
+def test_prefill_stats_per_annotator_before_and_after_review(tmp_path, scenes):
+    with _make_project(tmp_path / "p", scenes, n=1) as project:
+        for name in ("alice", "bob"):
+            project.add_annotator(name)
+        (a,) = (im.id for im in project.list_images())
+        m1, m2, m3 = project.add_prefill(a, _gt_proposals(scenes[0]), method="test")
+        pre = project.stats()["prefill"]
+        assert pre["reviewed"] == 0 and pre["by_annotator"] == []
+        assert pre["accept_rate"] is None and pre["seconds_per_review"] is None
+        project.accept_proposal(m1.id, version=1, annotator="alice", elapsed_ms=1000)
+        project.reject_proposal(m2.id, version=1, annotator="bob", elapsed_ms=3000)
+        project.reject_proposal(m3.id, version=1)  # no annotator
+        project.set_status(a, "done", annotator="bob")
+        pre = project.stats()["prefill"]
+        rows = {r["annotator"]: r for r in pre["by_annotator"]}
+        assert [r["annotator"] for r in pre["by_annotator"]] == [None, "alice", "bob"]
+        assert (rows[None]["rejected"], rows[None]["seconds_per_review"]) == (1, None)
+        assert (rows["alice"]["accepted"], rows["alice"]["accept_rate"]) == (1, 1.0)
+        assert rows["alice"]["with_prefill"]["images"] == 0  # bob marked the image done
+        assert (rows["bob"]["rejected"], rows["bob"]["seconds_per_review"]) == (1, 3.0)
+        assert rows["bob"]["with_prefill"]["images"] == 1
+        assert rows["bob"]["with_prefill"]["masks"] == 1  # the accepted proposal
+        assert (pre["reviewed"], pre["seconds_per_review"]) == (3, 2.0)
 
 
 # ---------------------------------------------------------------------- prefill auto
@@ -190,6 +224,8 @@ def test_api_accept_reject_edit(api):
     client, project, image_id = api
     masks = client.get(f"/api/images/{image_id}/masks", headers=AUTH).json()
     assert [(m["source"], m["review"]) for m in masks] == [("prefill", "proposal")] * 3
+    listed = client.get("/api/images", headers=AUTH).json()
+    assert [(i["id"], i["proposals"]) for i in listed] == [(image_id, 3)]
     m1, m2, m3 = (m["id"] for m in masks)
     r = client.post(f"/api/masks/{m1}/accept", json={"version": 2}, headers=AUTH)
     assert r.status_code == 409, r.text
@@ -212,6 +248,7 @@ def test_api_accept_reject_edit(api):
     assert r.status_code == 204, r.text
     listed = client.get(f"/api/images/{image_id}/masks", headers=AUTH).json()
     assert [(m["id"], m["review"]) for m in listed] == [(m1, "accepted"), (m2, "edited")]
+    assert client.get("/api/images", headers=AUTH).json()[0]["proposals"] == 0
     seg = {"size": [SIZE, SIZE], "counts": encode_coco_rle(new)["counts"]}
     manual = client.post(f"/api/images/{image_id}/masks", json={"segmentation": seg}, headers=AUTH)
     manual_id = manual.json()["id"]  # SQLite may give it the rejected proposal's id again

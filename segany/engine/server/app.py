@@ -324,7 +324,12 @@ def create_app(
 
     @app.get("/api/images")
     def list_images() -> list[dict[str, Any]]:
-        return [image.to_dict() for image in project.list_images()]
+        """The images; ``proposals``: how many prefilled proposals wait for review on each."""
+        pending = project.pending_proposals()
+        return [
+            {**image.to_dict(), "proposals": pending.get(image.id, 0)}
+            for image in project.list_images()
+        ]
 
     @app.post("/api/images")
     async def upload(request: Request) -> JSONResponse:

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from . import checks
 from .base import AnnotatorRef, ProjectBase
 from .errors import InvalidInput, NotFound, VersionConflict
-from .models import EventRow, ImageRow, MaskRow
+from .models import AnnotatorRow, EventRow, ImageRow, MaskRow
 from .records import MaskRecord, ModelVersion
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "REJECT_PREFILL",
     "ProposalMethods",
     "compute_prefill_stats",
+    "pending_by_image",
     "proposal_ids",
     "proposal_states",
 ]
@@ -92,6 +93,17 @@ def proposal_states(s: Session, image_id: int | None = None) -> dict[int, str]:
         elif states[mid] == "proposal":
             states[mid] = "accepted"
     return dict(sorted(states.items()))
+
+
+def pending_by_image(s: Session) -> dict[int, int]:
+    """``{image_id: n}``: how many proposals wait for review on each image (images with none
+    are left out)."""
+    ids = proposal_ids(s)
+    out: dict[int, int] = {}
+    for mid, state in proposal_states(s).items():
+        if state == "proposal":
+            out[ids[mid][0]] = out.get(ids[mid][0], 0) + 1
+    return out
 
 
 class ProposalMethods(ProjectBase):
@@ -165,6 +177,11 @@ class ProposalMethods(ProjectBase):
             if image_id is not None:
                 self._image_row(s, image_id)
             return proposal_states(s, image_id)
+
+    def pending_proposals(self) -> dict[int, int]:
+        """``{image_id: n}`` of the images with proposals waiting for review."""
+        with self._tx() as s:
+            return pending_by_image(s)
 
     def accept_proposal(
         self,
@@ -282,20 +299,69 @@ def _check_version(version: Any) -> int:
     return version
 
 
+def _rates(accepted: int, edited: int, rejected: int, elapsed: list[int]) -> dict[str, Any]:
+    """The review counts with their rates (of the reviewed proposals; None without any) and
+    the mean review time in seconds (None when no review carried one)."""
+    reviewed = accepted + edited + rejected
+    return {
+        "accepted": accepted,
+        "edited": edited,
+        "rejected": rejected,
+        "reviewed": reviewed,
+        "accept_rate": accepted / reviewed if reviewed else None,
+        "edit_rate": edited / reviewed if reviewed else None,
+        "reject_rate": rejected / reviewed if reviewed else None,
+        "seconds_per_review": sum(elapsed) / 1000 / len(elapsed) if elapsed else None,
+    }
+
+
+def _deciders(s: Session, ids: dict[int, tuple[int, int]], outcome: dict[int, str]) -> dict:
+    """``{mask_id: (annotator_id, elapsed_ms)}`` of the event that decided each reviewed
+    proposal's ``outcome``: its first ``accept_prefill`` (accepted), first ``edit`` (edited),
+    or its ``reject_prefill`` or ``delete`` (rejected)."""
+    kinds = {"accepted": (ACCEPT_PREFILL,), "edited": ("edit",),
+             "rejected": (REJECT_PREFILL, "delete")}  # fmt: skip
+    if not outcome:
+        return {}
+    rows = s.execute(
+        select(EventRow.id, EventRow.mask_id, EventRow.kind, EventRow.annotator_id,
+               EventRow.elapsed_ms)
+        .where(EventRow.kind.in_((ACCEPT_PREFILL, REJECT_PREFILL, "edit", "delete")),
+               EventRow.mask_id.in_(list(outcome)))
+        .order_by(EventRow.id)
+    )  # fmt: skip
+    out: dict[int, tuple[int | None, int | None]] = {}
+    for eid, mid, kind, aid, elapsed in rows:
+        if eid > ids[mid][1] and mid not in out and kind in kinds[outcome[mid]]:
+            out[mid] = (aid, elapsed)
+    return out
+
+
 def compute_prefill_stats(s: Session) -> dict[str, Any]:
     """Stage 2 in numbers: ``{"proposals", "pending", "accepted", "edited", "rejected",
-    "images_prefilled", "with_prefill": G, "without_prefill": G}``. The counts are of distinct
-    proposals (``rejected`` includes proposals removed by a plain delete). Each ``G`` is
-    ``{"images", "masks", "prefill_masks", "masks_per_image", "seconds_per_image"}`` over the
-    ``done`` images that were (were not) prefilled: their masks except pending proposals,
-    those of them that are reviewed proposals, and the mean time from an image's first
-    ``open`` event (else its first ``prompt``) to its first ``status`` event to ``done``
-    after it (over the images that have both)."""
+    "reviewed", "accept_rate", "edit_rate", "reject_rate", "seconds_per_review",
+    "images_prefilled", "with_prefill": G, "without_prefill": G, "by_annotator": [A, ...]}``.
+
+    The counts are of distinct proposals (``rejected`` includes proposals removed by a plain
+    delete); the rates are of the ``reviewed`` ones (None before any review);
+    ``seconds_per_review`` is the mean ``elapsed_ms`` of the events that decided the reviews
+    (the accept, the first edit, the reject), in seconds. Each ``G`` is ``{"images",
+    "masks", "prefill_masks", "masks_per_image", "seconds_per_image"}`` over the ``done``
+    images that were (were not) prefilled: their masks except pending proposals, those of
+    them that are reviewed proposals, and the mean time from an image's first ``open`` event
+    (else its first ``prompt``) to its first ``status`` event to ``done`` after it (over the
+    images that have both). Each ``A`` is ``{"annotator", <the review counts, rates and
+    seconds_per_review of the reviews it decided>, "with_prefill": G, "without_prefill": G}``
+    (``G`` over the images it marked done), sorted by name (None, the reviews without an
+    annotator, first)."""
     ids = proposal_ids(s)
     states = proposal_states(s)
     gone = set(ids) - set(states)
-    rejected = {mid for mid, _ in _later(s, ids, (REJECT_PREFILL, "delete"))}
-    counts = {k: sum(1 for v in states.values() if v == k) for k in ("accepted", "edited")}
+    rejected = {mid for mid, _ in _later(s, ids, (REJECT_PREFILL, "delete"))} & gone
+    outcome = {m: v for m, v in states.items() if v != "proposal"}
+    outcome.update({m: "rejected" for m in rejected})
+    decided = _deciders(s, ids, outcome)
+    names = dict(s.execute(select(AnnotatorRow.id, AnnotatorRow.name)).all())
     prefilled = set(s.scalars(select(EventRow.image_id).where(EventRow.kind == PREFILL)))
     done = set(s.scalars(select(ImageRow.id).where(ImageRow.status == "done")))
     per_image = dict(
@@ -313,18 +379,21 @@ def compute_prefill_stats(s: Session) -> dict[str, Any]:
         bucket[img] = bucket.get(img, 0) + 1
     started: dict[int, Any] = {}
     finished: dict[int, float] = {}
+    done_by: dict[int, int | None] = {}
     events = s.execute(
-        select(EventRow.image_id, EventRow.kind, EventRow.at, EventRow.payload)
+        select(EventRow.image_id, EventRow.kind, EventRow.at, EventRow.payload,
+               EventRow.annotator_id)
         .where(EventRow.image_id.in_(list(done)), EventRow.kind.in_(("open", "prompt", "status")))
         .order_by(EventRow.id)
-    )
+    )  # fmt: skip
     first_prompt: dict[int, Any] = {}
-    for img, kind, at, payload in events:
+    for img, kind, at, payload, aid in events:
         if kind == "open":
             started.setdefault(img, at)
         elif kind == "prompt":
             first_prompt.setdefault(img, at)
-        elif (payload or {}).get("to") == "done" and img not in finished:
+        elif (payload or {}).get("to") == "done" and img not in done_by:
+            done_by[img] = aid
             start = started.get(img, first_prompt.get(img))
             if start is not None and at >= start:
                 finished[img] = (at - start).total_seconds()
@@ -340,13 +409,26 @@ def compute_prefill_stats(s: Session) -> dict[str, Any]:
             "seconds_per_image": sum(timed) / len(timed) if timed else None,
         }
 
+    def reviews(aid: Any = ...) -> dict[str, Any]:
+        mine = [m for m in outcome if aid is ... or (m in decided and decided[m][0] == aid)]
+        n = {k: sum(1 for m in mine if outcome[m] == k) for k in ("accepted", "edited", "rejected")}
+        elapsed = [decided[m][1] for m in mine if m in decided and decided[m][1] is not None]
+        return _rates(n["accepted"], n["edited"], n["rejected"], elapsed)
+
+    people = {a for a, _ in decided.values()} | set(done_by.values())
+    by_annotator = []
+    for aid in sorted(people, key=lambda a: (a is not None, names.get(a, ""))):
+        mine = {i for i, a in done_by.items() if a == aid}
+        by_annotator.append({
+            "annotator": names.get(aid), **reviews(aid),
+            "with_prefill": group(mine & prefilled), "without_prefill": group(mine - prefilled),
+        })  # fmt: skip
     return {
         "proposals": len(ids),
         "pending": sum(1 for v in states.values() if v == "proposal"),
-        "accepted": counts["accepted"],
-        "edited": counts["edited"],
-        "rejected": len(rejected & gone),
+        **reviews(),
         "images_prefilled": len(prefilled),
         "with_prefill": group(done & prefilled),
         "without_prefill": group(done - prefilled),
+        "by_annotator": by_annotator,
     }

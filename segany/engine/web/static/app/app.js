@@ -7,6 +7,7 @@
 import { api, releaseOnExit, track, waitIdle } from "./api.js";
 import * as L from "./layers.js";
 import { maskArea, maskToRle } from "./rle.js";
+import * as R from "./review.js";
 import * as T from "./tool.js";
 import * as ui from "./ui.js";
 
@@ -24,8 +25,12 @@ function setTool(tool) {
 
 // ------------------------------------------------------------------ keyboard
 
+/** Enter (with no working mask), Delete and Backspace act on a selected proposal. */
+const onProposal = (review, other, idle = false) => () =>
+  ((!idle || !S.work) && R.selectedProposal() ? review() : other());
+
 const KEYS = {
-  Enter: () => T.accept(),
+  Enter: onProposal(R.acceptSelected, T.accept, true),
   Escape: () => {
     if (!document.getElementById("help").hidden) return ui.toggleHelp(false);
     if (S.tool === "brush" || S.tool === "erase" || S.tool === "hand") {
@@ -34,8 +39,10 @@ const KEYS = {
     T.discard();
     setTool("prompt");
   },
-  Delete: () => T.deleteSelected(),
-  Backspace: () => T.deleteSelected(),
+  Delete: onProposal(R.rejectSelected, T.deleteSelected),
+  Backspace: onProposal(R.rejectSelected, T.deleteSelected),
+  a: () => R.acceptSelected(),
+  x: () => R.rejectSelected(),
   b: () => setTool("brush"),
   e: () => setTool("erase"),
   v: () => setTool("prompt"),
@@ -44,7 +51,7 @@ const KEYS = {
   m: () => T.editSelected(),
   o: () => {
     S.overlays = !S.overlays;
-    T.compositeLayer.alpha = S.overlays ? 1 : 0;
+    T.compositeLayer.alpha = T.proposalLayer.alpha = S.overlays ? 1 : 0;
     viewport.requestRender();
   },
   n: () => T.open(S.index + 1),
@@ -128,7 +135,8 @@ canvas.addEventListener("pointerdown", (event) => {
     return;
   }
   if (event.button === 0 || event.button === 2) {
-    input.pointer = { kind: "box", button: event.button, shift: event.shiftKey, start: img,
+    input.pointer = { kind: "box", button: event.button, shift: event.shiftKey,
+                      alt: event.altKey, start: img,
                       startClient: [event.clientX, event.clientY], now: img, moved: false };
   }
 });
@@ -175,6 +183,8 @@ function endPress(event) {
       T.prompt(() => ({ box }), event.timeStamp);
       viewport.requestRender();
     } else if (inside(p.start)) {
+      const hit = p.button === 0 && !p.shift && !p.alt && !S.work ? R.proposalAt(p.start) : null;
+      if (hit) return T.actions.select(hit.id, true); // a click on a proposal selects it
       const label = p.button === 2 || p.shift ? 0 : 1;
       T.prompt((base) => ({ points: [...base.points, p.start], labels: [...base.labels, label] }),
                event.timeStamp);
@@ -200,6 +210,12 @@ for (const b of document.querySelectorAll("#tools button")) {
 document.getElementById("accept-btn").addEventListener("click", () => track(T.accept()));
 document.getElementById("edit-btn").addEventListener("click", () => T.editSelected());
 document.getElementById("done-btn").addEventListener("click", () => track(T.markDone()));
+document.getElementById("proposal-accept-btn")
+  .addEventListener("click", () => track(R.acceptSelected()));
+document.getElementById("proposal-reject-btn")
+  .addEventListener("click", () => track(R.rejectSelected()));
+document.getElementById("proposal-accept-all-btn")
+  .addEventListener("click", () => track(R.acceptAll()));
 document.getElementById("help-btn").addEventListener("click", () => ui.toggleHelp());
 const uploadInput = document.getElementById("upload-input");
 uploadInput.addEventListener("change", () => {
@@ -295,7 +311,9 @@ window.seganyTool = Object.freeze({
       workingArea: work && layer ? maskArea(L.canvasMask(layer)) : 0,
       displaySize: [...S.display],
       accepted: S.accepted.map((m) => ({ id: m.id, version: m.version, area: m.area,
-                                         label: m.label })),
+                                         label: m.label, source: m.source,
+                                         review: m.review ?? null })),
+      proposals: R.pending().map((m) => m.id), // prefilled, waiting for review
       selectedMask: S.selectedId,
       hoverMask: S.hoverId,
       lastClickMs: S.lastClickMs,
@@ -306,7 +324,8 @@ window.seganyTool = Object.freeze({
       overlays: S.overlays,
       brushRadius: S.brushRadius,
       images: S.images.map((i) => ({ id: i.id, status: i.status, num_masks: i.num_masks,
-                                     lease_holder: i.lease_holder })),
+                                     lease_holder: i.lease_holder,
+                                     proposals: i.proposals ?? 0 })),
       view: { scale: viewport.scale, tx: viewport.tx, ty: viewport.ty },
       frameTimes: [...viewport.frameTimes],
     };

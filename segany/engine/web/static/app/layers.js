@@ -185,15 +185,16 @@ export function fullMask(base, strokes, H, W) {
 /**
  * Paint masks given as crops ({crop: {x, y, w, h, mask}, rgb}) of an H x W image into a layer
  * of `scale` times the image's size, offset by (ox, oy) image px: translucent fills with
- * opaque outlines. Only each crop's box is visited.
+ * opaque outlines `line` layer px wide (dashed, `dash` layer px on and off, when `dash` > 0).
+ * Only each crop's box is visited.
  */
-function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
+function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha, dash = 0, line = 1) {
   const { width: w, height: h } = img;
   const px = new Uint32Array(img.data.buffer);
   for (const { crop, rgb } of entries) {
     if (!crop.w) continue;
     const fill = ((alpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
-    const line = ((outlineAlpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
+    const edgeRgba = ((outlineAlpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
     const i0 = Math.max(0, Math.floor((crop.y - oy) * scale));
     const i1 = Math.min(h, Math.ceil((crop.y + crop.h - oy) * scale));
     const j0 = Math.max(0, Math.floor((crop.x - ox) * scale));
@@ -207,9 +208,12 @@ function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
     for (let i = i0; i < i1; i++) {
       for (let j = j0; j < j1; j++) {
         if (!at(i, j)) continue;
-        const edge = i === 0 || j === 0 || i === h - 1 || j === w - 1 ||
-          !at(i, j - 1) || !at(i, j + 1) || !at(i - 1, j) || !at(i + 1, j);
-        px[i * w + j] = edge ? line : fill;
+        let edge = i < line || j < line || i >= h - line || j >= w - line;
+        for (let d = 1; d <= line && !edge; d++) {
+          edge = !at(i, j - d) || !at(i, j + d) || !at(i - d, j) || !at(i + d, j);
+        }
+        const on = edge && (!dash || Math.floor((i + j) / dash) % 2 === 0);
+        px[i * w + j] = on ? edgeRgba : fill;
       }
     }
   }
@@ -219,11 +223,12 @@ function paintCrops(img, entries, scale, ox, oy, alpha, outlineAlpha) {
  * The composite of accepted masks ({crop, rgb}) over an H x W image: one layer of at most
  * MAX_COMPOSITE px long side, rebuilt only when the list changes.
  */
-export function buildComposite(entries, H, W, { alpha = 110, outlineAlpha = 255 } = {}) {
-  const [h, w] = layerSize(H, W, MAX_COMPOSITE);
+export function buildComposite(entries, H, W, { alpha = 110, outlineAlpha = 255, dash = 0,
+                                                line = 1, maxSide = MAX_COMPOSITE } = {}) {
+  const [h, w] = layerSize(H, W, maxSide);
   const canvas = new OffscreenCanvas(w, h);
   const img = new ImageData(w, h);
-  paintCrops(img, entries, w / W, 0, 0, alpha, outlineAlpha);
+  paintCrops(img, entries, w / W, 0, 0, alpha, outlineAlpha, dash, line);
   canvas.getContext("2d").putImageData(img, 0, 0);
   return canvas;
 }
@@ -236,4 +241,14 @@ export function buildHighlight(crop, rgb, { alpha = 80 } = {}) {
   paintCrops(img, [{ crop, rgb }], 1, crop.x - 1, crop.y - 1, alpha, 255);
   canvas.getContext("2d").putImageData(img, 0, 0);
   return { canvas, rect: [crop.x - 1, crop.y - 1, crop.w + 2, crop.h + 2] };
+}
+
+/**
+ * The proposals' layer (prefilled masks waiting for review): lighter fills and dashed outlines
+ * 2 layer px wide, at most MAX_DISPLAY px long side (so that the outline shows at fit).
+ */
+export function buildProposals(entries, H, W) {
+  const [, w] = layerSize(H, W, MAX_DISPLAY);
+  const dash = Math.max(4, Math.round(6 * (w / W))); // about 6 image px on, 6 off
+  return buildComposite(entries, H, W, { alpha: 45, dash, line: 2, maxSide: MAX_DISPLAY });
 }

@@ -1,6 +1,8 @@
 // The metrics page of the annotation tool: per stage and annotator, seconds per mask, masks
 // per image and clicks per mask (a table from GET /api/stats and GET /api/stats/timeline),
-// and a hand-written SVG line plot of one metric over time, one line per (stage, annotator),
+// the prefilled proposals' review (accepted / edited / rejected, masks and seconds per image
+// with and without prefill, per annotator, from /api/stats' prefill), and a hand-written SVG
+// line plot of one metric over time, one line per (stage, annotator),
 // with the model versions' registration times marked on the time axis. Refreshes every
 // REFRESH_MS; a failed request is shown in #error (the last good numbers stay on screen).
 //
@@ -124,6 +126,40 @@ function renderTable(stats, timeline) {
     vbody.append(row);
   }
 }
+
+// ------------------------------------------------------------------------------ prefill
+
+const pct = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(0)} %`);
+
+/** Stage 2 from /api/stats' `prefill`: one row for everyone, then one per annotator. */
+function renderPrefill(stats) {
+  const pre = stats.prefill;
+  const body = $("prefill").tBodies[0];
+  body.replaceChildren();
+  if (!pre) return;
+  $("prefill-summary").textContent = `${pre.proposals} proposals on ${pre.images_prefilled} ` +
+    `prefilled images, ${pre.pending} waiting for review`;
+  const rows = [{ ...pre, annotator: "all", all: true }, ...(pre.by_annotator || [])];
+  for (const r of rows) {
+    const name = r.all ? "all" : (r.annotator ?? "(no annotator)");
+    const row = el("tr", { "data-annotator": r.all ? "*" : (r.annotator ?? "") });
+    if (r.all) row.className = "total";
+    const w = r.with_prefill;
+    const wo = r.without_prefill;
+    const cells = [name, r.reviewed, r.accepted, r.edited, r.rejected, pct(r.accept_rate),
+      pct(r.edit_rate), pct(r.reject_rate), fmt(r.seconds_per_review, 1),
+      w.images, fmt(w.masks_per_image), fmt(w.seconds_per_image, 1),
+      wo.images, fmt(wo.masks_per_image), fmt(wo.seconds_per_image, 1)];
+    cells.forEach((c, k) => row.append(el("td", { "data-col": PREFILL_COLS[k] }, String(c))));
+    body.append(row);
+  }
+}
+
+/** The prefill table's columns (each cell's data-col). */
+const PREFILL_COLS = ["annotator", "reviewed", "accepted", "edited", "rejected", "accept_rate",
+  "edit_rate", "reject_rate", "seconds_per_review", "with_images", "with_masks_per_image",
+  "with_seconds_per_image", "without_images", "without_masks_per_image",
+  "without_seconds_per_image"];
 
 // ------------------------------------------------------------------------------ plot
 
@@ -254,6 +290,7 @@ async function refresh() {
     state.stats = stats;
     state.timeline = timeline;
     renderTable(stats, timeline);
+    renderPrefill(stats);
     renderPlot(timeline);
     showError(null);
     $("updated").textContent = `updated ${new Date().toLocaleTimeString()}; refreshes every ` +

@@ -38,8 +38,9 @@ const S = {
 const viewport = new Viewport(document.getElementById("view"));
 const workLayer = { canvas: null, alpha: 0.55 };
 const compositeLayer = { canvas: null, alpha: 1 };
+const proposalLayer = { canvas: null, alpha: 1 }; // prefilled masks waiting for review
 const highlightLayer = { canvas: null, alpha: 1 };
-viewport.layers = [compositeLayer, highlightLayer, workLayer];
+viewport.layers = [compositeLayer, proposalLayer, highlightLayer, workLayer];
 const history = new History();
 let chain = Promise.resolve(); // prompts are decoded one after another
 let leaseTimer = null;
@@ -61,6 +62,17 @@ function refreshUi() {
 function emptyWork() {
   return { points: [], labels: [], box: null, result: null, selected: 0, strokes: [],
            startedAt: Date.now(), edit: null };
+}
+
+/** Whether a mask record is a prefilled proposal waiting for review. */
+const isPending = (m) => m?.review === "proposal";
+
+/** Milliseconds since the image was opened or the last proposal was reviewed (and restart). */
+function reviewElapsed() {
+  const now = Date.now();
+  const ms = now - (S.reviewStart ?? now);
+  S.reviewStart = now;
+  return ms;
 }
 
 /** A mask record's pixels, decoded once into its bounding box. */
@@ -90,8 +102,10 @@ function rebuildComposite() {
   const { height: H, width: W } = S.image;
   const editing = S.work?.edit?.id;
   const shown = S.accepted.filter((m) => m.id !== editing);
-  compositeLayer.canvas = L.buildComposite(
-    shown.map((m) => ({ crop: cropOf(m), rgb: L.colorFor(m.id) })), H, W);
+  const entries = (pending) => shown.filter((m) => isPending(m) === pending)
+    .map((m) => ({ crop: cropOf(m), rgb: L.colorFor(m.id) }));
+  compositeLayer.canvas = L.buildComposite(entries(false), H, W);
+  proposalLayer.canvas = L.buildProposals(entries(true), H, W);
   rebuildHighlight();
   ui.renderMasks(S, actions);
 }
@@ -243,8 +257,9 @@ async function acceptWork() {
       const old = S.accepted.find((m) => m.id === work.edit.id);
       const rec = await api.patch(`/api/masks/${work.edit.id}`, {
         version: work.edit.version, segmentation, // the source (manual, prefill, auto) stays
-        elapsed_ms: Date.now() - work.startedAt,
+        elapsed_ms: isPending(old) ? reviewElapsed() : Date.now() - work.startedAt,
       });
+      if (old?.review) rec.review = "edited"; // a PATCHed proposal counts as reviewed, edited
       history.push({ kind: "edit", work, before: old, after: rec });
       replaceMask(rec);
     } else {
@@ -360,6 +375,7 @@ async function undoRedo(redo) {
       const current = S.accepted.find((m) => m.id === target.id);
       const rec = await api.patch(`/api/masks/${target.id}`, {
         version: current.version, segmentation: target.segmentation });
+      rec.review = current.review; // a reviewed proposal stays reviewed
       replaceMask(rec);
       S.work = redo ? null : { ...entry.work, edit: { ...entry.work.edit, version: rec.version } };
       rebuildWorking();
@@ -502,6 +518,7 @@ async function open(index) {
   }
   viewport.setImage(bitmap, image.width, image.height);
   S.accepted = masks;
+  S.reviewStart = Date.now();
   rebuildWorking();
   rebuildComposite();
   await embedding;
@@ -548,7 +565,7 @@ const actions = {
   choose,
   hover(id) {
     S.hoverId = id;
-    for (const li of document.querySelectorAll("#mask-list li")) {
+    for (const li of document.querySelectorAll("#mask-list li, #proposal-list li")) {
       li.classList.toggle("hover", Number(li.dataset.id) === id);
     }
     rebuildHighlight();
@@ -558,7 +575,7 @@ const actions = {
     if (S.selectedId === id && keep) return;
     S.selectedId = S.selectedId === id ? null : id;
     rebuildHighlight();
-    for (const li of document.querySelectorAll("#mask-list li")) {
+    for (const li of document.querySelectorAll("#mask-list li, #proposal-list li")) {
       li.classList.toggle("selected", Number(li.dataset.id) === S.selectedId);
     }
     refreshUi();
@@ -567,6 +584,7 @@ const actions = {
 };
 
 export {
-  S, accept, actions, compositeLayer, deleteSelected, discard, editSelected, emptyWork, fail, leave, markDone,
-  open, prompt, refreshImages, refreshUi, setWork, undoRedo, uploadFiles, viewport, workLayer,
+  S, accept, actions, compositeLayer, cropOf, deleteSelected, discard, editSelected, emptyWork, fail,
+  isPending, leave, loadMasks, markDone, open, prompt, proposalLayer, rebuildComposite,
+  refreshImages, refreshUi, reviewElapsed, setWork, undoRedo, uploadFiles, viewport, workLayer,
 };

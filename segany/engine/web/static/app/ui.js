@@ -13,11 +13,14 @@ export const SHORTCUTS = [
   ["Tab / C", "cycle the three candidate masks"],
   ["Enter", "accept the working mask (saved at once)"],
   ["Escape", "discard the working mask (or leave the brush/eraser)"],
-  ["Ctrl+Z", "undo (points, box, strokes, candidate, accept, delete)"],
+  ["Ctrl+Z", "undo (points, box, strokes, candidate, accept, delete; not proposal reviews)"],
   ["Ctrl+Shift+Z / Ctrl+Y", "redo"],
   ["B / E / V", "brush / eraser / prompt tool"],
   ["[ / ]", "brush radius smaller / larger"],
-  ["M", "edit the selected mask (brush/eraser, Enter saves)"],
+  ["M", "edit the selected mask or proposal (brush/eraser, Enter saves)"],
+  ["Click a proposal", "select it (with no working mask; Alt+click puts a point there)"],
+  ["A", "accept the selected proposal (Enter too, with no working mask)"],
+  ["X", "reject the selected proposal (Delete / Backspace too)"],
   ["O", "show / hide the accepted masks"],
   ["Delete / Backspace", "delete the selected mask"],
   ["N / P", "next / previous image"],
@@ -80,6 +83,13 @@ export function renderImages(S, actions) {
     status.className = `status-${img.status}`;
     status.textContent = img.status.replace("_", " ");
     meta.append(status, ` · ${img.num_masks} mask${img.num_masks === 1 ? "" : "s"}`);
+    if (img.proposals) { // prefilled proposals waiting for review
+      li.classList.add("has-proposals");
+      const p = document.createElement("span");
+      p.className = "proposals";
+      p.textContent = ` · ${img.proposals} to review`;
+      meta.append(p);
+    }
     if (takenBy) {
       const t = document.createElement("span");
       t.className = "taken-by";
@@ -92,11 +102,41 @@ export function renderImages(S, actions) {
   });
 }
 
+/** The image's proposals waiting for review: a list with source and score (no label). */
+function renderProposals(S, actions, proposals) {
+  const list = $("proposal-list");
+  list.replaceChildren();
+  $("proposals-section").hidden = !proposals.length;
+  $("proposal-count").textContent = proposals.length ? `(${proposals.length})` : "";
+  for (const m of proposals) {
+    const li = document.createElement("li");
+    li.dataset.id = m.id;
+    if (m.id === S.selectedId) li.classList.add("selected");
+    const sw = document.createElement("span");
+    sw.className = "swatch";
+    const [r, g, b] = colorFor(m.id);
+    sw.style.borderColor = `rgb(${r},${g},${b})`;
+    const id = document.createElement("span");
+    id.textContent = `#${m.id}`;
+    const info = document.createElement("span");
+    info.className = "info";
+    const score = m.predicted_iou == null ? "" : ` · score ${m.predicted_iou.toFixed(2)}`;
+    info.textContent = `${m.source}${score} · ${m.area}px`;
+    li.append(sw, id, info);
+    li.addEventListener("mouseenter", () => actions.hover(m.id));
+    li.addEventListener("mouseleave", () => actions.hover(null));
+    li.addEventListener("click", () => actions.select(m.id));
+    list.append(li);
+  }
+}
+
 export function renderMasks(S, actions) {
   const list = $("mask-list");
   list.replaceChildren();
-  $("mask-count").textContent = S.accepted.length ? `(${S.accepted.length})` : "";
-  for (const m of S.accepted) {
+  const kept = S.accepted.filter((m) => m.review !== "proposal");
+  renderProposals(S, actions, S.accepted.filter((m) => m.review === "proposal"));
+  $("mask-count").textContent = kept.length ? `(${kept.length})` : "";
+  for (const m of kept) {
     const li = document.createElement("li");
     li.dataset.id = m.id;
     if (m.id === S.selectedId) li.classList.add("selected");
@@ -119,7 +159,8 @@ export function renderMasks(S, actions) {
     const info = document.createElement("span");
     info.className = "info";
     const score = m.predicted_iou == null ? "" : ` · ${m.predicted_iou.toFixed(2)}`;
-    info.textContent = `${m.source}${score} · ${m.area}px`;
+    const review = m.review ? ` · ${m.review}` : ""; // a reviewed proposal: accepted or edited
+    info.textContent = `${m.source}${score}${review} · ${m.area}px`;
     li.append(sw, id, label, info);
     li.addEventListener("mouseenter", () => actions.hover(m.id));
     li.addEventListener("mouseleave", () => actions.hover(null));
@@ -164,6 +205,11 @@ export function renderStatus(S) {
   }
   $("accept-btn").disabled = !S.work || S.readOnly;
   $("edit-btn").disabled = S.selectedId == null || S.readOnly;
+  const proposal = S.accepted.find((m) => m.id === S.selectedId)?.review === "proposal";
+  $("proposal-accept-btn").disabled = !proposal || S.readOnly;
+  $("proposal-reject-btn").disabled = !proposal || S.readOnly;
+  $("proposal-accept-all-btn").disabled = S.readOnly ||
+    !S.accepted.some((m) => m.review === "proposal");
   $("done-btn").disabled = S.readOnly || S.index < 0;
   const e = S.embeddings;
   $("embed-progress").textContent = e ? `embeddings: ${e.encoded} encoded, ${e.queued} queued` : "";
