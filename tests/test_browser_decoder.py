@@ -35,6 +35,24 @@ def export_dir(bundled, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def low_res_dir(export_dir, tmp_path_factory):
+    """The export with its decoder cut before the mask upscale: inputs without orig_im_size,
+    outputs iou_predictions and low_res_masks only (a low-res-only graph)."""
+    import shutil
+
+    import onnx
+    from onnx.utils import Extractor
+
+    out = tmp_path_factory.mktemp("browser_onnx_low")
+    shutil.copy(export_dir / "manifest.json", out / "manifest.json")
+    model = onnx.load(str(export_dir / "decoder.onnx"))
+    inputs = [i.name for i in model.graph.input if i.name != "orig_im_size"]
+    cut = Extractor(model).extract_model(inputs, ["iou_predictions", "low_res_masks"])
+    onnx.save(cut, str(out / "decoder.onnx"))
+    return out
+
+
+@pytest.fixture(scope="module")
 def scene_case(bundled):
     """A non-square scene, its largest object, a point deep inside it and the embedding."""
     scene = ProceduralScenes(4, seed=3, sizes=((240, 320),))[0]
@@ -50,13 +68,14 @@ def scene_case(bundled):
 
 
 @pytest.fixture(scope="module")
-def page(browser_requirements, export_dir, scene_case):
+def page(browser_requirements, export_dir, low_res_dir, scene_case):
     from playwright.sync_api import sync_playwright
 
     emb = scene_case["emb"]
     routes = {
         "static": STATIC_DIR,
         "model": export_dir,
+        "model_low": low_res_dir,
         "emb.bin": emb.tobytes(),
         "emb16.bin": emb.astype(np.float16).tobytes(),
     }
@@ -150,6 +169,35 @@ def test_click_matches_onnx_runtime_and_torch(page, export_dir, scene_case):
     ours_iou = float(mask_iou(r["masks"][best] > 0, gt))
     assert ref_iou > 0.8
     assert abs(ours_iou - ref_iou) < 0.01
+
+
+def test_a_low_res_only_graph_decodes_low(page, scene_case):
+    """A decoder graph without orig_im_size and masks gives the same low-res output; asking it
+    for "full" is refused with a message."""
+    pg, _ = page
+    (x, y), (h, w) = scene_case["point"], scene_case["scene"].image.shape[:2]
+    prompt = {"points": [[x, y]], "labels": [1], "output": "low"}
+    want = _decode(pg, prompt)
+    got = pg.evaluate(
+        """async ([prompt, h, w]) => {
+            const D = window.seganyDecoder.DecoderClient;
+            const c = new D(new URL("/static/decoder-worker.js", location.href),
+                            {timeoutMs: 120000});
+            try {
+                await c.init({manifestUrl: "/model_low/manifest.json", warmup: 2});
+                await c.setEmbedding({url: "/emb.bin", dtype: "float32", originalSize: [h, w]});
+                const r = await c.decode(prompt);
+                let refused = null;
+                try { await c.decode({...prompt, output: "full"}); }
+                catch (e) { refused = String(e.message || e); }
+                return {scores: Array.from(r.scores), lowRes: Array.from(r.lowRes), refused};
+            } finally { c.terminate(); }
+        }""",
+        [prompt, h, w],
+    )
+    np.testing.assert_allclose(got["scores"], want["scores"], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(got["lowRes"]), want["lowRes"].ravel(), atol=1e-4)
+    assert 'no "masks" output' in got["refused"]
 
 
 def test_low_res_output_and_mask_feedback(page, export_dir, scene_case):
