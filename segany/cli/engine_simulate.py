@@ -28,12 +28,16 @@ def register(actions: Any) -> None:
         "simulate",
         help="measure the data engine's loop with a simulated annotator against ground truth",
         description=(
-            "Rounds of stage-1 annotation by a simulated annotator against a hidden-truth "
-            "dataset, through the annotation server's HTTP API: for each true mask, click 1 at "
+            "Rounds (--schedule: manual = stage 1, prefill = stage 2, auto = stage 3) by a "
+            "simulated annotator against a hidden-truth dataset, through the annotation "
+            "server's HTTP API. Manual: for each true mask, click 1 at "
             "the point farthest from its boundary, then at the largest error region "
             "(foreground or background), until the IoU reaches --iou-target or --click-budget "
             "clicks are spent; accept with the simulated time. After each round the model is "
             "retrained on the masks so far (switched only when better on the held-out images). "
+            "Prefill: the round's images are prefilled, each proposal accepted when it matches "
+            "a true mask at --iou-target, else rejected, then the missing masks clicked. Auto: "
+            "the automatic stage over the round's images, imported as source auto; no retrain. "
             "Writes OUT/report.json, report.md, report.png and the project in OUT/project."
         ),
     )
