@@ -131,11 +131,12 @@ def prefill_round(ctx: RoundContext) -> list[MaskOutcome]:
         annotator.call("POST", f"/api/images/{image_id}/lease")
         t = time.perf_counter()
         listed = annotator.call("GET", f"/api/images/{image_id}/masks")
-        share = (time.perf_counter() - t) / max(1, len(listed))
+        fetch = time.perf_counter() - t
         proposals = sorted(
             (m for m in listed if m["review"] == "proposal"),
             key=lambda m: -(m["predicted_iou"] or 0.0),
         )
+        share = fetch / max(1, len(proposals))
         matched: dict[int, int] = {}
         for p in proposals:
             mask = np.asarray(decode_coco_rle(p["segmentation"]), bool)
