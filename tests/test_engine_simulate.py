@@ -22,6 +22,8 @@ from segany.cli.common import EXIT_USAGE, UsageError  # noqa: E402
 from segany.engine.simulate import (  # noqa: E402
     SimulatedAnnotator,
     SimulationConfig,
+    check_config,
+    parse_schedule,
     run_simulation,
 )
 from segany.engine.store import Project  # noqa: E402
@@ -266,8 +268,6 @@ def test_round_kinds_hooks(tmp_path):
         data=data, out=tmp_path / "a", rounds=1, images_per_round=2, steps=0,
         round_kinds=("prefill",),
     )  # fmt: skip
-    with pytest.raises(NotImplementedError, match="prefill"):
-        run_simulation(config)
     seen = []
 
     def prefill(ctx):
@@ -282,6 +282,122 @@ def test_round_kinds_hooks(tmp_path):
         run_simulation(
             SimulationConfig(data=data, out=tmp_path / "b", round_kinds=("x",), rounds=1)
         )
+
+
+def test_schedule_parser_and_cli_schedule_errors(tmp_path):
+    assert parse_schedule("manual:3,prefill:1,auto:1") == (
+        "manual", "manual", "manual", "prefill", "auto",
+    )  # fmt: skip
+    assert parse_schedule(" manual : 2 , auto ") == ("manual", "manual", "auto")
+    for bad, message in [
+        ("", "empty"),
+        ("manual:3,stage2:1", "'stage2:1': unknown round kind"),
+        ("manual:0", "count must be an integer >= 1"),
+        ("manual:x", "count must be an integer >= 1"),
+        ("manual:3,", "'': unknown round kind"),
+    ]:
+        with pytest.raises(ValueError, match=message) as info:
+            parse_schedule(bad)
+        assert "KIND:N" in str(info.value)
+    out = str(tmp_path / "o")
+    with pytest.raises(UsageError, match="--schedule: .*unknown round kind"):
+        run_cli("--data", "procedural:4", "--out", out, "--schedule", "manual:1,semi:1")
+    with pytest.raises(UsageError, match="not both"):
+        run_cli("--data", "procedural:4", "--out", out, "--schedule", "auto", "--rounds", "1")
+    with pytest.raises(UsageError, match="has 4 images"):  # 5 rounds x 1 image
+        run_cli(
+            "--data", "procedural:4", "--out", out, "--schedule", "manual:3,prefill,auto",
+            "--images-per-round", "1",
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="prefill method"):
+        check_config(SimulationConfig(data="procedural:4", out=tmp_path, prefill_method="x"))
+
+
+def _best_ious(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``(N, K)`` IoU of every stored mask with every non-empty true mask, one pair at a
+    time (not the code under test's matrix)."""
+    truth = [t for t in truth if t.any()]
+    return np.array([[float(mask_iou(p, t)) for t in truth] for p in pred]).reshape(
+        len(pred), len(truth)
+    )
+
+
+def test_prefill_and_auto_rounds_recompute_from_the_store(tmp_path):
+    from segany.data.datasets import open_dataset
+
+    config_file = tmp_path / "fast.toml"
+    config_file.write_text(FAST_CONFIG)
+    data = {"type": "procedural", "length": 6, "seed": 2, "height": 64, "width": 64}
+    config = SimulationConfig(
+        data=data, out=tmp_path / "sim", rounds=3, images_per_round=2, click_budget=3,
+        masks_per_image=2, steps=1, retrain_config=str(config_file), eval_masks_per_image=1,
+        holdout=0.3, round_kinds=("manual", "prefill", "auto"), prefill_method="auto",
+        prefill_min_score=0.5, points_per_side=8, device="cpu",
+    )  # fmt: skip
+    report = run_simulation(config)
+    manual, pre, auto = report["rounds"]
+    assert [r["stage"] for r in report["rounds"]] == [1, 2, 3]
+    # a retrain follows manual and prefill rounds, not auto rounds
+    assert "retrain" in manual and "retrain" in pre and "retrain" not in auto
+    dataset = open_dataset(data)
+    lines = [json.loads(x) for x in (tmp_path / "sim" / "masks.jsonl").read_text().splitlines()]
+    reviews = [x for x in lines if x.get("review")]
+    with Project.open(tmp_path / "sim" / "project") as p:
+        stats = p.stats()
+        # stage 2: proposals stored, every one reviewed by the round's annotator
+        assert pre["prefill"]["proposals"] > 0
+        assert stats["prefill"]["proposals"] == pre["prefill"]["proposals"] == len(reviews)
+        assert stats["prefill"]["pending"] == 0
+        accepts = [e for e in p.list_events(kind="accept_prefill") if e.annotator == "sim-r02"]
+        rejects = [e for e in p.list_events(kind="reject_prefill") if e.annotator == "sim-r02"]
+        assert len(accepts) == pre["prefill"]["accepted"] == stats["prefill"]["accepted"]
+        assert len(rejects) == pre["prefill"]["rejected"] == stats["prefill"]["rejected"]
+        assert len(accepts) + len(rejects) == pre["prefill"]["proposals"]
+        assert sum(e.elapsed_ms for e in accepts + rejects) == pytest.approx(
+            1000 * pre["prefill"]["review_seconds"]
+        )
+        # the masks made by clicks: the annotator's prompt and accept events
+        n_prompts = sum(e.annotator == "sim-r02" for e in p.list_events(kind="prompt"))
+        clicked = [e for e in p.list_events(kind="accept") if e.annotator == "sim-r02"]
+        assert pre["clicks"] == n_prompts and pre["clicked_masks"] == len(clicked)
+        assert all(e.stage == 2 for e in clicked)
+        if clicked:
+            assert pre["clicks_per_mask"] == pytest.approx(n_prompts / len(clicked))
+            assert pre["event_log"]["clicks_per_mask"] == pytest.approx(pre["clicks_per_mask"])
+            assert pre["seconds_per_mask"] == pytest.approx(pre["event_log"]["seconds_per_mask"])
+        assert pre["masks"] == pre["clicked_masks"] + pre["prefill"]["accepted"]
+        with_prefill = stats["prefill"]["with_prefill"]
+        assert with_prefill["images"] == 2
+        assert pre["masks_per_image"] == pytest.approx(with_prefill["masks_per_image"])
+        # an accepted proposal matches a true mask at the target; it keeps source prefill
+        pre_images = dict(pre["image_ids"])
+        for e in accepts:
+            m = p.get_mask(e.mask_id)
+            assert m.source == "prefill" and m.annotator == "sim-r02"
+            truth = np.asarray(dataset[pre_images[m.image_id]].masks, bool)
+            best = _best_ious(decode_coco_rle(m.segmentation)[None], truth).max()
+            assert best >= config.iou_target
+        # stage 3: automatic masks stored as source auto; recall and precision recomputed
+        true_n = covered = covered_t = auto_n = precise = 0
+        for image_id, index in auto["image_ids"]:
+            stored = [m for m in p.list_masks(image_id) if m.source == "auto"]
+            assert all(m.stage == 3 and m.annotator is None for m in stored)
+            assert p.get_image(image_id).status == "done"
+            truth = np.asarray(dataset[index].masks, bool)
+            ious = _best_ious(np.array([decode_coco_rle(m.segmentation) for m in stored]), truth)
+            true_n += ious.shape[1]
+            auto_n += ious.shape[0]
+            if ious.shape[0]:
+                covered += int((ious.max(axis=0) >= 0.5).sum())
+                covered_t += int((ious.max(axis=0) >= config.iou_target).sum())
+                precise += int((ious.max(axis=1) >= 0.5).sum())
+        assert auto_n == auto["masks"] > 0 and auto["auto"]["masks_added"] == auto_n
+        assert auto["auto"]["recall_50"] == pytest.approx(covered / true_n)
+        assert auto["auto"]["recall_target"] == pytest.approx(covered_t / true_n)
+        assert auto["auto"]["precision"] == pytest.approx(precise / auto_n)
+        assert auto["clicks"] == 0 and auto["clicks_per_mask"] is None
+    table = (tmp_path / "sim" / "report.md").read_text()
+    assert "| stage |" in table and "auto precision" in table
 
 
 def test_weak_model_has_a_new_decoder_and_the_same_encoder(tmp_path):

@@ -1,7 +1,8 @@
 """``segany engine simulate --data DATA --out OUT``: play the data engine's loop against a
-hidden truth (:mod:`segany.engine.simulate`): rounds of a simulated annotator clicking through
-the annotation server's API on fresh images (the interactive protocol, up to a click budget or
-an IoU target), each followed by a retrain; a report per round (clicks and simulated seconds
+hidden truth (:mod:`segany.engine.simulate`): rounds (``--schedule``: stage-1 ``manual``,
+stage-2 ``prefill``, stage-3 ``auto``) of a simulated annotator working through the annotation
+server's API on fresh images (the interactive protocol, up to a click budget or an IoU target;
+reviewing prefilled proposals), a retrain after each manual and prefill round; a report per round (clicks and simulated seconds
 per mask, masks per image, final mIoU against the truth, the model's held-out 1-point and
 5-point mIoU) as ``OUT/report.json``, ``report.md`` and ``report.png``.
 
@@ -27,12 +28,16 @@ def register(actions: Any) -> None:
         "simulate",
         help="measure the data engine's loop with a simulated annotator against ground truth",
         description=(
-            "Rounds of stage-1 annotation by a simulated annotator against a hidden-truth "
-            "dataset, through the annotation server's HTTP API: for each true mask, click 1 at "
+            "Rounds (--schedule: manual = stage 1, prefill = stage 2, auto = stage 3) by a "
+            "simulated annotator against a hidden-truth dataset, through the annotation "
+            "server's HTTP API. Manual: for each true mask, click 1 at "
             "the point farthest from its boundary, then at the largest error region "
             "(foreground or background), until the IoU reaches --iou-target or --click-budget "
             "clicks are spent; accept with the simulated time. After each round the model is "
             "retrained on the masks so far (switched only when better on the held-out images). "
+            "Prefill: the round's images are prefilled, each proposal accepted when it matches "
+            "a true mask at --iou-target, else rejected, then the missing masks clicked. Auto: "
+            "the automatic stage over the round's images, imported as source auto; no retrain. "
             "Writes OUT/report.json, report.md, report.png and the project in OUT/project."
         ),
     )
@@ -41,7 +46,45 @@ def register(actions: Any) -> None:
         help="the hidden truth: procedural:N[:SEED], an SA-1B folder or a COCO .json",
     )  # fmt: skip
     p.add_argument("--out", required=True, metavar="OUT", help="output folder (new or empty)")
-    p.add_argument("--rounds", type=int, default=3, metavar="R", help="rounds (default: 3)")
+    p.add_argument(
+        "--rounds", type=int, default=None, metavar="R",
+        help="R stage-1 rounds, the same as --schedule manual:R (default: 3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--schedule", default=None, metavar="S",
+        help="the rounds in order, KIND:N[,KIND:N...] with KIND manual (stage 1), prefill "
+        "(stage 2) or auto (stage 3), e.g. manual:3,prefill:1,auto:1; a retrain follows each "
+        "manual and prefill round",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefill-method", choices=("auto", "detector"), default=None,
+        help="prefill rounds: the method (default: detector once the accepted manual masks "
+        "cover 4 images, a detector trained before the first prefill; else auto)",
+    )  # fmt: skip
+    p.add_argument(
+        "--prefill-min-score", type=float, default=None, metavar="S",
+        help="prefill rounds: the method's --min-score (default: its own)",
+    )  # fmt: skip
+    p.add_argument(
+        "--seconds-per-review", type=float, default=1.0, metavar="S",
+        help="prefill rounds: simulated seconds to accept or reject a proposal (default: 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--detector-steps", type=int, default=20, metavar="K",
+        help="steps of the detector trained before the first detector prefill (default: 20)",
+    )  # fmt: skip
+    p.add_argument(
+        "--detector-arch", choices=("tiny", "mobilenet_v3"), default="tiny",
+        help="that detector's architecture (default: tiny)",
+    )  # fmt: skip
+    p.add_argument(
+        "--auto-preset", choices=("default", "sa1b"), default="default",
+        help="auto rounds: the generator preset (default: default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--points-per-side", type=int, default=None, metavar="P",
+        help="the automatic generator's grid in auto rounds and auto prefill (default: theirs)",
+    )  # fmt: skip
     p.add_argument(
         "--images-per-round", type=int, default=8, metavar="N",
         help="fresh images per round (default: 8)",
@@ -112,7 +155,25 @@ def _positive(value: int | None, flag: str, allow_zero: bool = False) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """``segany engine simulate``: run the loop; print the table (stdout)."""
+    from ..engine.simulate.context import parse_schedule
+
     _positive(args.rounds, "--rounds")
+    if args.schedule is not None and args.rounds is not None:
+        raise UsageError("give --rounds R or --schedule S, not both (--rounds R is manual:R)")
+    if args.schedule is not None:
+        try:
+            kinds = parse_schedule(args.schedule)
+        except ValueError as e:
+            raise UsageError(f"--schedule: {e}") from None
+    else:
+        kinds = ("manual",) * (3 if args.rounds is None else args.rounds)
+    args.rounds = len(kinds)
+    _positive(args.detector_steps, "--detector-steps")
+    _positive(args.points_per_side, "--points-per-side")
+    if args.prefill_min_score is not None and not 0 <= args.prefill_min_score <= 1:
+        raise UsageError(f"--prefill-min-score must be in [0, 1]; got {args.prefill_min_score}")
+    if not args.seconds_per_review >= 0:
+        raise UsageError(f"--seconds-per-review must be >= 0; got {args.seconds_per_review}")
     _positive(args.images_per_round, "--images-per-round")
     _positive(args.click_budget, "--click-budget")
     _positive(args.masks_per_image, "--masks-per-image")
@@ -181,6 +242,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         masks_per_image=args.masks_per_image, model=model, steps=args.steps,
         retrain_config=args.config, retrain_overrides=tuple(args.set),
         eval_masks_per_image=args.eval_masks_per_image, seed=args.seed, device=args.device,
+        round_kinds=kinds, prefill_method=args.prefill_method,
+        prefill_min_score=args.prefill_min_score, seconds_per_review=args.seconds_per_review,
+        detector_steps=args.detector_steps, detector_arch=args.detector_arch,
+        auto_preset=args.auto_preset, points_per_side=args.points_per_side,
     )  # fmt: skip
     with bad_input():
         check_config(config)

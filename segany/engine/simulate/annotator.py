@@ -119,7 +119,9 @@ class SimulatedAnnotator:
 
     # ------------------------------------------------------------------ HTTP
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One request as this annotator: the JSON answer (None for an empty one); raises
+        SimulationError for an error status."""
         response = self.client.request(method, path, json=body)
         if response.status_code >= 400:
             try:
@@ -137,7 +139,7 @@ class SimulatedAnnotator:
         multimask = token is None
         body = {"points": points, "labels": labels, "multimask": multimask, "mask_input": token}
         t = time.perf_counter()
-        out = self._call("POST", f"/api/images/{image_id}/predict", body)
+        out = self.call("POST", f"/api/images/{image_id}/predict", body)
         latency = time.perf_counter() - t
         scores = [m["predicted_iou"] for m in out["masks"]]
         best = out["masks"][int(np.argmax(scores))]
@@ -184,7 +186,7 @@ class SimulatedAnnotator:
         elapsed_ms = int(round(seconds * 1000))
         mask_id = None
         if pred.any():
-            stored = self._call(
+            stored = self.call(
                 "POST",
                 f"/api/images/{image_id}/masks",
                 {
@@ -198,7 +200,7 @@ class SimulatedAnnotator:
             )
             mask_id = int(stored["id"])
         else:
-            self._call(
+            self.call(
                 "POST",
                 "/api/events",
                 {"kind": "discard", "image_id": image_id, "stage": self.stage,
@@ -221,9 +223,9 @@ class SimulatedAnnotator:
         if masks.ndim != 3:
             raise ValueError(f"truth must be (K, H, W) masks; got shape {masks.shape}")
         order = target_order(masks) if targets is None else [int(k) for k in targets]
-        self._call("POST", f"/api/images/{image_id}/lease")
+        self.call("POST", f"/api/images/{image_id}/lease")
         outcomes = [self.annotate_mask(image_id, masks[k], k) for k in order]
-        self._call("POST", f"/api/images/{image_id}/status", {"status": "done"})
+        self.call("POST", f"/api/images/{image_id}/status", {"status": "done"})
         return outcomes
 
 

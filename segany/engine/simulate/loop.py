@@ -14,11 +14,11 @@ A round (:func:`run_simulation`):
    evaluates parent and new model on the held-out images (1-point and 5-point mIoU) and
    switches to the new one only when it is better.
 
-Rounds have a kind: ``manual`` (stage 1, assisted-manual: implemented here). The semi- and
-fully-automatic stages plug in as further kinds through ``round_hooks`` (a function that is
-given the :class:`RoundContext` and returns the outcomes), so a stage-2 round can prefill
-masks before the annotator adds the missing ones, and a stage-3 round can store automatic
-masks without an annotator.
+Rounds have a kind (:data:`ROUND_KINDS`, a schedule: :func:`parse_schedule`): ``manual``
+(stage 1, :func:`annotate_round`), ``prefill`` (stage 2) and ``auto`` (stage 3), the last two
+in :mod:`.stages`. A retrain follows ``manual`` and ``prefill`` rounds, as in the SAM paper
+(whose stage-3 masks were the released dataset), not ``auto`` rounds. ``round_hooks`` replaces
+or adds the function of a kind (given the :class:`RoundContext`, returning the outcomes).
 """
 
 from __future__ import annotations
@@ -33,8 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from ..prefill.settings import ARCHS, METHODS
+from ..stages.spec import PRESETS
 from .annotator import MaskOutcome, SimulatedAnnotator, check_protocol, target_order
+from .context import ROUND_KINDS, RoundContext, parse_schedule
 from .report import fmt, write_report
+from .stages import STAGE_HOOKS
 
 __all__ = [
     "ROUND_KINDS",
@@ -42,6 +46,7 @@ __all__ = [
     "SimulationConfig",
     "annotate_round",
     "check_config",
+    "parse_schedule",
     "run_simulation",
 ]
 
@@ -50,8 +55,6 @@ EVENT_LOG_KEYS = (
     "masks", "accepted", "prompts", "clicks_per_mask", "seconds_per_mask", "masks_per_image",
     "images_done",
 )  # fmt: skip
-#: Round kinds and their data-engine stage; only ``manual`` is built in.
-ROUND_KINDS: dict[str, int] = {"manual": 1, "prefill": 2, "auto": 3}
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,17 @@ class SimulationConfig:
         holdout: the held-out fraction of the retrains.
         seed: the image order's seed.
         round_kinds: the kind of each round (default: every round ``manual``).
-        device: where the retrains train and evaluate.
+        device: where the retrains train and evaluate (and the prefill and the automatic
+            generator run).
+        prefill_method: ``prefill`` rounds: ``auto`` or ``detector`` (None: ``detector`` once
+            the accepted manual masks cover :data:`.stages.DETECTOR_MIN_IMAGES` images, else
+            ``auto``); ``prefill_min_score`` its ``min_score`` (None: the method's default).
+        seconds_per_review: simulated seconds of accepting or rejecting one proposal.
+        detector_steps, detector_arch: the detector trained before the first ``detector``
+            prefill (on the CPU).
+        auto_preset: ``auto`` rounds: the generator preset (``default`` or ``sa1b``).
+        points_per_side: None, or the automatic generator's grid of ``auto`` rounds and of
+            ``auto`` prefill.
     """
 
     data: Any
@@ -98,25 +111,17 @@ class SimulationConfig:
     seed: int = 0
     round_kinds: tuple[str, ...] = ()
     device: str | None = None
+    prefill_method: str | None = None
+    prefill_min_score: float | None = None
+    seconds_per_review: float = 1.0
+    detector_steps: int = 20
+    detector_arch: str = "tiny"
+    auto_preset: str = "default"
+    points_per_side: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def kinds(self) -> tuple[str, ...]:
         return self.round_kinds or ("manual",) * self.rounds
-
-
-@dataclass
-class RoundContext:
-    """What a round's function gets: the round number (1-based), its kind, the HTTP client of
-    the round's annotator (on a server of the current model), the project, the config, and
-    the round's images as ``(image_id, dataset index)`` with the dataset."""
-
-    number: int
-    kind: str
-    client: Any
-    project: Any
-    config: SimulationConfig
-    images: list[tuple[int, int]]
-    dataset: Any
 
 
 RoundFn = Callable[[RoundContext], list[MaskOutcome]]
@@ -146,6 +151,30 @@ def check_config(config: SimulationConfig) -> None:
     bad = [k for k in kinds if k not in ROUND_KINDS]
     if bad:
         raise ValueError(f"unknown round kinds {bad}; allowed: {', '.join(ROUND_KINDS)}")
+    if config.prefill_method is not None and config.prefill_method not in METHODS:
+        raise ValueError(
+            f"prefill method must be one of {', '.join(METHODS)} or None; "
+            f"got {config.prefill_method!r}"
+        )
+    score = config.prefill_min_score
+    if score is not None and (
+        isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1
+    ):
+        raise ValueError(f"prefill min score must be in [0, 1] or None; got {score!r}")
+    review = config.seconds_per_review
+    if isinstance(review, bool) or not isinstance(review, (int, float)) or not review >= 0:
+        raise ValueError(f"seconds per review must be >= 0; got {review!r}")
+    _positive(config.detector_steps, "detector steps")
+    if config.detector_arch not in ARCHS:
+        raise ValueError(
+            f"detector arch must be one of {', '.join(ARCHS)}; got {config.detector_arch!r}"
+        )
+    if config.auto_preset not in PRESETS:
+        raise ValueError(
+            f"auto preset must be one of {', '.join(PRESETS)}; got {config.auto_preset!r}"
+        )
+    if config.points_per_side is not None:
+        _positive(config.points_per_side, "points per side")
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -186,9 +215,7 @@ def _round_row(
     model: Any, n_images: int, seconds: float,
 ) -> dict[str, Any]:  # fmt: skip
     stage = ROUND_KINDS[kind]
-    group = next(
-        (g for g in stats["groups"] if g["annotator"] == annotator and g["stage"] == stage), None
-    )
+    group = _annotator_numbers(stats, annotator, stage)
     accepted = [o for o in outcomes if o.accepted]
     clicks = sum(o.clicks for o in outcomes)
     latency = sum(o.latency_s for o in outcomes)
@@ -208,6 +235,9 @@ def _round_row(
             sum(o.elapsed_ms for o in accepted) / 1000 / len(accepted) if accepted else None
         ),
         "masks_per_image": len(accepted) / n_images if n_images else None,
+        "seconds_per_image": (
+            sum(o.elapsed_ms for o in outcomes) / 1000 / n_images if n_images else None
+        ),
         "miou_final": float(np.mean([o.iou for o in outcomes])) if outcomes else None,
         "reached_target": sum(o.reached for o in outcomes),
         "brushed": sum(o.brushed for o in outcomes),
@@ -215,6 +245,26 @@ def _round_row(
         "event_log": None if group is None else {k: group[k] for k in EVENT_LOG_KEYS},
         "seconds": seconds,
     }
+
+
+def _annotator_numbers(stats: dict[str, Any], annotator: str, stage: int) -> dict | None:
+    """The :meth:`Project.stats` numbers of one round's annotator: its group of ``stage``,
+    with the counts summed over all its groups (the server records ``prompt`` events in
+    stage 1, so the clicks of a stage-2 round's masks are in the annotator's stage-1 group)."""
+    groups = [g for g in stats["groups"] if g["annotator"] == annotator]
+    own = next((g for g in groups if g["stage"] == stage), None)
+    if own is None:
+        return None
+    out = dict(own)
+    for key in ("masks", "accepted", "prompts"):
+        out[key] = sum(g[key] for g in groups)
+    timed = [g for g in groups if g["seconds_per_mask"] is not None]
+    n = sum(g["accepted"] for g in timed)
+    out["seconds_per_mask"] = (
+        sum(g["seconds_per_mask"] * g["accepted"] for g in timed) / n if n else None
+    )
+    out["clicks_per_mask"] = out["prompts"] / out["accepted"] if out["accepted"] else None
+    return out
 
 
 def _retrain_entry(result: Any) -> dict[str, Any]:
@@ -248,9 +298,13 @@ def run_simulation(
     and ``heldout_miou_1pt`` / ``heldout_miou_5pt``: the held-out mIoU of the model used in
     the round.
 
+    A ``prefill`` row also has ``prefill`` (proposals, accepted, rejected, review seconds;
+    its ``masks`` / ``masks_per_image`` count the accepted proposals, its clicks and seconds
+    per mask are of the masks made by clicks); an ``auto`` row has ``auto`` (recall at IoU
+    0.5 and at the target, precision, mIoU of the matched masks); see :mod:`.stages`.
+
     Raises:
-        ValueError: a bad config, a dataset with too few images, an unknown round kind;
-        NotImplementedError: a ``prefill`` / ``auto`` round without a hook.
+        ValueError: a bad config, a dataset with too few images, an unknown round kind.
     """
     from fastapi.testclient import TestClient
 
@@ -260,13 +314,9 @@ def run_simulation(
     from ..store import Project
 
     check_config(config)
-    hooks: dict[str, RoundFn] = {"manual": annotate_round, **dict(round_hooks or {})}
-    for kind in config.kinds():
-        if kind not in hooks:
-            raise NotImplementedError(
-                f"a {kind!r} round (stage {ROUND_KINDS[kind]}) needs a hook in round_hooks "
-                f"(built in: manual)"
-            )
+    hooks: dict[str, RoundFn] = {
+        "manual": annotate_round, **STAGE_HOOKS, **dict(round_hooks or {}),
+    }  # fmt: skip
     say = progress or (lambda _msg: None)
     dataset = open_dataset(config.data)
     need = config.rounds * config.images_per_round
@@ -317,12 +367,14 @@ def run_simulation(
                 r, kind, name, outcomes, project.stats(), model, len(images),
                 time.perf_counter() - t,
             )  # fmt: skip
+            row.update(ctx.row)
+            row["image_ids"] = [[image_id, index] for image_id, index in images]
             say(
                 f"round {r} ({kind}): {row['masks']} masks, "
                 f"{fmt(row['clicks_per_mask'])} clicks/mask, mIoU {fmt(row['miou_final'])}"
             )
-            outcomes_all += [{"round": r, **o.to_dict()} for o in outcomes]
-            if config.steps > 0:
+            outcomes_all += [{"round": r, **o.to_dict()} for o in outcomes] + ctx.records
+            if config.steps > 0 and kind != "auto":
                 t = time.perf_counter()
                 result = retrain(
                     project, config=config.retrain_config, overrides=config.retrain_overrides,
