@@ -249,8 +249,8 @@ def _round_row(
 
 def _annotator_numbers(stats: dict[str, Any], annotator: str, stage: int) -> dict | None:
     """The :meth:`Project.stats` numbers of one round's annotator: its group of ``stage``,
-    with the counts summed over all its groups (the server records ``prompt`` events in
-    stage 1, so the clicks of a stage-2 round's masks are in the annotator's stage-1 group)."""
+    with the counts summed over all its groups (a round's annotator works on one stage's
+    images, but an event given another stage explicitly still counts for its round)."""
     groups = [g for g in stats["groups"] if g["annotator"] == annotator]
     own = next((g for g in groups if g["stage"] == stage), None)
     if own is None:

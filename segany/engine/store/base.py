@@ -146,6 +146,21 @@ class ProjectBase:
             raise NotFound(f"no image with id {image_id!r}")
         return row
 
+    def _is_prefilled(self, s: Session, image_id: int) -> bool:
+        """Whether ``engine prefill`` has proposed masks for the image (a ``prefill`` event)."""
+        query = select(EventRow.id).where(EventRow.kind == "prefill", EventRow.image_id == image_id)
+        return s.scalar(query.limit(1)) is not None
+
+    def _default_stage(self, s: Session, image_id: int | None, source: str = "manual") -> int:
+        """The data-engine stage of work on an image when none is given: 3 for automatic
+        masks, 2 for prefill masks and for everything annotators do on a prefilled image,
+        else 1."""
+        if source == "auto":
+            return 3
+        if source == "prefill" or (image_id is not None and self._is_prefilled(s, image_id)):
+            return 2
+        return 1
+
     def _event(self, s: Session, kind: str, **fields: Any) -> EventRow:
         row = EventRow(kind=kind, at=self._clock(), **fields)
         s.add(row)

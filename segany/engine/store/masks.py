@@ -32,7 +32,7 @@ class MaskMethods(ProjectBase):
         segmentation: Any,
         annotator: AnnotatorRef = None,
         source: str = "manual",
-        stage: int = 1,
+        stage: int | None = None,
         predicted_iou: float | None = None,
         stability_score: float | None = None,
         point_coords: list[list[float]] | None = None,
@@ -45,12 +45,13 @@ class MaskMethods(ProjectBase):
         """Store an accepted mask and its ``accept`` event (with ``elapsed_ms``, the time
         spent on it). ``segmentation`` is a COCO RLE of the image's size (an uncompressed RLE,
         ``(H, W)`` bool mask or COCO polygons are converted); it is stored canonically with
-        its area and XYWH bbox. ``point_coords`` are ``[[x, y], ...]`` pixels, ``crop_box``
+        its area and XYWH bbox. ``stage`` defaults to the image's: 2 on a prefilled image (3
+        for ``source="auto"``), else 1. ``point_coords`` are ``[[x, y], ...]`` pixels, ``crop_box``
         XYWH, ``prompts`` any JSON. Raises InvalidInput (bad values, a malformed or empty RLE
         or one of another size), NotFound, LeaseConflict (the image is leased to another)."""
         fields = {
             "source": checks.check_source(source),
-            "stage": checks.check_stage(stage),
+            "stage": None if stage is None else checks.check_stage(stage),
             "predicted_iou": checks.check_score(predicted_iou, "predicted_iou"),
             "stability_score": checks.check_score(stability_score, "stability_score"),
             "point_coords": checks.check_points(point_coords),
@@ -64,6 +65,8 @@ class MaskMethods(ProjectBase):
             rle, area, bbox = checks.canonical_rle(segmentation, image.height, image.width)
             aid = self._annotator_id(s, annotator)
             self._check_lease(s, image, aid)
+            if fields["stage"] is None:
+                fields["stage"] = self._default_stage(s, image.id, fields["source"])
             now = self._clock()
             row = MaskRow(
                 image_id=image.id,
@@ -207,14 +210,15 @@ class MaskMethods(ProjectBase):
         image_id: int | None = None,
         mask_id: int | None = None,
         annotator: AnnotatorRef = None,
-        stage: int = 1,
+        stage: int | None = None,
         elapsed_ms: int | None = None,
         payload: Any = None,
     ) -> EventRecord:
         """Record an annotation event (``kind`` one of :data:`checks.EVENT_KINDS`; the server
-        records a ``prompt`` per click or box)."""
+        records a ``prompt`` per click or box). ``stage`` defaults to the image's: 2 on a
+        prefilled image, else 1."""
         kind = checks.check_choice(kind, checks.EVENT_KINDS, "event kind")
-        stage = checks.check_stage(stage)
+        stage = None if stage is None else checks.check_stage(stage)
         elapsed_ms = checks.check_elapsed(elapsed_ms)
         payload = checks.check_json(payload, "payload")
         if mask_id is not None and (isinstance(mask_id, bool) or not isinstance(mask_id, int)):
@@ -222,6 +226,8 @@ class MaskMethods(ProjectBase):
         with self._tx() as s:
             if image_id is not None:
                 self._image_row(s, image_id)
+            if stage is None:
+                stage = self._default_stage(s, image_id)
             aid = self._annotator_id(s, annotator)
             row = self._event(
                 s, kind, image_id=image_id, mask_id=mask_id, annotator_id=aid, stage=stage,

@@ -260,10 +260,6 @@ class ProposalMethods(ProjectBase):
         self._check_pending(s, row, version)
         return row, aid
 
-    def _is_prefilled(self, s: Session, image_id: int) -> bool:
-        query = select(EventRow.id).where(EventRow.kind == PREFILL, EventRow.image_id == image_id)
-        return s.scalar(query.limit(1)) is not None
-
     def _proposal_row(self, s: Session, mask_id: int) -> MaskRow:
         ok = isinstance(mask_id, int) and not isinstance(mask_id, bool)
         row = s.get(MaskRow, mask_id) if ok else None
