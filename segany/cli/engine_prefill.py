@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from ..precision import PRECISIONS
-from .common import EXIT_OK, CliError, UsageError, bad_input, status
+from .common import EXIT_OK, CliError, UsageError, bad_input, positive_int, status
 
 __all__ = ["cmd_prefill", "cmd_train_detector", "register"]
 
@@ -29,16 +29,6 @@ def _unit_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number in [0, 1]; got {text!r}") from None
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"must be in [0, 1]; got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
     return value
 
 
@@ -94,8 +84,8 @@ def register(actions: Any) -> None:
         ),
     )
     p.add_argument("dir", metavar="DIR", help="project folder")
-    p.add_argument("--steps", type=_positive_int, default=200, help="SGD steps (default 200)")
-    p.add_argument("--batch-size", type=_positive_int, default=2, help="images per step (2)")
+    p.add_argument("--steps", type=positive_int, default=200, help="SGD steps (default 200)")
+    p.add_argument("--batch-size", type=positive_int, default=2, help="images per step (2)")
     p.add_argument(
         "--arch",
         choices=ARCHS,

@@ -13,7 +13,6 @@ from typing import Any
 
 from .common import (
     EXIT_OK,
-    UsageError,
     add_annotations_args,
     bad_input,
     check_out_dir,
@@ -64,7 +63,7 @@ def register(actions: Any) -> None:
 def cmd_instances(args: argparse.Namespace) -> int:
     """Run ``segany zeroshot instances``; prints results.json's metrics."""
     from ..zeroshot.coco_eval import load_annotations
-    from ..zeroshot.common import image_entries
+    from ..zeroshot.common import image_entries, read_json
     from ..zeroshot.instances import check_detections
     from ..zeroshot.runs import run_instances
 
@@ -75,14 +74,9 @@ def cmd_instances(args: argparse.Namespace) -> int:
         gt = load_annotations(args.annotations)
         image_entries(gt, args.images, args.max_images)
         if args.detections is not None:
-            path = Path(args.detections)
-            try:
-                detections = json.loads(path.read_text())
-            except OSError as e:
-                raise UsageError(f"cannot read --detections {path}: {e.strerror or e}") from None
-            except ValueError as e:
-                raise UsageError(f"--detections {path} is not JSON: {e}") from None
-            detections = check_detections(detections, set(gt.getImgIds()), set(gt.getCatIds()))
+            detections = check_detections(
+                read_json(args.detections), set(gt.getImgIds()), set(gt.getCatIds())
+            )
     make_dir(out, "--out")
     model = load_model(args)
     with bad_input():

@@ -20,13 +20,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .common import read_json
 
 __all__ = [
     "LVIS_GROUPS",
@@ -102,15 +102,7 @@ def load_annotations(path: str | os.PathLike | Mapping[str, Any] | Any) -> Any:
     if hasattr(path, "dataset") and hasattr(path, "getImgIds"):
         return path  # already loaded
     where = str(path) if not isinstance(path, Mapping) else "annotations"
-    if isinstance(path, Mapping):
-        data = copy.deepcopy(dict(path))
-    else:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as e:
-            raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
-        except ValueError as e:
-            raise ValueError(f"{path} is not JSON: {e}") from None
+    data = copy.deepcopy(dict(path)) if isinstance(path, Mapping) else read_json(path)
     _check_dataset(data, where)
     for im in data["images"]:
         if not im.get("file_name"):

@@ -27,6 +27,7 @@ __all__ = [
     "PAPER",
     "ImageCache",
     "image_entries",
+    "read_json",
     "markdown_table",
     "run_images",
     "write_results",
@@ -61,6 +62,17 @@ PAPER: dict[str, dict[str, Any]] = {
         "lvis_metrics": {"AP": 0.447, "AP_small": 0.325, "AP_medium": 0.576, "AP_large": 0.655},
     },
 }
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value in the file ``path``; ValueError saying why for a file that cannot be
+    read or is not JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror or e}") from None
+    except ValueError as e:
+        raise ValueError(f"{path} is not JSON: {e}") from None
 
 
 def _fmt(value: Any) -> str:

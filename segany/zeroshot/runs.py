@@ -18,7 +18,7 @@ import numpy as np
 
 from ..io.files import write_json_atomic
 from .coco_eval import is_lvis, load_annotations, mask_ap, proposal_recall
-from .common import PAPER, ImageCache, image_entries, run_images, write_results
+from .common import PAPER, ImageCache, image_entries, read_json, run_images, write_results
 from .instances import BOX_BATCH, check_detections, gt_detections, segment_boxes
 from .overlays import write_overlays
 from .proposals import ProposalSettings, make_generator, propose
@@ -188,8 +188,6 @@ def run_instances(
     ``out/results.md`` and ``out/ap.png``; returns the results dict. Raises ValueError for bad
     input.
     """
-    import json
-
     from ..predictor import SamPredictor
 
     out = Path(out)
@@ -202,13 +200,7 @@ def run_instances(
         source = "gt"
     else:
         if isinstance(detections, (str, os.PathLike)):
-            try:
-                raw = json.loads(Path(detections).read_text())
-            except OSError as e:
-                raise ValueError(f"cannot read {detections}: {e.strerror or e}") from None
-            except ValueError as e:
-                raise ValueError(f"{detections} is not JSON: {e}") from None
-            source = str(detections)
+            raw, source = read_json(detections), str(detections)
         else:
             raw, source = list(detections), "list"
         dets = check_detections(raw, set(gt.getImgIds()), set(gt.getCatIds()))

@@ -117,6 +117,19 @@ class SimulatedAnnotator:
         self.seconds_per_click = float(seconds_per_click)
         self.stage = int(stage)
 
+    @classmethod
+    def for_round(cls, ctx: Any) -> SimulatedAnnotator:
+        """The annotator of a round (a :class:`.context.RoundContext`): its client, the
+        config's protocol and the stage of the round's kind."""
+        from .context import ROUND_KINDS
+
+        cfg = ctx.config
+        return cls(
+            ctx.client, click_budget=cfg.click_budget, iou_target=cfg.iou_target,
+            seconds_per_click=cfg.seconds_per_click, stage=ROUND_KINDS[ctx.kind],
+            brush_seconds=cfg.brush_seconds,
+        )  # fmt: skip
+
     # ------------------------------------------------------------------ HTTP
 
     def call(self, method: str, path: str, body: Any = None) -> Any:

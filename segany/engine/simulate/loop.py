@@ -197,11 +197,7 @@ def annotate_round(ctx: RoundContext) -> list[MaskOutcome]:
     """A stage-1 (``manual``) round: the simulated annotator annotates every target mask of
     every image of the round."""
     cfg = ctx.config
-    annotator = SimulatedAnnotator(
-        ctx.client, click_budget=cfg.click_budget, iou_target=cfg.iou_target,
-        seconds_per_click=cfg.seconds_per_click, stage=ROUND_KINDS[ctx.kind],
-        brush_seconds=cfg.brush_seconds,
-    )  # fmt: skip
+    annotator = SimulatedAnnotator.for_round(ctx)
     outcomes: list[MaskOutcome] = []
     for image_id, index in ctx.images:
         truth = np.asarray(ctx.dataset[index].masks, bool)

@@ -43,7 +43,7 @@ from ...formats import decode_coco_rle
 from ...io.files import write_bytes_atomic
 from ...masks import mask_iou
 from .annotator import MaskOutcome, SimulatedAnnotator, target_order
-from .context import ROUND_KINDS, RoundContext
+from .context import RoundContext
 
 __all__ = [
     "DETECTOR_MIN_IMAGES",
@@ -116,11 +116,7 @@ def prefill_round(ctx: RoundContext) -> list[MaskOutcome]:
         device=cfg.device, auto_knobs=knobs if method == "auto" else None,
     )  # fmt: skip
     prefill_seconds = time.perf_counter() - t
-    annotator = SimulatedAnnotator(
-        ctx.client, click_budget=cfg.click_budget, iou_target=cfg.iou_target,
-        seconds_per_click=cfg.seconds_per_click, stage=ROUND_KINDS[ctx.kind],
-        brush_seconds=cfg.brush_seconds,
-    )  # fmt: skip
+    annotator = SimulatedAnnotator.for_round(ctx)
     outcomes: list[MaskOutcome] = []
     counts = {"accepted": 0, "rejected_low": 0, "rejected_unmatched": 0}
     review_ms = 0

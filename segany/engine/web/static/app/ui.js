@@ -102,6 +102,34 @@ export function renderImages(S, actions) {
   });
 }
 
+/**
+ * A mask-list row: swatch (filled, or only its border for a proposal), #id, the `middle`
+ * elements (e.g. the label input), an info line; hover highlights, a click selects (unless
+ * it lands on `ignoreClick`).
+ */
+function maskRow(S, actions, m, { outlineOnly = false, middle = [], info, ignoreClick = null }) {
+  const li = document.createElement("li");
+  li.dataset.id = m.id;
+  if (m.id === S.selectedId) li.classList.add("selected");
+  const sw = document.createElement("span");
+  sw.className = "swatch";
+  const [r, g, b] = colorFor(m.id);
+  if (outlineOnly) sw.style.borderColor = `rgb(${r},${g},${b})`;
+  else sw.style.background = `rgb(${r},${g},${b})`;
+  const id = document.createElement("span");
+  id.textContent = `#${m.id}`;
+  const text = document.createElement("span");
+  text.className = "info";
+  text.textContent = info;
+  li.append(sw, id, ...middle, text);
+  li.addEventListener("mouseenter", () => actions.hover(m.id));
+  li.addEventListener("mouseleave", () => actions.hover(null));
+  li.addEventListener("click", (e) => {
+    if (ignoreClick === null || e.target !== ignoreClick) actions.select(m.id);
+  });
+  return li;
+}
+
 /** The image's proposals waiting for review: a list with source and score (no label). */
 function renderProposals(S, actions, proposals) {
   const list = $("proposal-list");
@@ -109,24 +137,8 @@ function renderProposals(S, actions, proposals) {
   $("proposals-section").hidden = !proposals.length;
   $("proposal-count").textContent = proposals.length ? `(${proposals.length})` : "";
   for (const m of proposals) {
-    const li = document.createElement("li");
-    li.dataset.id = m.id;
-    if (m.id === S.selectedId) li.classList.add("selected");
-    const sw = document.createElement("span");
-    sw.className = "swatch";
-    const [r, g, b] = colorFor(m.id);
-    sw.style.borderColor = `rgb(${r},${g},${b})`;
-    const id = document.createElement("span");
-    id.textContent = `#${m.id}`;
-    const info = document.createElement("span");
-    info.className = "info";
     const score = m.predicted_iou == null ? "" : ` · score ${m.predicted_iou.toFixed(2)}`;
-    info.textContent = `${m.source}${score} · ${m.area}px`;
-    li.append(sw, id, info);
-    li.addEventListener("mouseenter", () => actions.hover(m.id));
-    li.addEventListener("mouseleave", () => actions.hover(null));
-    li.addEventListener("click", () => actions.select(m.id));
-    list.append(li);
+    list.append(maskRow(S, actions, m, { outlineOnly: true, info: `${m.source}${score} · ${m.area}px` }));
   }
 }
 
@@ -137,15 +149,6 @@ export function renderMasks(S, actions) {
   renderProposals(S, actions, S.accepted.filter((m) => m.review === "proposal"));
   $("mask-count").textContent = kept.length ? `(${kept.length})` : "";
   for (const m of kept) {
-    const li = document.createElement("li");
-    li.dataset.id = m.id;
-    if (m.id === S.selectedId) li.classList.add("selected");
-    const sw = document.createElement("span");
-    sw.className = "swatch";
-    const [r, g, b] = colorFor(m.id);
-    sw.style.background = `rgb(${r},${g},${b})`;
-    const id = document.createElement("span");
-    id.textContent = `#${m.id}`;
     const label = document.createElement("input");
     label.value = m.label ?? "";
     label.placeholder = "label";
@@ -156,18 +159,10 @@ export function renderMasks(S, actions) {
       if (e.key === "Enter") label.blur();
     });
     label.addEventListener("change", () => actions.relabel(m.id, label.value));
-    const info = document.createElement("span");
-    info.className = "info";
     const score = m.predicted_iou == null ? "" : ` · ${m.predicted_iou.toFixed(2)}`;
     const review = m.review ? ` · ${m.review}` : ""; // a reviewed proposal: accepted or edited
-    info.textContent = `${m.source}${score}${review} · ${m.area}px`;
-    li.append(sw, id, label, info);
-    li.addEventListener("mouseenter", () => actions.hover(m.id));
-    li.addEventListener("mouseleave", () => actions.hover(null));
-    li.addEventListener("click", (e) => {
-      if (e.target !== label) actions.select(m.id);
-    });
-    list.append(li);
+    const info = `${m.source}${score}${review} · ${m.area}px`;
+    list.append(maskRow(S, actions, m, { middle: [label], info, ignoreClick: label }));
   }
 }
 
