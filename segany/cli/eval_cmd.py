@@ -15,6 +15,7 @@ from .common import (
     check_out_dir,
     load_predictor,
     make_dir,
+    positive_int,
     status,
 )
 
@@ -39,16 +40,6 @@ def parse_clicks(text: str) -> tuple[int, ...]:
             f"e.g. 1,2,3,5,9"
         )
     return tuple(sorted(set(values)))
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return v
 
 
 def register(sub: Any) -> None:
@@ -88,14 +79,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--max-masks-per-image",
         metavar="N",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="evaluate at most N masks per image, chosen reproducibly (default: all)",
     )
     p.add_argument(
         "--max-images",
         metavar="N",
-        type=_positive,
+        type=positive_int,
         default=None,
         help="evaluate only the first N images (default: all)",
     )

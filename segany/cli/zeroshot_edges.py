@@ -13,19 +13,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import EXIT_OK, UsageError, add_model_args, bad_input, check_out_dir, status
+from .common import (
+    EXIT_OK,
+    UsageError,
+    add_model_args,
+    bad_input,
+    check_out_dir,
+    positive_int,
+    status,
+)
 
 __all__ = ["cmd_edges", "register"]
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        v = 0
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return v
 
 
 def register(actions: Any) -> None:
@@ -47,10 +45,10 @@ def register(actions: Any) -> None:
         default=None,
         help="boundary ground truth: NAME.png, NAME_K.png (annotators) or NAME.mat",
     )
-    p.add_argument("--max-images", metavar="N", type=_positive, default=None)
-    p.add_argument("--points-per-side", metavar="N", type=_positive, default=16)
-    p.add_argument("--points-per-batch", metavar="N", type=_positive, default=32)
-    p.add_argument("--thresholds", metavar="K", type=_positive, default=99)
+    p.add_argument("--max-images", metavar="N", type=positive_int, default=None)
+    p.add_argument("--points-per-side", metavar="N", type=positive_int, default=16)
+    p.add_argument("--points-per-batch", metavar="N", type=positive_int, default=32)
+    p.add_argument("--thresholds", metavar="K", type=positive_int, default=99)
     add_model_args(p)
     p.set_defaults(func=cmd_edges)
 
