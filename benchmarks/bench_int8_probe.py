@@ -16,7 +16,6 @@ Prints a Markdown table and writes JSON to ``benchmarks/results/``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
@@ -86,20 +85,14 @@ def main() -> None:
         worker(args.config, args.repeats, args.seed)
         return
     rows = []
-    saved = dict(os.environ)
     for cls in args.classes:
-        os.environ.clear()
-        os.environ.update(saved)
-        os.environ.update(CLASSES[cls])
         base = None
         for config in CONFIGS:
             opts = ["--config", config, "--repeats", str(args.repeats), "--seed", str(args.seed)]
-            result = run_worker(__file__, opts, f"{cls} {config}")
+            result = run_worker(__file__, opts, f"{cls} {config}", env=CLASSES[cls])
             base = base or result["seconds"]
             rows.append({"class": cls, "config": config, "speedup": base / result["seconds"]})
             rows[-1].update(result)
-    os.environ.clear()
-    os.environ.update(saved)
     print("| CPU class | configuration | encoder (s) | vs fp32 | max error / max abs |")
     print("|---|---|---|---|---|")
     for r in rows:

@@ -69,12 +69,17 @@ def send_result(result: dict[str, Any]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_worker(script: str, options: list[str], label: str) -> dict[str, Any]:
-    """Run ``script --worker *options`` in a new Python process and return the result it
-    :func:`send_result`-ed; its output is shown and the benchmark stops if it fails."""
+def run_worker(
+    script: str, options: list[str], label: str, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Run ``script --worker *options`` in a new Python process (with ``env`` added to this
+    process's environment) and return the result it :func:`send_result`-ed; its output is shown
+    and the benchmark stops if it fails."""
     print(f"running {label} ...", file=sys.stderr, flush=True)
     cmd = [sys.executable, script, "--worker", *options]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode or not lines:
         print(proc.stdout, proc.stderr, file=sys.stderr)
