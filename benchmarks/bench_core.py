@@ -2,7 +2,7 @@
 
 Measures, for vit_b at 1024 px on a 1024x768 image:
 * ``set_image`` wall time (median of ``--repeats``), official fp32 vs segany fp32 vs segany's
-  default precision (``auto``);
+  default precision (``auto``) vs segany int8 (CPU only);
 * ``predict`` for one point (median of 30, after warm-up);
 * peak resident memory of the process during ``set_image`` (weights included) and the part added
   by ``set_image`` — the kernel's high-water mark, reset just before the call through
@@ -116,9 +116,9 @@ def worker(args: argparse.Namespace) -> dict:
         "set_image_added_mb": (peak_kb - rss_before) / 1024,
     }
     if args.impl == "segany":
-        from segany.precision import precision_name
+        from segany.precision import model_precision
 
-        out["dtype"] = precision_name(model.dtype)
+        out["dtype"] = model_precision(model)
     if args.device.startswith("cuda"):
         out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -150,6 +150,8 @@ def main() -> None:
         del model
         runs = [] if args.skip_official else [("official", "fp32", False)]
         runs += [("segany", "fp32", False), ("segany", "auto", False)]
+        if args.device == "cpu":
+            runs.append(("segany", "int8", False))
         if args.compile:
             runs.append(("segany", "auto", True))
         results = []

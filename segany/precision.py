@@ -1,7 +1,12 @@
-"""Precision selection: ``"fp32" | "bf16" | "fp16" | "auto"``.
+"""Precision selection: ``"fp32" | "bf16" | "fp16" | "int8" | "auto"``.
 
 ``"auto"`` picks bfloat16 where the hardware runs it natively — CUDA devices that support bf16,
-x86 CPUs with AVX512-BF16 or AMX — and float32 elsewhere.
+x86 CPUs with AVX512-BF16 or AMX; on other CPUs int8 (:mod:`segany.quantize`) where it is
+measured faster and accurate enough for the model in use (:mod:`segany.precision_check`,
+decided per model by :func:`segany.precision_check.choose_precision`); float32 elsewhere.
+
+``"int8"`` runs the image encoder's linear layers in int8 on the CPU; everything else, and the
+model's ``dtype``, stays float32 (:func:`model_precision` tells the two apart).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import functools
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -46,10 +51,20 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Map a precision name to the compute dtype used on ``device``."""
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError saying which are."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """Map a precision name to the floating dtype used on ``device`` (``"int8"``: float32, the
+    dtype of everything but the int8 layers). ``"auto"`` here knows only the device: bf16 where
+    native, else fp32; the int8 choice needs the model (``precision_check.choose_precision``)."""
+    check_precision(precision)
+    if precision == "int8":
+        return torch.float32
     if precision != "auto":
         return _DTYPES[precision]
     if device.type == "cuda":
@@ -65,3 +80,11 @@ def precision_name(dtype: torch.dtype) -> str:
         if dt == dtype:
             return name
     raise ValueError(f"unsupported dtype {dtype}")
+
+
+def model_precision(model: torch.nn.Module) -> str:
+    """The precision a :class:`segany.modeling.Sam` runs in: ``"int8"`` when its image encoder
+    has int8 layers, else the name of its dtype (``"fp32"``, ``"bf16"``, ``"fp16"``)."""
+    from .quantize import is_quantized
+
+    return "int8" if is_quantized(model) else precision_name(model.dtype)

@@ -50,6 +50,13 @@ class SamPredictor:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def precision(self) -> str:
+        """The model's precision: ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"int8"``."""
+        from .precision import model_precision
+
+        return model_precision(self.model)
+
     def reset_image(self) -> None:
         """Forget the current image(s) and their embeddings."""
         self.is_image_set = False

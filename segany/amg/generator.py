@@ -149,6 +149,11 @@ class SamAutomaticMaskGenerator:
         self.min_area_fraction = min_area_fraction
         self.max_area_fraction = max_area_fraction
 
+    @property
+    def precision(self) -> str:
+        """The precision of the model in use (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"int8"``)."""
+        return self.predictor.precision
+
     # ------------------------------------------------------------------ public
     @torch.no_grad()
     def generate(self, image: Any) -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""``segany info``: versions, default device, what ``--precision auto`` resolves to and the
-checkpoint cache."""
+"""``segany info [--model M]``: versions, default device, the CPU class, what ``--precision
+auto`` picks for the model and why, and the checkpoint cache."""
 
 from __future__ import annotations
 
@@ -18,12 +18,34 @@ def register(sub: Any) -> None:
         "info",
         help="show versions, device, precision and cached checkpoints",
         description=(
-            "Print the segany and torch versions, the default device, what --precision auto "
-            "resolves to and why, the checkpoint cache folder and which official checkpoints "
-            "it holds."
+            "Print the segany and torch versions, the default device, the CPU class, what "
+            "--precision auto picks for --model and why (bf16 where native; int8 where measured "
+            "faster and accurate for that model, see 'segany bench-precision'; else fp32), the "
+            "checkpoint cache folder and which official checkpoints it holds."
         ),
     )
+    info.add_argument(
+        "--model",
+        metavar="M",
+        default=DEFAULT_MODEL,
+        help=f"the model --precision auto is decided for (default: {DEFAULT_MODEL})",
+    )
     info.set_defaults(func=cmd_info)
+
+
+def _auto_for(model_name: str, device: Any) -> str:
+    """What ``--precision auto`` picks for ``model_name`` on ``device``, and why (one line);
+    a model that cannot be loaded says so instead."""
+    import segany
+
+    from ..precision_check import choose_precision
+
+    try:
+        model = segany.load_model(model_name, precision="fp32", device=device)
+    except Exception as e:  # noqa: BLE001 - info reports, it does not fail
+        return f"unknown for {model_name} (it could not be loaded: {e})"
+    name, why = choose_precision("auto", model)
+    return f"{name} for {model_name} on {device} ({why})"
 
 
 def _describe_checkpoint(info: hub.CheckpointInfo, root: Path) -> str:
@@ -54,24 +76,14 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..precision import cpu_has_native_bf16, precision_name, resolve_device, resolve_precision
+    from ..precision import cpu_has_native_bf16, resolve_device
+    from ..quantize import cpu_class, int8_scheme
 
     cuda = torch.cuda.is_available()
     device = resolve_device(None)
-    auto = precision_name(resolve_precision("auto", device))
     cpu_bf16 = cpu_has_native_bf16()
-    if device.type == "cuda":
-        try:
-            gpu = torch.cuda.get_device_name(device)
-        except Exception:  # pragma: no cover - driver oddities
-            gpu = "the GPU"
-        why = f"{gpu} {'supports' if auto == 'bf16' else 'does not support'} bf16"
-    else:
-        why = (
-            "this CPU runs bf16 natively: AVX512-BF16 or AMX"
-            if cpu_bf16
-            else "this CPU has no native bf16 (no AVX512-BF16 or AMX): fp32 is faster"
-        )
+    cls = cpu_class()
+    engine, qmax = int8_scheme(cls)
     root = hub.cache_dir()
     source = (
         "from SEGANY_HOME" if os.environ.get("SEGANY_HOME") else "default; SEGANY_HOME overrides"
@@ -82,8 +94,10 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"CUDA available: {'yes' if cuda else 'no'}",
         f"default device: {device} (torch CPU threads: {torch.get_num_threads()})",
-        f"precision auto: {auto} on {device} ({why})",
+        f"precision auto: {_auto_for(args.model, device)}",
         f"CPU native bf16: {'yes' if cpu_bf16 else 'no'}",
+        f"CPU class: {cls} (int8 engine {engine}, {8 if qmax == 127 else 7}-bit weights"
+        f"{'' if qmax == 127 else ': no VNNI, u8 x s8 products would saturate'})",
         f"cache dir: {root} ({source}{exists})",
         f"default --model: {DEFAULT_MODEL}",
         "official checkpoints:",

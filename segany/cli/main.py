@@ -34,6 +34,7 @@ from .. import __version__, hub
 from ..checkpoint import CheckpointError
 from . import (
     auto_cmd,
+    bench_precision_cmd,
     demo_cmd,
     download_cmd,
     embed_cmd,
@@ -68,6 +69,7 @@ COMMANDS = (
     demo_cmd,
     auto_cmd,
     eval_cmd,
+    bench_precision_cmd,
     export_cmd,
     train_cmd,
     project_cmd,

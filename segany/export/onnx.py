@@ -96,13 +96,21 @@ def export_copy(model: Sam, gelu_approximate: bool = False) -> Iterator[Sam]:
     queries (the ``"blocked"`` attention backend: the graph never holds a full global score
     tensor), for tracing.
 
-    A copy is made only when something must change (precision, device, GELU); attention
-    backends switched on ``model`` itself are restored afterwards."""
+    A copy is made only when something must change (precision, int8 layers, device, GELU);
+    attention backends switched on ``model`` itself are restored afterwards."""
+    from ..quantize import dequantize_encoder, is_quantized
+
     params = list(model.parameters())
-    needs_copy = gelu_approximate or any(
-        p.dtype != torch.float32 or p.device.type != "cpu" for p in params
+    int8 = is_quantized(model)
+    needs_copy = (
+        gelu_approximate
+        or int8
+        or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params)
     )
-    m = copy.deepcopy(model).float().cpu() if needs_copy else model
+    m = copy.deepcopy(model) if needs_copy else model
+    if int8:
+        dequantize_encoder(m)
+    m = m.float().cpu() if needs_copy else m
     if gelu_approximate:
         use_tanh_gelu(m)
     blocks = list(m.image_encoder.blocks)

@@ -45,7 +45,8 @@ class Sam(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Compute dtype of the image encoder (fp32, bf16 or fp16)."""
+        """Compute dtype of the image encoder (fp32, bf16 or fp16; fp32 for an int8 model, see
+        :func:`segany.precision.model_precision`)."""
         return self.image_encoder.patch_embed.proj.weight.dtype
 
     # --- Compatibility with the official ``Sam`` API (delegates to segany.transforms). ---

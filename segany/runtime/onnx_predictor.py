@@ -67,6 +67,11 @@ class OnnxPredictor:
         self._encoder: Any = None
         self.reset_image()
 
+    @property
+    def precision(self) -> str:
+        """``"int8"`` with the int8 files, else ``"fp32"``."""
+        return "int8" if self.quantized else "fp32"
+
     # ------------------------------------------------------------------ sessions
     def _file(self, part: str) -> Path:
         key = part + ("_int8" if self.quantized else "")

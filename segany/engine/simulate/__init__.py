@@ -12,7 +12,7 @@ from .annotator import MaskOutcome, SimulatedAnnotator, SimulationError, target_
 from .context import ROUND_KINDS, RoundContext, parse_schedule
 from .loop import SimulationConfig, check_config, run_simulation
 from .report import markdown_table, plot_report, write_report
-from .stages import auto_match, auto_round, prefill_round
+from .stages import auto_round, prefill_round
 from .weak import make_weak_model
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "SimulatedAnnotator",
     "SimulationConfig",
     "SimulationError",
-    "auto_match",
     "auto_round",
     "check_config",
     "make_weak_model",

@@ -26,7 +26,7 @@ A ``prefill`` round (:func:`prefill_round`), after the round's images were uploa
 An ``auto`` round (:func:`auto_round`) runs the fully automatic stage in-process over the
 round's images (``OUT/auto/round_NN/``: the images, the shards), imports the shards into the
 project as ``source="auto"``, stage-3 masks, marks the images done, and compares the stored
-automatic masks with the truth (:func:`auto_match`). No annotator clicks.
+automatic masks with the truth (:func:`segany.masks.match_mask_sets`). No annotator clicks.
 """
 
 from __future__ import annotations
@@ -41,14 +41,13 @@ import numpy as np
 
 from ...formats import decode_coco_rle
 from ...io.files import write_bytes_atomic
-from ...masks import mask_iou
+from ...masks import mask_iou, match_mask_sets
 from .annotator import MaskOutcome, SimulatedAnnotator, target_order
 from .context import RoundContext
 
 __all__ = [
     "DETECTOR_MIN_IMAGES",
     "STAGE_HOOKS",
-    "auto_match",
     "auto_round",
     "choose_prefill_method",
     "prefill_round",
@@ -184,31 +183,6 @@ def prefill_round(ctx: RoundContext) -> list[MaskOutcome]:
     return outcomes
 
 
-def auto_match(pred: np.ndarray, truth: np.ndarray, iou_target: float) -> dict[str, Any]:
-    """Automatic masks ``pred (N, H, W)`` bool against the true masks ``truth (K, H, W)`` bool
-    of one image (empty true masks are ignored): ``{"true", "covered_50", "covered_target"}``
-    (true masks whose best IoU with an automatic mask is >= 0.5, >= ``iou_target``),
-    ``{"auto", "precise"}`` (automatic masks whose best IoU with a true mask is >= 0.5) and
-    ``matched_ious`` (the best IoU of each true mask covered at 0.5)."""
-    truth = np.asarray(truth, bool)
-    truth = truth[truth.any(axis=(1, 2))] if len(truth) else truth
-    pred = np.asarray(pred, bool)
-    if len(pred) and len(truth):
-        ious = np.asarray(mask_iou(pred[:, None], truth[None]), float)  # (N, K)
-    else:
-        ious = np.zeros((len(pred), len(truth)))
-    best_true = ious.max(axis=0) if len(pred) else np.zeros(len(truth))
-    best_pred = ious.max(axis=1) if len(truth) else np.zeros(len(pred))
-    return {
-        "true": len(truth),
-        "covered_50": int((best_true >= 0.5).sum()),
-        "covered_target": int((best_true >= iou_target).sum()),
-        "auto": len(pred),
-        "precise": int((best_pred >= 0.5).sum()),
-        "matched_ious": [float(v) for v in best_true[best_true >= 0.5]],
-    }
-
-
 def auto_round(ctx: RoundContext) -> list[MaskOutcome]:
     """A stage-3 round (module docstring). Returns no outcomes; sets ``ctx.row``: ``masks``
     and ``masks_per_image`` (the stored automatic masks) and ``auto`` (preset, the import
@@ -239,7 +213,7 @@ def auto_round(ctx: RoundContext) -> list[MaskOutcome]:
         truth = _truth(ctx, index)
         if not len(pred):
             pred = np.zeros((0, *truth.shape[1:]), bool)
-        m = auto_match(pred, truth, cfg.iou_target)
+        m = match_mask_sets(pred, truth, cfg.iou_target)
         for key in totals:
             totals[key] += m[key]
         matched += m["matched_ious"]
