@@ -28,6 +28,7 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     from segany.data.sample import sample_image
+    from segany.precision import model_precision
 
     torch.manual_seed(0)
     image, _ = sample_image(1024, 768)
@@ -65,6 +66,7 @@ def worker(args: argparse.Namespace) -> dict:
     out = {
         "impl": args.impl,
         "precision": args.precision if args.impl == "segany" else "fp32",
+        "runs_in": model_precision(model) if args.impl == "segany" else "fp32",
         "total_s": total,
         "encoder_s": sum(encoder_s),
         "masks": len(records),
@@ -143,7 +145,7 @@ def main() -> None:
             weights = str(Path(tmp) / "random_vit_b.pth")
             torch.save(calibrated_random_weights(args.pass_rate), weights)
         runs = [] if args.skip_official else [("official", "fp32")]
-        runs += [("segany", "fp32"), ("segany", "auto")]
+        runs += [("segany", "fp32"), ("segany", "auto"), ("segany", "int8")]
         results = []
         for impl, precision in runs:
             options = [
@@ -173,7 +175,7 @@ def main() -> None:
         else:
             sp = rsp = same = ""
         print(
-            f"| {r['impl']} | {r['precision']} | {r['total_s']:.1f} | {sp} | {r['encoder_s']:.1f} "
+            f"| {r['impl']} | {r['precision']} ({r['runs_in']}) | {r['total_s']:.1f} | {sp} | {r['encoder_s']:.1f} "
             f"| {rest:.1f} | {rsp} | {r['masks']} | {same} |"
         )
     for r in results:

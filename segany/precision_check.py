@@ -141,7 +141,7 @@ def int8_verdict(model: torch.nn.Module, cls: str | None = None) -> tuple[bool, 
         return False, f"int8 is not measured for this model ({hint})"
     entry = report.get("accuracy", {}).get(scheme)
     if entry is None:
-        return False, f"int8 as this {cls} CPU runs it ({scheme}) is not measured ({hint})"
+        return False, f"int8 as {cls} CPUs run it ({scheme}) is not measured ({hint})"
     if not passes(entry):
         return False, (
             f"int8 ({scheme}) failed the accuracy bound in {source}: mask IoU vs fp32 "
@@ -151,14 +151,14 @@ def int8_verdict(model: torch.nn.Module, cls: str | None = None) -> tuple[bool, 
         )
     speed = report.get("speed", {}).get(cls, {}).get("int8")
     if speed is None:
-        return False, f"int8 speed is not measured on a {cls} CPU ({hint})"
+        return False, f"int8 speed is not measured on {cls} CPUs ({hint})"
     if speed["speedup"] < MIN_SPEEDUP:
         return False, (
-            f"int8 measured {speed['speedup']:.2f}x fp32's encoder speed on a {cls} CPU "
+            f"int8 measured {speed['speedup']:.2f}x fp32's encoder speed on {cls} CPUs "
             f"(needs >= {MIN_SPEEDUP}x)"
         )
     return True, (
-        f"int8 measured {speed['speedup']:.2f}x faster than fp32 on a {cls} CPU and within the "
+        f"int8 measured {speed['speedup']:.2f}x faster than fp32 on {cls} CPUs and within the "
         f"accuracy bound (mask IoU vs fp32 {entry['mask_iou_mean']:.4f} >= "
         f"{BOUNDS['mask_iou_min']}, mIoU drop {max(entry['miou_drop_1pt'], entry['miou_drop_5pt']):+.4f}"
         f" <= {BOUNDS['miou_drop_max']}; {source})"

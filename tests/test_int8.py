@@ -238,7 +238,8 @@ def test_generator_cli_and_onnx_report_precision(bundled, tmp_path, capsys):
     assert main(["segment", str(path), "--point", "1,1", "--precision", "int4"]) == 2
 
     onnx_dir = tmp_path / "onnx"
-    segany.export_onnx(bundled, onnx_dir)
+    segany.export_onnx(int8, onnx_dir)  # exported from an fp32 copy; the model stays int8
+    assert is_quantized(int8)
     assert segany.OnnxPredictor(onnx_dir).precision == "fp32"
     rc = main(["segment", str(path), "--point", "100,80", "--backend", "onnx", "--model",
                str(onnx_dir), "--precision", "int8", "--out", str(tmp_path / "o2")])  # fmt: skip
@@ -272,3 +273,13 @@ def test_info_says_what_auto_picks(capsys, home):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "CPU class:" in out and "precision auto: " in out and "segany_tiny" in out
+
+
+def test_the_bundled_model_ships_its_report(bundled, home):
+    """The shipped report belongs to the bundled weights (retraining the model means running
+    ``segany bench-precision --out segany/models/segany_tiny.precision.json`` again)."""
+    report, source = precision_check.find_report(bundled)
+    assert report is not None and source == "the report shipped with segany"
+    entry = report["accuracy"]["int8/x86/w7"]
+    assert entry["passes"] and entry["mask_iou_mean"] >= BOUNDS["mask_iou_min"]
+    assert set(report["speed"]) >= {"avx2"}
