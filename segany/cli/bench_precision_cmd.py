@@ -8,7 +8,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import DEFAULT_MODEL, EXIT_OK, ModelUnavailableError, bad_input, positive_int, status
+from .common import (
+    DEFAULT_MODEL,
+    EXIT_OK,
+    CheckedSamples,
+    ModelUnavailableError,
+    bad_input,
+    positive_int,
+    status,
+)
 
 
 def register(sub: Any) -> None:
@@ -109,7 +117,6 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
     from ..precision import cpu_has_native_bf16
     from ..precision_check import build_report, measure_accuracy, measure_speed, save_report
     from ..quantize import cpu_class
-    from .eval_cmd import _Samples
 
     if args.amg_images < 0:
         with bad_input():
@@ -142,7 +149,7 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
     for name in others:
         status(f"{name} vs fp32 on {min(len(dataset), args.max_images)} image(s) ...")
         accuracy[name] = measure_accuracy(
-            model, _Samples(dataset), name, max_images=args.max_images,
+            model, CheckedSamples(dataset), name, max_images=args.max_images,
             amg_images=args.amg_images, amg_settings=amg, progress=not args.quiet,
         )  # fmt: skip
     speed = None

@@ -161,6 +161,20 @@ def add_backend_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+class CheckedSamples:
+    """A dataset whose samples that cannot be read (image or annotation file) are bad input."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        with bad_input():
+            return self.dataset[i]
+
+
 # ---------------------------------------------------------------------------- models
 
 

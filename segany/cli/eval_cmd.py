@@ -10,6 +10,7 @@ from typing import Any
 
 from .common import (
     EXIT_OK,
+    CheckedSamples,
     add_model_args,
     bad_input,
     check_out_dir,
@@ -115,20 +116,6 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_eval)
 
 
-class _Samples:
-    """A dataset whose samples that cannot be read (image or annotation file) are bad input."""
-
-    def __init__(self, dataset: Any) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> Any:
-        with bad_input():
-            return self.dataset[i]
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
     """``segany eval``: print the mIoU table; with ``--out`` also write the result files."""
     from ..data.datasets import open_dataset
@@ -147,7 +134,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for spec, dataset in zip(args.data, datasets, strict=True):
         result = evaluate_interactive(
             predictor,
-            _Samples(dataset),
+            CheckedSamples(dataset),
             clicks=args.clicks,
             max_masks_per_image=args.max_masks_per_image,
             max_images=args.max_images,
