@@ -33,16 +33,9 @@ def machine() -> dict[str, Any]:
     import torch
 
     from segany.precision import cpu_has_native_bf16
+    from segany.quantize import cpu_model_name
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model_name()
     info = {
         "cpu": cpu,
         "cores": os.cpu_count(),

@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from .io.embedding import decoder_fingerprint, model_fingerprint
 from .io.files import write_json_atomic
 from .masks import mask_iou, match_mask_sets
 from .precision import check_precision, resolve_precision
-from .quantize import cpu_class, int8_scheme
+from .quantize import cpu_class, cpu_model_name, int8_scheme
 
 #: The accuracy bound a lower precision must stay within to be chosen by ``auto``: mean mask IoU
 #: against fp32 (same prompts) at least ``mask_iou_min``; 1-point and 5-point mIoU against the
@@ -329,16 +328,7 @@ def measure_speed(
 
 def machine_line() -> str:
     """CPU model, cores and torch version (where a measurement ran)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:  # pragma: no cover - non-Linux
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    return f"{cpu_model_name()}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def build_report(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import warnings
 from typing import Any
 
@@ -55,15 +56,25 @@ ENGINE_BY_CLASS = {
 _VNNI_CLASSES = ("amx", "avx512-bf16", "avx512-vnni", "avx-vnni")
 
 
-def _cpu_flags() -> set[str]:
+def _cpuinfo_field(name: str) -> str | None:
+    """The first ``name`` line of ``/proc/cpuinfo`` (its value), or None."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:  # pragma: no cover - non-Linux
         pass
-    return set()
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    return set((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, else what the platform says)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 @functools.cache
