@@ -267,6 +267,7 @@ def test_bench_precision_writes_the_report_auto_reads(home, no_native_bf16, caps
     assert not ok and ("speed" in why or "failed" in why)
     assert main(["bench-precision", "--amg-images", "-1"]) == 2
     assert main(["bench-precision", "--data", "nonsense:3"]) == 2
+    assert main(["bench-precision", "--model", str(home / "missing.pth")]) == 3
 
 
 def test_info_says_what_auto_picks(capsys, home):

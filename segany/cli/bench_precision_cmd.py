@@ -12,8 +12,8 @@ from .common import (
     DEFAULT_MODEL,
     EXIT_OK,
     CheckedSamples,
-    ModelUnavailableError,
     bad_input,
+    load_model,
     positive_int,
     status,
 )
@@ -110,9 +110,6 @@ def _table(accuracy: dict[str, dict[str, Any]]) -> str:
 
 def cmd_bench_precision(args: argparse.Namespace) -> int:
     """``segany bench-precision``: measure, print, write the report."""
-    import segany
-
-    from ..checkpoint import CheckpointError
     from ..data.datasets import open_dataset
     from ..precision import cpu_has_native_bf16
     from ..precision_check import build_report, measure_accuracy, measure_speed, save_report
@@ -138,20 +135,17 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
     with bad_input():
         dataset = open_dataset(args.data)
     status(f"dataset {args.data}: {len(dataset)} image(s)")
-    try:
-        model = segany.load_model(args.model, precision="fp32", device="cpu")
-    except FileNotFoundError as e:
-        raise ModelUnavailableError(str(e)) from e
-    except CheckpointError as e:
-        raise ModelUnavailableError(str(e)) from e
+    args.precision, args.device = "fp32", "cpu"  # the reference; int8 runs on the CPU
+    model = load_model(args)
     others = ["int8"] + (["bf16"] if cpu_has_native_bf16() else [])
     accuracy = {}
     for name in others:
         status(f"{name} vs fp32 on {min(len(dataset), args.max_images)} image(s) ...")
-        accuracy[name] = measure_accuracy(
-            model, CheckedSamples(dataset), name, max_images=args.max_images,
-            amg_images=args.amg_images, amg_settings=amg, progress=not args.quiet,
-        )  # fmt: skip
+        with bad_input():  # a dataset without usable masks
+            accuracy[name] = measure_accuracy(
+                model, CheckedSamples(dataset), name, max_images=args.max_images,
+                amg_images=args.amg_images, amg_settings=amg, progress=not args.quiet,
+            )  # fmt: skip
     speed = None
     if not args.no_speed:
         status(f"timing the image encoder ({args.repeats} runs each) ...")
