@@ -88,14 +88,14 @@ def set_precision(model: Sam, precision: str | torch.dtype) -> Sam:
         from .precision_check import choose_precision
 
         name = choose_precision(precision, model)[0]
-    if is_quantized(model) and name != "int8":
-        dequantize_encoder(model)
-    dtype = resolve_precision(name, model.device)
     if name == "int8" and model.device.type != "cpu":
         raise ValueError(
             f"precision 'int8' runs on the CPU; the model is on {model.device} "
             "(load it with device='cpu', or use bf16/fp16 on a GPU)"
         )
+    if is_quantized(model) and name != "int8":
+        dequantize_encoder(model)
+    dtype = resolve_precision(name, model.device)
     model.image_encoder.to(dtype)
     model.mask_decoder.to(dtype)
     if name == "int8":
