@@ -133,8 +133,9 @@ class Int8Linear(nn.Module):
     in_features: int
     out_features: int
 
-    def __init__(self, weight: nn.Parameter, bias: nn.Parameter | None, *, engine: str,
-                 qmax: int) -> None:  # fmt: skip
+    def __init__(
+        self, weight: nn.Parameter, bias: nn.Parameter | None, *, engine: str, qmax: int
+    ) -> None:
         super().__init__()
         self.out_features, self.in_features = weight.shape
         self.weight = weight
