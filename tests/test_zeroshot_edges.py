@@ -96,8 +96,9 @@ def test_against_pyedgeeval():
     k = 15
     ts = np.linspace(1.0 / (k + 1), 1.0 - 1.0 / (k + 1), k)
     ours = evaluate_edges(preds, gts, thresholds=k)
-    # pyEdgeEval's CSA matcher is approximate and randomised (it can miss a pair the exact
-    # assignment finds): compare with the best of three of its runs
+    # pyEdgeEval's CSA matcher is approximate and randomised, seeded inside its C code (it can
+    # miss a pair the exact assignment finds, never find one more): compare with the best of
+    # three of its runs; ours may be above that by what its misses cost (seen: 0.0010 in OIS)
     ods, ois = 0.0, 0.0
     for _ in range(3):
         tot = np.zeros((4, k))
@@ -110,8 +111,8 @@ def test_against_pyedgeeval():
         r, pr, _ = compute_rec_prec_f1(*tot)
         ods = max(ods, interpolated_max_scores(ts, r, pr)[3])
         ois = max(ois, compute_rec_prec_f1(*best)[2])
-    assert ours.ods == pytest.approx(ods, abs=1e-3)
-    assert ours.ois == pytest.approx(ois, abs=1e-3)
+    assert ods - 1e-3 <= ours.ods <= ods + 3e-3
+    assert ois - 1e-3 <= ours.ois <= ois + 3e-3
 
 
 def test_pipeline_on_a_scene(bundled):
