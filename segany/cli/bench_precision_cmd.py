@@ -112,7 +112,8 @@ def cmd_bench_precision(args: argparse.Namespace) -> int:
     """``segany bench-precision``: measure, print, write the report."""
     from ..data.datasets import open_dataset
     from ..precision import cpu_has_native_bf16
-    from ..precision_check import build_report, measure_accuracy, measure_speed, save_report
+    from ..precision_bench import measure_accuracy, measure_speed
+    from ..precision_check import build_report, save_report
     from ..quantize import cpu_class
 
     if args.amg_images < 0:
