@@ -5,8 +5,8 @@ A **report** (JSON) belongs to one model, identified by :func:`model_key` (the f
 its image encoder and of its prompt encoder + mask decoder), and holds
 
 * ``accuracy``: per precision scheme (``"int8/x86/w7"``: int8 on the x86 engine with 7-bit
-  weights; ``"bf16"``), the comparison with fp32 on a dataset (:func:`segany.precision_bench.measure_accuracy`) and
-  whether it ``passes`` :data:`BOUNDS`;
+  weights; ``"bf16"``), the comparison with fp32 on a dataset
+  (:func:`segany.precision_bench.measure_accuracy`) and whether it ``passes`` :data:`BOUNDS`;
 * ``speed``: per CPU class (:func:`segany.quantize.cpu_class`), the image encoder's time in fp32
   and in each other precision on that class (:func:`segany.precision_bench.measure_speed`).
 
@@ -188,9 +188,9 @@ def build_report(
     speed: dict[str, Any] | None,
     data: str,
 ) -> dict[str, Any]:
-    """A report (module docstring) from :func:`segany.precision_bench.measure_accuracy` results per precision
-    and a
-    :func:`segany.precision_bench.measure_speed` result, for this CPU class."""
+    """A report (module docstring) for this CPU class from the results of
+    :func:`segany.precision_bench.measure_accuracy` (per precision) and
+    :func:`segany.precision_bench.measure_speed`."""
     cls = cpu_class()
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     where = {"cpu_class": cls, "machine": machine_line(), "measured": stamp}
