@@ -42,9 +42,9 @@ def measure_accuracy(
     difference|), ``miou_1pt`` / ``miou_5pt`` (``{"fp32", precision}``, the ``top`` track of
     :func:`segany.eval.evaluate_interactive`), ``miou_drop_1pt`` / ``miou_drop_5pt`` (fp32 minus
     the other), ``amg`` (the automatic generator, with the official default knobs updated by
-    ``amg_settings``, on the first ``amg_images`` images: the settings, masks per image, ``recall`` and ``precision`` of the other set
-    against fp32's at IoU 0.5, ``recall_90`` at 0.9, ``matched_iou``), the counts, and
-    ``passes`` (:data:`segany.precision_check.BOUNDS`).
+    ``amg_settings``, on the first ``amg_images`` images: the settings, masks per image,
+    ``recall`` and ``precision`` of the other set against fp32's at IoU 0.5, ``recall_90`` at
+    0.9, ``matched_iou``), the counts, and ``passes`` (:data:`segany.precision_check.BOUNDS`).
     """
     from .amg import SamAutomaticMaskGenerator
     from .eval.interactive import evaluate_interactive, first_click
@@ -57,6 +57,7 @@ def measure_accuracy(
     ref_p, other_p = SamPredictor(model), SamPredictor(other)
     ious: list[float] = []
     score_err: list[float] = []
+    prompts = 0
     for i in range(n):
         sample = dataset[i]
         gts = [m for m in np.asarray(sample.masks, bool) if m.any()]
@@ -67,6 +68,7 @@ def measure_accuracy(
         for gt in gts:
             x, y = first_click(gt)
             kw = {"point_coords": np.array([[x, y]]), "point_labels": np.array([1])}
+            prompts += 1
             m_ref, s_ref, _ = ref_p.predict(**kw, multimask_output=True)
             m_oth, s_oth, _ = other_p.predict(**kw, multimask_output=True)
             ious.extend(float(v) for v in mask_iou(m_oth, m_ref))
@@ -114,7 +116,7 @@ def measure_accuracy(
     out = {
         "precision": precision,
         "images": n,
-        "prompts": len(ious) // 3 if ious else 0,
+        "prompts": prompts,
         "mask_iou_mean": float(np.mean(ious)),
         "mask_iou_min": float(np.min(ious)),
         "score_error_mean": float(np.mean(score_err)),

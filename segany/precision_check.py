@@ -35,7 +35,7 @@ from . import hub
 from .io.embedding import decoder_fingerprint, model_fingerprint
 from .io.files import write_json_atomic
 from .precision import check_precision, resolve_precision
-from .quantize import cpu_class, cpu_model_name, int8_scheme
+from .quantize import cpu_class, cpu_model_name, int8_scheme, weight_bits
 
 #: The accuracy bound a lower precision must stay within to be chosen by ``auto``: mean mask IoU
 #: against fp32 (same prompts) at least ``mask_iou_min``; 1-point and 5-point mIoU against the
@@ -61,7 +61,7 @@ def scheme_name(precision: str, cls: str | None = None) -> str:
     if precision != "int8":
         return precision
     engine, qmax = int8_scheme(cls)
-    return f"int8/{engine}/w{8 if qmax == 127 else 7}"
+    return f"int8/{engine}/w{weight_bits(qmax)}"
 
 
 def report_path(key: str) -> Path:

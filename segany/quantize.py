@@ -119,6 +119,11 @@ def int8_scheme(cls: str | None = None) -> tuple[str, int]:
     return engine, 127 if cls in _VNNI_CLASSES else 63
 
 
+def weight_bits(qmax: int) -> int:
+    """The int8 weights' bit width for a largest magnitude ``qmax`` (127: 8 bits, 63: 7 bits)."""
+    return qmax.bit_length() + 1
+
+
 class Int8Linear(nn.Module):
     """``y = x @ weight.T + bias`` with int8 weights and dynamically quantized activations.
 

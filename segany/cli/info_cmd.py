@@ -77,7 +77,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from ..precision import cpu_has_native_bf16, resolve_device
-    from ..quantize import cpu_class, int8_scheme
+    from ..quantize import cpu_class, int8_scheme, weight_bits
 
     cuda = torch.cuda.is_available()
     device = resolve_device(None)
@@ -96,8 +96,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         f"default device: {device} (torch CPU threads: {torch.get_num_threads()})",
         f"precision auto: {_auto_for(args.model, device)}",
         f"CPU native bf16: {'yes' if cpu_bf16 else 'no'}",
-        f"CPU class: {cls} (int8 engine {engine}, {8 if qmax == 127 else 7}-bit weights"
-        f"{'' if qmax == 127 else ': no VNNI, u8 x s8 products would saturate'})",
+        f"CPU class: {cls} (int8 engine {engine}, {weight_bits(qmax)}-bit weights"
+        f"{'' if weight_bits(qmax) == 8 else ': no VNNI, u8 x s8 products would saturate'})",
         f"cache dir: {root} ({source}{exists})",
         f"default --model: {DEFAULT_MODEL}",
         "official checkpoints:",
