@@ -31,7 +31,8 @@ from ..formats.sa1b import read_sa1b_json, sa1b_masks, write_sa1b_json
 from ..formats.segmentation import as_coco_rle
 from ..io.files import IMAGE_SUFFIXES
 from ..io.image import load_image
-from .scenes import ProceduralScenes, SceneConfig
+from .captions import HELD_OUT_COMBINATIONS
+from .scenes import ProceduralScenes, Scene, SceneConfig
 
 __all__ = [
     "CocoInstances",
@@ -50,8 +51,9 @@ _PAIRED_SUFFIXES = (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))
 _SPEC_HELP = (
     "a dataset spec is one of: a folder in the SA-1B layout (<stem>.jpg|png + <stem>.json), "
     "a COCO instances .json file (images next to it or under images/), "
-    "'procedural:N[:seed]', or a dict with 'type' 'sa1b' (root), 'coco' (annotations, "
-    "images) or 'procedural' (length, seed, height, width)"
+    "'procedural:N[:seed]', 'procedural-text:N[:seed]' (named colours, captions), or a dict "
+    "with 'type' 'sa1b' (root), 'coco' (annotations, images) or 'procedural' (length, seed, "
+    "height, width, palette, exclude_held_out)"
 )
 
 
@@ -289,10 +291,16 @@ class SceneSamples:
         scene = self.scenes[i]
         return Sample(image=scene.image, masks=scene.masks, name=self.name(i))
 
+    def scene(self, i: int) -> Scene:
+        """Scene ``i`` itself, with levels, parents and attributes (for captions)."""
+        return self.scenes[_index(i, len(self))]
+
     def __repr__(self) -> str:
         s = self.scenes
+        extra = ", palette=True" if s.config.palette else ""
         return (
-            f"SceneSamples(length={len(s)}, seed={s.seed}, size={s.config.height}x{s.config.width})"
+            f"SceneSamples(length={len(s)}, seed={s.seed}, "
+            f"size={s.config.height}x{s.config.width}{extra})"
         )
 
 
@@ -311,8 +319,20 @@ def _positive_int(value: Any, what: str) -> int:
     return v
 
 
-def _procedural(length: Any, seed: Any = 0, height: Any = None, width: Any = None) -> SceneSamples:
+def _procedural(
+    length: Any,
+    seed: Any = 0,
+    height: Any = None,
+    width: Any = None,
+    palette: Any = False,
+    exclude_held_out: Any = False,
+) -> SceneSamples:
     n = _positive_int(length, "procedural length")
+    for value, what in ((palette, "palette"), (exclude_held_out, "exclude_held_out")):
+        if not isinstance(value, bool):
+            raise ValueError(f"procedural {what} must be true or false; got {value!r}")
+    if exclude_held_out and not palette:
+        raise ValueError("procedural exclude_held_out needs palette (named colours)")
     try:
         s = int(seed)
     except (TypeError, ValueError):
@@ -320,7 +340,16 @@ def _procedural(length: Any, seed: Any = 0, height: Any = None, width: Any = Non
     base = SceneConfig()
     h = base.height if height is None else _positive_int(height, "procedural height")
     w = base.width if width is None else _positive_int(width, "procedural width")
-    config = SceneConfig(**{**base.__dict__, "height": h, "width": w})
+    excluded = HELD_OUT_COMBINATIONS if exclude_held_out else ()
+    config = SceneConfig(
+        **{
+            **base.__dict__,
+            "height": h,
+            "width": w,
+            "palette": palette,
+            "excluded_combinations": excluded,
+        }
+    )
     return SceneSamples(ProceduralScenes(n, seed=s, config=config))
 
 
@@ -349,7 +378,8 @@ def open_dataset(spec: str | os.PathLike | Mapping[str, Any]) -> MaskDataset:
     * a ``.json`` file: :class:`CocoInstances`, images under ``images/`` next to it if that
       folder exists (and holds the first image), else next to the JSON;
     * ``"procedural:N"`` or ``"procedural:N:SEED"``: ``N`` generated 256x256 scenes
-      (:class:`SceneSamples`, seed 0 by default);
+      (:class:`SceneSamples`, seed 0 by default); ``"procedural-text:N[:SEED]"`` the same with
+      named colours (``palette``), so :mod:`segany.data.captions` can caption them;
     * a dict: ``{"type": "sa1b", "root": DIR}``, ``{"type": "coco", "annotations": FILE,
       "images": DIR}`` (``images`` optional, found as above) or ``{"type": "procedural",
       "length": N, "seed": S, "height": H, "width": W}`` (all but ``length`` optional).
@@ -364,15 +394,16 @@ def open_dataset(spec: str | os.PathLike | Mapping[str, Any]) -> MaskDataset:
     if not isinstance(spec, str | os.PathLike):
         raise ValueError(f"unsupported dataset spec {spec!r}: {_SPEC_HELP}")
     text = os.fspath(spec)
-    if text.startswith("procedural:") or text == "procedural":
+    kind = text.split(":")[0]
+    if kind in ("procedural", "procedural-text"):
         parts = text.split(":")[1:]
         if not 1 <= len(parts) <= 2 or not all(p.strip() for p in parts):
             raise ValueError(
-                f"invalid procedural spec {text!r}: expected 'procedural:N' or "
-                f"'procedural:N:SEED' (e.g. procedural:200:1)"
+                f"invalid procedural spec {text!r}: expected '{kind}:N' or "
+                f"'{kind}:N:SEED' (e.g. {kind}:200:1)"
             )
         try:
-            return _procedural(*parts)
+            return _procedural(*parts, palette=kind == "procedural-text")
         except ValueError as e:
             raise ValueError(f"invalid procedural spec {text!r}: {e}") from None
     path = Path(text).expanduser()
@@ -390,7 +421,15 @@ def _open_dict(spec: Mapping[str, Any]) -> MaskDataset:
     allowed = {
         "sa1b": {"type", "root"},
         "coco": {"type", "annotations", "images"},
-        "procedural": {"type", "length", "seed", "height", "width"},
+        "procedural": {
+            "type",
+            "length",
+            "seed",
+            "height",
+            "width",
+            "palette",
+            "exclude_held_out",
+        },
     }
     if kind not in allowed:
         raise ValueError(f"dataset dict needs 'type' in {sorted(allowed)}; got {kind!r}")
@@ -413,7 +452,14 @@ def _open_dict(spec: Mapping[str, Any]) -> MaskDataset:
         )
     if "length" not in spec:
         raise ValueError("a 'procedural' dataset dict needs 'length' (number of scenes)")
-    return _procedural(spec["length"], spec.get("seed", 0), spec.get("height"), spec.get("width"))
+    return _procedural(
+        spec["length"],
+        spec.get("seed", 0),
+        spec.get("height"),
+        spec.get("width"),
+        spec.get("palette", False),
+        spec.get("exclude_held_out", False),
+    )
 
 
 # --------------------------------------------------------------------------- writing

@@ -5,6 +5,10 @@ sub-part (2) — so a single point inside a sub-part is genuinely ambiguous (sub
 whole object), which is what SAM's three-mask output learns. Objects overlap (later ones occlude
 earlier ones; masks are the *visible* pixels). Everything is numpy + OpenCV, seeded and
 reproducible: scene ``i`` of a :class:`ProceduralScenes` set depends only on ``(seed, i)``.
+
+Every region records what it was drawn as (:class:`RegionAttributes`: shape, texture, size,
+centre and, with ``SceneConfig(palette=True)``, a colour name from :data:`PALETTE`), which
+:mod:`segany.data.captions` turns into phrases that pick out one object.
 """
 
 from __future__ import annotations
@@ -17,6 +21,19 @@ import numpy as np
 OBJECT, PART, SUBPART = 0, 1, 2
 SHAPES = ("ellipse", "rectangle", "polygon", "star", "blob")
 TEXTURES = ("solid", "stripes", "checker", "gradient", "spots", "noise")
+# The named colours of ``SceneConfig(palette=True)``: RGB centres, jittered per region.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (215, 35, 35),
+    "orange": (240, 135, 25),
+    "yellow": (235, 215, 40),
+    "green": (40, 160, 55),
+    "blue": (35, 75, 215),
+    "purple": (135, 55, 185),
+    "pink": (245, 135, 195),
+    "brown": (120, 75, 35),
+    "white": (240, 240, 240),
+    "black": (25, 25, 25),
+}
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,51 @@ class SceneConfig:
     clutter_shapes: tuple[int, int] = (4, 12)  # faint background shapes (not annotated)
     noise_sigma: tuple[float, float] = (2.0, 8.0)
     blur_probability: float = 0.5
+    # Named colours: every region's base colour is a PALETTE entry plus uniform jitter of up to
+    # ``palette_jitter`` per channel (off: uniform random RGB, the original scenes).
+    palette: bool = False
+    palette_jitter: float = 18.0
+    # (colour, shape) pairs never drawn for an object, e.g. (("blue", "star"),), to hold them
+    # out of training; needs ``palette``.
+    excluded_combinations: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        for pair in self.excluded_combinations:
+            if (
+                not isinstance(pair, tuple | list)
+                or len(pair) != 2
+                or pair[0] not in PALETTE
+                or pair[1] not in SHAPES
+            ):
+                raise ValueError(
+                    f"excluded_combinations entries are (colour, shape) pairs with a colour in "
+                    f"{sorted(PALETTE)} and a shape in {list(SHAPES)}; got {pair!r}"
+                )
+        if self.excluded_combinations and not self.palette:
+            raise ValueError("excluded_combinations needs palette=True (named colours)")
+        if not 0 <= self.palette_jitter <= 60:
+            raise ValueError(f"palette_jitter must be in [0, 60]; got {self.palette_jitter}")
+
+
+@dataclass(frozen=True)
+class RegionAttributes:
+    """What one annotated region was drawn as.
+
+    Attributes:
+        shape: one of :data:`SHAPES`.
+        texture: one of :data:`TEXTURES`.
+        color: a :data:`PALETTE` name, or None for a uniform random colour (``palette`` off).
+        rgb: the base colour ``(r, g, b)``, 0-255 floats, before texture and shading.
+        radius: the drawn shape's radius as a fraction of the image's shorter side.
+        center: the drawn shape's centre ``(x, y)`` in pixels (it may be occluded).
+    """
+
+    shape: str
+    texture: str
+    color: str | None
+    rgb: tuple[float, float, float]
+    radius: float
+    center: tuple[float, float]
 
 
 @dataclass
@@ -47,12 +109,18 @@ class Scene:
         masks: ``(K, H, W)`` bool, visible pixels of each annotated region.
         levels: ``(K,)`` int, 0 object / 1 part / 2 sub-part.
         parents: ``(K,)`` int, index of the enclosing region in ``masks`` or -1.
+        attributes: ``K`` :class:`RegionAttributes`, one per mask (empty if not recorded).
     """
 
     image: np.ndarray
     masks: np.ndarray
     levels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     parents: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    attributes: tuple[RegionAttributes, ...] = ()
+
+
+def _rgb(c: np.ndarray) -> tuple[float, float, float]:
+    return (float(c[0]), float(c[1]), float(c[2]))
 
 
 def _random_color(rng: np.random.Generator, avoid: np.ndarray | None = None) -> np.ndarray:
@@ -61,6 +129,29 @@ def _random_color(rng: np.random.Generator, avoid: np.ndarray | None = None) -> 
         if avoid is None or np.abs(c - avoid).sum() > 120:
             return c
     return c
+
+
+def _region_color(
+    rng: np.random.Generator,
+    cfg: SceneConfig,
+    avoid: tuple[np.ndarray, str | None] | None = None,
+    shape: str | None = None,
+) -> tuple[np.ndarray, str | None]:
+    """A region's base colour and its palette name (None with ``palette`` off).
+
+    ``avoid`` is the enclosing region's (colour, name): a part differs from it (another name,
+    or a distant random colour). ``shape`` is an object's shape, whose excluded combinations
+    are never drawn."""
+    if not cfg.palette:
+        return _random_color(rng, None if avoid is None else avoid[0]), None
+    names = [
+        n
+        for n in PALETTE
+        if (avoid is None or n != avoid[1]) and (n, shape) not in cfg.excluded_combinations
+    ]
+    name = names[int(rng.integers(len(names)))]
+    jitter = rng.uniform(-cfg.palette_jitter, cfg.palette_jitter, 3)
+    return np.clip(np.array(PALETTE[name], np.float64) + jitter, 0, 255), name
 
 
 Box = tuple[int, int, int, int]  # (y0, y1, x0, x1): a window of the image, end-exclusive
@@ -73,15 +164,28 @@ def _bbox(mask: np.ndarray) -> Box:
 
 
 def _texture(
-    rng: np.random.Generator, h: int, w: int, base: np.ndarray, box: Box | None = None
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    base: np.ndarray,
+    box: Box | None = None,
+    kind: str | None = None,
+    keep_hue: bool = False,
 ) -> np.ndarray:
     """A float texture around colour ``base`` for an ``(h, w)`` image, computed only inside the
     window ``box`` (default: all of it); returns ``(y1 - y0, x1 - x0, 3)``. The values inside
-    the window equal those of the full texture, so the window is only a speed-up."""
+    the window equal those of the full texture, so the window is only a speed-up. ``kind``
+    (one of :data:`TEXTURES`) is drawn from ``rng`` when not given. The texture mixes ``base``
+    with a second colour: a random shift of it, or with ``keep_hue`` a lighter or darker
+    ``base`` (the same shift on every channel, so a named colour stays that colour)."""
     y0, y1, x0, x1 = box or (0, h, 0, w)
-    kind = TEXTURES[rng.integers(len(TEXTURES))]
+    if kind is None:
+        kind = _draw(rng, TEXTURES)
     yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    other = np.clip(base + rng.uniform(-70, 70, 3), 0, 255)
+    shift = rng.uniform(-70, 70, 3)
+    if keep_hue:
+        shift = np.full(3, shift.mean() + np.sign(shift.mean()) * 35.0)
+    other = np.clip(base + shift, 0, 255)
     if kind == "solid":
         t = np.zeros((y1 - y0, x1 - x0, 1), np.float32)
     elif kind == "stripes":
@@ -118,12 +222,24 @@ def _texture(
     return base * (1 - t) + other * t
 
 
+def _draw(rng: np.random.Generator, kinds: tuple[str, ...]) -> str:
+    return kinds[rng.integers(len(kinds))]
+
+
 def _shape_mask(
-    rng: np.random.Generator, h: int, w: int, cx: float, cy: float, r: float
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    cx: float,
+    cy: float,
+    r: float,
+    kind: str | None = None,
 ) -> np.ndarray:
-    """A filled shape of radius ~``r`` centred at ``(cx, cy)`` (pixels) as a uint8 mask."""
+    """A filled shape of radius ~``r`` centred at ``(cx, cy)`` (pixels) as a uint8 mask;
+    ``kind`` (one of :data:`SHAPES`) is drawn from ``rng`` when not given."""
     m = np.zeros((h, w), np.uint8)
-    kind = SHAPES[rng.integers(len(SHAPES))]
+    if kind is None:
+        kind = _draw(rng, SHAPES)
     angle = rng.uniform(0, 2 * np.pi)
     aspect = rng.uniform(0.5, 1.0)
     if kind == "ellipse":
@@ -155,8 +271,9 @@ def _shape_mask(
 
 def _inner_shape(
     rng: np.random.Generator, parent: np.ndarray, r_parent: float, scale: tuple[float, float]
-) -> tuple[np.ndarray, float] | None:
-    """A shape placed inside ``parent`` (clipped to it), or None if the parent is too thin."""
+) -> tuple[np.ndarray, float, str, tuple[float, float]] | None:
+    """A shape placed inside ``parent`` (clipped to it) as ``(mask, radius, shape, centre)``,
+    or None if the parent is too thin."""
     h, w = parent.shape
     y0, y1, x0, x1 = _bbox(parent)
     y0, y1, x0, x1 = max(y0 - 1, 0), min(y1 + 1, h), max(x0 - 1, 0), min(x1 + 1, w)
@@ -168,8 +285,10 @@ def _inner_shape(
     if len(xs) == 0:
         return None
     j = rng.integers(len(xs))
-    m = _shape_mask(rng, h, w, xs[j] + x0 + 0.5, ys[j] + y0 + 0.5, r) & parent
-    return (m, r) if m.sum() > 0 else None
+    kind = _draw(rng, SHAPES)
+    cx, cy = float(xs[j] + x0 + 0.5), float(ys[j] + y0 + 0.5)
+    m = _shape_mask(rng, h, w, cx, cy, r, kind) & parent
+    return (m, r, kind, (cx, cy)) if m.sum() > 0 else None
 
 
 def _background(rng: np.random.Generator, h: int, w: int, cfg: SceneConfig) -> np.ndarray:
@@ -190,50 +309,71 @@ def generate_scene(seed: int | np.random.Generator, config: SceneConfig | None =
     h, w = cfg.height, cfg.width
     side = min(h, w)
     img = _background(rng, h, w, cfg)
-    regions: list[tuple[np.ndarray, int, int]] = []  # (full mask, level, parent)
+    regions: list[tuple[np.ndarray, int, int, RegionAttributes]] = []  # mask, level, parent
     for _ in range(int(rng.integers(cfg.min_objects, cfg.max_objects + 1))):
         r = rng.uniform(cfg.min_radius, cfg.max_radius) * side
-        obj = _shape_mask(rng, h, w, rng.uniform(0, w), rng.uniform(0, h), r)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        shape = _draw(rng, SHAPES)
+        obj = _shape_mask(rng, h, w, cx, cy, r, shape)
         if obj.sum() == 0:
             continue
-        base = _random_color(rng)
+        base, name = _region_color(rng, cfg, shape=shape)
         box = _bbox(obj)
-        tex = _texture(rng, h, w, base, box)
+        texture = _draw(rng, TEXTURES)
+        tex = _texture(rng, h, w, base, box, texture, cfg.palette)
         amp = rng.uniform(-25, 25)  # a linear shading ramp along y or x
         ramp = np.mgrid[box[0] : box[1], box[2] : box[3]][rng.integers(2)]
-        draw = [(obj, box, tex + (amp * (ramp / max(h, w) - 0.5))[..., None], OBJECT, -1)]
+        attrs = RegionAttributes(shape, texture, name, _rgb(base), r / side, (cx, cy))
+        draw = [(obj, box, tex + (amp * (ramp / max(h, w) - 0.5))[..., None], OBJECT, -1, attrs)]
         if rng.random() < cfg.part_probability:
             inner = _inner_shape(rng, obj, r, cfg.part_scale)
             if inner is not None:
-                part, pr = inner
-                pbase, pbox = _random_color(rng, avoid=base), _bbox(part)
-                draw.append((part, pbox, _texture(rng, h, w, pbase, pbox), PART, 0))
+                part, pr, pshape, pcenter = inner
+                (pbase, pname), pbox = _region_color(rng, cfg, avoid=(base, name)), _bbox(part)
+                ptex = _draw(rng, TEXTURES)
+                pattrs = RegionAttributes(pshape, ptex, pname, _rgb(pbase), pr / side, pcenter)
+                draw.append(
+                    (
+                        part,
+                        pbox,
+                        _texture(rng, h, w, pbase, pbox, ptex, cfg.palette),
+                        PART,
+                        0,
+                        pattrs,
+                    )
+                )
                 if rng.random() < cfg.subpart_probability:
                     sub = _inner_shape(rng, part, pr, cfg.part_scale)
                     if sub is not None:
-                        sbase, sbox = _random_color(rng, avoid=pbase), _bbox(sub[0])
-                        draw.append((sub[0], sbox, _texture(rng, h, w, sbase, sbox), SUBPART, 1))
+                        sbase, sname = _region_color(rng, cfg, avoid=(pbase, pname))
+                        sbox, stex = _bbox(sub[0]), _draw(rng, TEXTURES)
+                        sattrs = RegionAttributes(
+                            sub[2], stex, sname, _rgb(sbase), sub[1] / side, sub[3]
+                        )
+                        stexture = _texture(rng, h, w, sbase, sbox, stex, cfg.palette)
+                        draw.append((sub[0], sbox, stexture, SUBPART, 1, sattrs))
         first = len(regions)
-        for m, (y0, y1, x0, x1), t, level, parent in draw:
+        for m, (y0, y1, x0, x1), t, level, parent, a in draw:
             mb = m[y0:y1, x0:x1].astype(bool)
             img[y0:y1, x0:x1][mb] = t[mb]
             if level == OBJECT:  # occlusion: earlier regions lose what this object covers
                 for k in range(first):
                     regions[k][0][y0:y1, x0:x1][mb] = 0
-            regions.append((m, level, -1 if parent < 0 else first + parent))
+            regions.append((m, level, -1 if parent < 0 else first + parent, a))
     noise = rng.normal(0, rng.uniform(*cfg.noise_sigma), img.shape)
     img = np.clip(img + noise, 0, 255).astype(np.uint8)
     if rng.random() < cfg.blur_probability:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.5, 1.0))
     min_area = cfg.min_area_fraction * h * w
-    keep = [i for i, (m, _, _) in enumerate(regions) if m.sum() >= min_area]
+    keep = [i for i, (m, _, _, _) in enumerate(regions) if m.sum() >= min_area]
     index = {old: new for new, old in enumerate(keep)}
     masks = (
         np.stack([regions[i][0].astype(bool) for i in keep]) if keep else np.zeros((0, h, w), bool)
     )
     levels = np.array([regions[i][1] for i in keep], np.int64)
     parents = np.array([index.get(regions[i][2], -1) for i in keep], np.int64)
-    return Scene(image=img, masks=masks, levels=levels, parents=parents)
+    attributes = tuple(regions[i][3] for i in keep)
+    return Scene(image=img, masks=masks, levels=levels, parents=parents, attributes=attributes)
 
 
 class ProceduralScenes:
