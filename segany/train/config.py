@@ -60,6 +60,18 @@ class TrainConfig:
             bundled model was trained with).
         box_probability: chance that a mask's first prompt is a noisy box (else a point).
         box_noise / box_noise_max_px: box noise std as a fraction of the side, capped in pixels.
+    Text prompts (off unless ``text_prompts``; the paper's App. D.5):
+        text_prompts: train the prompt encoder's text path; the model gets one (sized to the
+            text encoder's embedding) if ``init`` has none.
+        text_encoder: the frozen text encoder's file (see :func:`segany.text.load_text_encoder`:
+            a small-CLIP ``.safetensors`` or ``open_clip:MODEL[:CHECKPOINT]``).
+        text_probability: chance that a mask's first prompt is its text/region embedding
+            instead of a point or box; the interactive rounds follow as usual, the text token
+            staying in every round.
+        text_source: ``"region"`` (the paper: the encoder's embedding of the mask's region
+            crop, so no captions are needed) or ``"caption"`` (the text embedding of the mask's
+            caption, for captioned procedural scenes only; the upper bound to compare with).
+            Masks without a caption get no text prompt.
     Loss: focal_weight : dice_weight = 20 : 1, plus iou_weight × IoU-head MSE.
     Optimizer: AdamW(lr, betas, weight_decay), linear warm-up over ``warmup_steps``, then the
         learning rate is multiplied by ``lr_decay_factor`` at each step in ``lr_decay_steps``;
@@ -100,6 +112,10 @@ class TrainConfig:
     box_probability: float = 0.5
     box_noise: float = 0.1
     box_noise_max_px: float = 20.0
+    text_prompts: bool = False
+    text_encoder: str = ""
+    text_probability: float = 0.5
+    text_source: str = "region"  # "region" (the paper) or "caption"
     loss_resolution: str = "input"  # "input" (S x S, the paper) or "low" (low-res logits)
 
     focal_weight: float = 20.0
@@ -161,6 +177,12 @@ class TrainConfig:
             errors.append(f"next_mask must be 'predicted' or 'min_loss', got {self.next_mask!r}")
         if not 0 <= self.box_probability <= 1:
             errors.append(f"box_probability must be in [0, 1], got {self.box_probability}")
+        if not 0 <= self.text_probability <= 1:
+            errors.append(f"text_probability must be in [0, 1], got {self.text_probability}")
+        if self.text_source not in ("region", "caption"):
+            errors.append(f"text_source must be 'region' or 'caption', got {self.text_source!r}")
+        if self.text_prompts and not self.text_encoder:
+            errors.append("text_prompts needs text_encoder (the frozen text encoder's file)")
         if self.loss_resolution not in ("input", "low"):
             errors.append(f"loss_resolution must be 'input' or 'low', got {self.loss_resolution!r}")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):

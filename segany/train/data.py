@@ -25,6 +25,19 @@ class SampleLike(Protocol):
     masks: np.ndarray  # (K, H, W) bool
 
 
+class TextPromptSource(Protocol):
+    """Where a batch's per-mask text embeddings come from (see :mod:`segany.train.text`)."""
+
+    def embeddings(
+        self,
+        dataset: Any,
+        index: int,
+        sample: SampleLike,
+        keep: np.ndarray,
+        rng: np.random.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 class ConcatSamples:
     """Several map-style datasets of samples back to back."""
 
@@ -36,8 +49,13 @@ class ConcatSamples:
         return int(self.offsets[-1])
 
     def __getitem__(self, i: int) -> SampleLike:
+        part, j = self.locate(i)
+        return part[j]
+
+    def locate(self, i: int) -> tuple[Any, int]:
+        """The dataset holding item ``i`` and the item's index in it."""
         k = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return self.parts[k][i - int(self.offsets[k])]
+        return self.parts[k], i - int(self.offsets[k])
 
 
 def open_training_data(specs: Sequence[Any]) -> ConcatSamples:
@@ -50,6 +68,28 @@ def open_training_data(specs: Sequence[Any]) -> ConcatSamples:
     return data
 
 
+def _arrays(sample: SampleLike) -> tuple[np.ndarray, np.ndarray]:
+    image, masks = np.asarray(sample.image), np.asarray(sample.masks, dtype=bool)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"sample image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
+        raise ValueError(f"sample masks must be (K, H, W) matching the image, got {masks.shape}")
+    return image, masks
+
+
+def choose_masks(
+    sample: SampleLike, rng: np.random.Generator, *, max_masks: int, max_mask_fraction: float
+) -> np.ndarray:
+    """Indices (sorted, int64) of the sample's masks a step trains on: at most ``max_masks``
+    drawn from those that are non-empty and cover at most ``max_mask_fraction`` of the image."""
+    image, masks = _arrays(sample)
+    area = masks.reshape(len(masks), -1).mean(axis=1) if len(masks) else np.zeros(0)
+    keep = np.nonzero((area > 0) & (area <= max_mask_fraction))[0]
+    if len(keep) > max_masks:
+        keep = np.sort(rng.choice(keep, max_masks, replace=False))
+    return keep
+
+
 def prepare_sample(
     sample: SampleLike,
     img_size: int,
@@ -57,23 +97,18 @@ def prepare_sample(
     *,
     max_masks: int,
     max_mask_fraction: float,
+    keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Resize one sample to the input frame (longest side ``img_size``, as
     :class:`~segany.transforms.ResizeLongestSide` does for inference) and pick its masks.
 
-    Returns ``image (h, w, 3) uint8`` and ``masks (k, h, w) bool`` (k ≤ ``max_masks``; masks
-    that are empty or cover more than ``max_mask_fraction`` of the image are dropped).
+    Returns ``image (h, w, 3) uint8`` and ``masks (k, h, w) bool``: the masks
+    :func:`choose_masks` picks with ``rng``, or those at the indices ``keep`` when given.
     """
-    image, masks = np.asarray(sample.image), np.asarray(sample.masks, dtype=bool)
-    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"sample image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
-    if masks.ndim != 3 or masks.shape[1:] != image.shape[:2]:
-        raise ValueError(f"sample masks must be (K, H, W) matching the image, got {masks.shape}")
+    if keep is None:
+        keep = choose_masks(sample, rng, max_masks=max_masks, max_mask_fraction=max_mask_fraction)
+    image, masks = _arrays(sample)
     h0, w0 = image.shape[:2]
-    area = masks.reshape(len(masks), -1).mean(axis=1) if len(masks) else np.zeros(0)
-    keep = np.nonzero((area > 0) & (area <= max_mask_fraction))[0]
-    if len(keep) > max_masks:
-        keep = np.sort(rng.choice(keep, max_masks, replace=False))
     masks = masks[keep]
     resize = ResizeLongestSide(img_size)
     h, w = resize.get_preprocess_shape(h0, w0, img_size)
@@ -97,12 +132,15 @@ def collate(
     img_size: int,
     pixel_mean: torch.Tensor,
     pixel_std: torch.Tensor,
+    text: Sequence[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Stack prepared samples into a batch.
 
     Returns ``images (B, 3, S, S)`` float32 normalized and zero-padded, ``targets (N, S, S)``
     bool (all masks of all images), ``image_index (N,)`` int64 (which image each mask is on)
-    and ``valid (B, S, S)`` bool (the unpadded image area).
+    and ``valid (B, S, S)`` bool (the unpadded image area). With ``text`` (per image, the
+    ``(k, D)`` float32 embeddings of its ``k`` masks and a ``(k,)`` bool of which have one),
+    also ``text (N, D)`` and ``has_text (N,)``.
     """
     s = img_size
     images, targets, index = [], [], []
@@ -116,12 +154,21 @@ def collate(
         t[:, :h, :w] = torch.from_numpy(masks)
         targets.append(t)
         index.append(torch.full((len(masks),), b, dtype=torch.int64))
-    return {
+    out = {
         "images": torch.stack(images),
         "targets": torch.cat(targets) if targets else torch.zeros(0, s, s, dtype=torch.bool),
         "image_index": torch.cat(index) if index else torch.zeros(0, dtype=torch.int64),
         "valid": valid,
     }
+    if text is not None:
+        if len(text) != len(prepared) or any(
+            len(e) != len(m) or len(h) != len(m)
+            for (e, h), (_, m) in zip(text, prepared, strict=True)
+        ):
+            raise ValueError("text needs one (embeddings, has_text) per image, one row per mask")
+        out["text"] = torch.cat([e.float() for e, _ in text])
+        out["has_text"] = torch.cat([h.bool() for _, h in text])
+    return out
 
 
 class StepBatches(torch.utils.data.IterableDataset):
@@ -144,8 +191,10 @@ class StepBatches(torch.utils.data.IterableDataset):
         start_step: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        text: TextPromptSource | None = None,
     ) -> None:
         self.dataset = dataset
+        self.text = text
         self.config = config
         self.img_size = img_size
         self.pixel_mean = torch.tensor(pixel_mean, dtype=torch.float32)
@@ -170,19 +219,19 @@ class StepBatches(torch.utils.data.IterableDataset):
 
     def batch(self, step: int) -> dict[str, torch.Tensor]:
         """This process's batch at ``step`` (see :func:`collate`)."""
-        rng = step_rng(Stream.MASK_CHOICE, self.config.seed, step, self.rank)
-        size = self.config.input_size(step, self.img_size)
-        prepared = [
-            prepare_sample(
-                self.dataset[i],
-                size,
-                rng,
-                max_masks=self.config.max_masks_per_image,
-                max_mask_fraction=self.config.max_mask_fraction,
-            )
-            for i in self.image_indices(step)
-        ]
-        return collate(prepared, size, self.pixel_mean, self.pixel_std)
+        cfg = self.config
+        rng = step_rng(Stream.MASK_CHOICE, cfg.seed, step, self.rank)
+        size = cfg.input_size(step, self.img_size)
+        limits = {"max_masks": cfg.max_masks_per_image, "max_mask_fraction": cfg.max_mask_fraction}
+        prepared, text = [], []
+        text_rng = step_rng(Stream.TEXT, cfg.seed, step, self.rank) if self.text else None
+        for i in self.image_indices(step):
+            sample = self.dataset[i]
+            keep = choose_masks(sample, rng, **limits)
+            prepared.append(prepare_sample(sample, size, rng, keep=keep, **limits))
+            if self.text is not None:
+                text.append(self.text.embeddings(self.dataset, i, sample, keep, text_rng))
+        return collate(prepared, size, self.pixel_mean, self.pixel_std, text if self.text else None)
 
     def __iter__(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         info = torch.utils.data.get_worker_info()

@@ -7,6 +7,11 @@ previous low-res logits back as the mask prompt. A single point asks for the thr
 ambiguity-aware masks (the min-loss one is trained; the one with the highest predicted IoU is
 passed on to the next round, as in the paper, unless ``next_mask = "min_loss"``); more than one
 prompt uses the single-mask token. Every round's loss counts (mean over rounds).
+
+With ``text_prompts`` (the paper's App. D.5), a mask that has a text embedding in the batch
+starts, with probability ``text_probability``, from that embedding alone instead of a point or
+box; it is decoded like a single point (three masks) and keeps its text token in every later
+round, beside the corrective clicks.
 """
 
 from __future__ import annotations
@@ -54,16 +59,17 @@ class _StepInputs:
 
 @dataclass
 class _PromptGroup:
-    """The masks of a step whose first prompt is of one kind (points or boxes): their prompts
-    so far and what their last round produced, updated round after round (``n`` masks, input
-    frame ``S x S``).
+    """The masks of a step whose first prompt is of one kind (points, boxes or text): their
+    prompts so far and what their last round produced, updated round after round (``n`` masks,
+    input frame ``S x S``).
 
     Attributes:
         rows: ``(n,)`` int64 rows of the group's masks among the step's masks.
         is_box: whether the first prompt is a box.
         box: ``(n, 4)`` float XYXY noisy boxes (box groups), else None.
+        text: ``(n, D)`` float32 text embeddings (text groups), else None.
         points: ``(n, k, 2)`` float (x, y) and ``(n, k)`` int64 labels of the ``k`` points so
-            far, or None (a box group before its first click).
+            far, or None (a box or text group before its first click).
         logits: ``(n, 1, h, w)`` low-res logits of the mask passed on (detached, see
             ``next_mask``): the next round's mask prompt. None before the first round.
         pred: ``(n, S, S)`` bool, that mask binarized in the input frame: the region the next
@@ -75,6 +81,7 @@ class _PromptGroup:
     rows: torch.Tensor
     is_box: bool
     box: torch.Tensor | None = None
+    text: torch.Tensor | None = None
     points: tuple[torch.Tensor, torch.Tensor] | None = None
     logits: torch.Tensor | None = None
     pred: torch.Tensor | None = None
@@ -129,6 +136,12 @@ class InteractiveSam(nn.Module):
         scale = sam.image_encoder.img_size / images.shape[-1]
         emb = emb.float()
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
+        use_text = None
+        if cfg.text_prompts:
+            if "text" not in batch:
+                raise ValueError("text_prompts needs batches with 'text' and 'has_text'")
+            has = batch["has_text"].to(dev)
+            use_text = has & (torch.rand(n, generator=gen, device=dev) < cfg.text_probability)
         skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
         graded = clicks.gradient_rounds(n_rounds, cfg.grad_rounds, gen)
         step = _StepInputs(
@@ -142,6 +155,8 @@ class InteractiveSam(nn.Module):
             scale=scale,
         )
         groups = self._first_prompts(use_box, step)
+        if use_text is not None:
+            groups = self._with_text(groups, use_text, batch["text"].to(dev).float())
 
         loss: torch.Tensor | float = 0.0
         terms = dict.fromkeys(_LOSS_TERMS, 0.0)
@@ -193,6 +208,32 @@ class InteractiveSam(nn.Module):
             groups.append(g)
         return groups
 
+    @staticmethod
+    def _with_text(
+        groups: list[_PromptGroup], use_text: torch.Tensor, text: torch.Tensor
+    ) -> list[_PromptGroup]:
+        """Move the masks in ``use_text`` out of the point and box groups into a text group
+        whose first prompt is their ``(N, D)`` embedding row alone."""
+        if not bool(use_text.any()):
+            return groups
+        out = []
+        for g in groups:
+            keep = ~use_text[g.rows]
+            if bool(keep.all()):
+                out.append(g)
+                continue
+            if not bool(keep.any()):
+                continue
+            g.rows = g.rows[keep]
+            if g.box is not None:
+                g.box = g.box[keep]
+            if g.points is not None:
+                g.points = (g.points[0][keep], g.points[1][keep])
+            out.append(g)
+        rows = torch.nonzero(use_text)[:, 0]
+        out.append(_PromptGroup(rows=rows, is_box=False, text=text[rows]))
+        return out
+
     def _round(self, r: int, g: _PromptGroup, step: _StepInputs) -> None:
         """Round ``r`` of group ``g``: add its click (rounds after the first that are not in
         ``step.skip``), decode with the previous low-res logits as mask prompt, and store the
@@ -216,7 +257,10 @@ class InteractiveSam(nn.Module):
             if box is not None:
                 box = clicks.rescale_coords(box, step.scale)
         emb = step.emb
-        sparse, dense = sam.prompt_encoder(points, box, mask_in)
+        if g.text is None:
+            sparse, dense = sam.prompt_encoder(points, box, mask_in)
+        else:
+            sparse, dense = sam.prompt_encoder(points, box, mask_in, text=g.text)
         if dense.shape[-2:] != emb.shape[-2:]:  # the no-mask embedding is constant: crop it
             dense = dense[..., : emb.shape[-2], : emb.shape[-1]]
         multimask = r == 0 and not g.is_box

@@ -4,6 +4,7 @@ learning-rate schedule."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,22 +13,53 @@ from torch import nn
 
 from ..build import build_sam_model
 from ..checkpoint import infer_config, load_into, read_state_dict
-from ..config import get_config
+from ..config import SamConfig, get_config
 from ..modeling import Sam
 from .config import TrainConfig
 from .seeds import INIT_SEED
 
+#: State-dict prefixes of the prompt encoder's text path (absent from models without one).
+TEXT_PARAM_PREFIXES = ("prompt_encoder.text_projection.", "prompt_encoder.text_embed.")
 
-def build_training_model(config: TrainConfig) -> Sam:
+
+def _with_text_path(arch: SamConfig, text_embed_dim: int | None, source: str) -> SamConfig:
+    """``arch`` with a text path of width ``text_embed_dim`` (None: unchanged)."""
+    if text_embed_dim is None:
+        return arch
+    have = arch.prompt_encoder.text_embed_dim
+    if have is not None and have != text_embed_dim:
+        raise ValueError(
+            f"{source} has a text path for {have}-dim embeddings but the text encoder gives "
+            f"{text_embed_dim}-dim ones; use a matching text_encoder or another init"
+        )
+    pe = dataclasses.replace(arch.prompt_encoder, text_embed_dim=text_embed_dim)
+    return dataclasses.replace(arch, prompt_encoder=pe)
+
+
+def build_training_model(config: TrainConfig, text_embed_dim: int | None = None) -> Sam:
     """The model to train: ``config.init`` loaded strictly (fine-tuning; architecture inferred)
     or a fresh ``config.model`` with ViT-style initialisation; frozen parts set, drop-path and
-    gradient checkpointing applied. fp32 master weights, train mode."""
+    gradient checkpointing applied. fp32 master weights, train mode.
+
+    With ``config.text_prompts`` the model gets a text path for ``text_embed_dim``-dim
+    embeddings (default: read from ``config.text_encoder``); an ``init`` without one keeps all
+    its weights and starts the text path fresh."""
+    if config.text_prompts and text_embed_dim is None:
+        from .text import load_training_text_encoder
+
+        text_embed_dim = int(load_training_text_encoder(config).embed_dim)
+    if not config.text_prompts:
+        text_embed_dim = None
     if config.init:
         sd = read_state_dict(config.init)
-        sam = build_sam_model(infer_config(sd, name=Path(config.init).stem))
-        load_into(sam, sd, source=config.init)
+        arch = _with_text_path(
+            infer_config(sd, name=Path(config.init).stem), text_embed_dim, config.init
+        )
+        sam = build_sam_model(arch)
+        fresh = {k: v for k, v in sam.state_dict().items() if k.startswith(TEXT_PARAM_PREFIXES)}
+        load_into(sam, {**fresh, **sd}, source=config.init)
     else:
-        sam = build_sam_model(get_config(config.model))
+        sam = build_sam_model(_with_text_path(get_config(config.model), text_embed_dim, "model"))
         _init_weights(sam)
     for part, frozen in (
         (sam.image_encoder, config.freeze_image_encoder),

@@ -11,7 +11,9 @@ never share draws:
   (:func:`~segany.train.data.prepare_sample`);
 * ``PROMPTS`` (a ``torch.Generator``): first prompts, corrective clicks, and which rounds add no
   point or carry gradients (:class:`~segany.train.engine.InteractiveSam`);
-* ``DROP_PATH`` (the global torch RNG, re-seeded every step): the stochastic-depth masks.
+* ``DROP_PATH`` (the global torch RNG, re-seeded every step): the stochastic-depth masks;
+* ``TEXT`` (numpy): region crops and caption choices of text prompts
+  (:mod:`segany.train.text`).
 
 The derivations are part of a run's definition: changing one changes the result of every run.
 The from-scratch initialisation (:func:`~segany.train.model.build_training_model`) draws from
@@ -37,12 +39,14 @@ class Stream(enum.Enum):
     MASK_CHOICE = "mask_choice"
     PROMPTS = "prompts"
     DROP_PATH = "drop_path"
+    TEXT = "text"
 
 
 # torch streams: the integer seed ``seed * A + step * B + rank``.
 _TORCH_FACTORS = {Stream.PROMPTS: (7919, 101), Stream.DROP_PATH: (1_000_003, 1009)}
 # numpy streams: a SeedSequence entropy made of these fields (and a tag that sets it apart).
 _MASK_CHOICE_TAG = 1
+_TEXT_TAG = 2
 
 
 def step_seed(stream: Stream, seed: int, step: int, rank: int = 0) -> int:
@@ -56,10 +60,12 @@ def step_seed(stream: Stream, seed: int, step: int, rank: int = 0) -> int:
 
 def step_rng(stream: Stream, seed: int, step: int, rank: int = 0) -> np.random.Generator:
     """A numpy generator for the stream ``stream`` of a run seeded ``seed``: ``MASK_CHOICE`` at
-    ``step`` on process ``rank``, or ``IMAGE_ORDER`` of epoch ``step`` (every process alike,
-    ``rank`` unused)."""
+    ``step`` on process ``rank`` (``TEXT`` likewise), or ``IMAGE_ORDER`` of epoch ``step``
+    (every process alike, ``rank`` unused)."""
     if stream is Stream.MASK_CHOICE:
         return np.random.default_rng([seed, step, rank, _MASK_CHOICE_TAG])
+    if stream is Stream.TEXT:
+        return np.random.default_rng([seed, step, rank, _TEXT_TAG])
     if stream is Stream.IMAGE_ORDER:
         return np.random.default_rng([seed, step])
     raise ValueError(f"{stream} is a torch stream: use step_seed")

@@ -53,6 +53,7 @@ from .outputs import (
     save_state_dict,
 )
 from .seeds import Stream, step_seed
+from .text import TextPrompts, load_training_text_encoder
 from .validate import BEST_MODEL_NAME, VAL_LOG_NAME, validation_record, validation_sums
 
 LOG_NAME = "log.jsonl"
@@ -223,8 +224,11 @@ def _resume(files: RunFiles, sam: Sam, opt: torch.optim.Optimizer) -> tuple[int,
     return int(state["step"]), float(state.get("elapsed_s", 0.0))
 
 
-def _batches(config: TrainConfig, sam: Sam, start: int, proc: _Process) -> Any:
-    """The loader of this process's ``(step, batch)`` from ``start`` on."""
+def _batches(
+    config: TrainConfig, sam: Sam, start: int, proc: _Process, text: TextPrompts | None
+) -> Any:
+    """The loader of this process's ``(step, batch)`` from ``start`` on (with per-mask text
+    embeddings from ``text``, if given)."""
     stream = StepBatches(
         open_training_data(config.data),
         config,
@@ -234,6 +238,7 @@ def _batches(config: TrainConfig, sam: Sam, start: int, proc: _Process) -> Any:
         start_step=start,
         rank=proc.rank,
         world_size=proc.world,
+        text=text,
     )
     return torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=config.num_workers, persistent_workers=False
@@ -272,12 +277,15 @@ def _set_up(
     if proc.rank == 0:
         files.checkpoints.mkdir(parents=True, exist_ok=True)
         write_json_atomic(files.config, config.to_dict(), indent=2, newline=True)
-    sam = build_training_model(config).to(proc.device)
+    text = None
+    if config.text_prompts:
+        text = TextPrompts(load_training_text_encoder(config), config.text_source)
+    sam = build_training_model(config, text.embed_dim if text else None).to(proc.device)
     module = InteractiveSam(sam, config).to(proc.device)
     opt = build_optimizer(sam, config, proc.device)
     start, elapsed = _resume(files, sam, opt) if resume else (0, 0.0)
     model = _distribute(module, proc)
-    loader = _batches(config, sam, start, proc)
+    loader = _batches(config, sam, start, proc, text)
     amp = _autocast_dtype(config, proc.device)
     end = config.steps if max_steps is None else min(config.steps, start + max_steps)
     bar = _progress_bar(config, start) if progress and proc.rank == 0 else None
