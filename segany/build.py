@@ -50,6 +50,7 @@ def build_sam_model(config: SamConfig) -> Sam:
             image_embedding_size=(grid, grid),
             input_image_size=(enc.img_size, enc.img_size),
             mask_in_chans=config.prompt_encoder.mask_in_chans,
+            text_embed_dim=config.prompt_encoder.text_embed_dim,
         ),
         mask_decoder=MaskDecoder(
             transformer_dim=dim,

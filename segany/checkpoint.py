@@ -78,6 +78,10 @@ def _count(sd: StateDict, pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := rx.match(k))})
 
 
+#: The key whose presence marks a checkpoint with a text path (its width is ``shape[1]``).
+TEXT_PROJECTION_KEY = "prompt_encoder.text_projection.weight"
+
+
 def infer_config(state_dict: StateDict, name: str = "custom") -> SamConfig:
     """Recover the :class:`SamConfig` of an official-format SAM state dict.
 
@@ -146,7 +150,10 @@ def infer_config(state_dict: StateDict, name: str = "custom") -> SamConfig:
         ),
         prompt_embed_dim=out_chans,
         prompt_encoder=PromptEncoderConfig(
-            mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0]
+            mask_in_chans=sd["prompt_encoder.mask_downscaling.3.weight"].shape[0],
+            text_embed_dim=(
+                int(sd[TEXT_PROJECTION_KEY].shape[1]) if TEXT_PROJECTION_KEY in sd else None
+            ),
         ),
         mask_decoder=MaskDecoderConfig(
             num_multimask_outputs=sd[dec + "mask_tokens.weight"].shape[0] - 1,

@@ -40,9 +40,17 @@ class ImageEncoderConfig:
 
 @dataclass(frozen=True)
 class PromptEncoderConfig:
-    """Prompt encoder: ``mask_in_chans`` channels in the mask-downscaling CNN."""
+    """Prompt encoder: ``mask_in_chans`` channels in the mask-downscaling CNN;
+    ``text_embed_dim`` the width of text/region embeddings of the optional text path (None:
+    none, as in the official models)."""
 
     mask_in_chans: int = 16
+    text_embed_dim: int | None = None
+
+    def __post_init__(self) -> None:
+        t = self.text_embed_dim
+        if t is not None and (isinstance(t, bool) or not isinstance(t, int) or t <= 0):
+            raise ValueError(f"text_embed_dim must be a positive int or None; got {t!r}")
 
 
 @dataclass(frozen=True)

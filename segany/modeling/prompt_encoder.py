@@ -6,6 +6,11 @@ corner at integer coordinates; the encoder adds 0.5 to move to pixel centres.
 
 Point labels: ``1`` foreground, ``0`` background, ``-1`` padding (not-a-point), ``2``/``3`` top-left
 and bottom-right box corners (as in the official ONNX decoder interface).
+
+Text prompts (the paper's §7.5 / App. D.5, optional): with ``text_embed_dim`` set, a CLIP-style
+embedding ``(B, D)`` — of a region in training, of a phrase at inference — becomes one more
+sparse token, ``text_projection(t / ‖t‖) + text_embed``, placed before the point and box tokens.
+Without it the module, its state dict and its outputs are exactly the official ones.
 """
 
 from __future__ import annotations
@@ -61,6 +66,9 @@ class PromptEncoder(nn.Module):
         image_embedding_size: ``(H, W)`` of the image embedding grid (64x64 at 1024 px).
         input_image_size: ``(H, W)`` of the padded model input (1024x1024).
         mask_in_chans: hidden channels of the mask-downscaling CNN.
+        text_embed_dim: width ``D`` of text/region embeddings, or None (no text path: the
+            official module). When set, ``text_projection`` (Linear D -> embed_dim) and
+            ``text_embed`` (the learned type embedding, ``(1, embed_dim)``) are added.
     """
 
     def __init__(
@@ -71,8 +79,17 @@ class PromptEncoder(nn.Module):
         input_image_size: tuple[int, int],
         mask_in_chans: int,
         activation: type[nn.Module] = nn.GELU,
+        text_embed_dim: int | None = None,
     ) -> None:
         super().__init__()
+        if text_embed_dim is not None and (
+            isinstance(text_embed_dim, bool)
+            or not isinstance(text_embed_dim, int)
+            or text_embed_dim <= 0
+        ):
+            raise ValueError(
+                f"text_embed_dim must be a positive int or None; got {text_embed_dim!r}"
+            )
         self.embed_dim = embed_dim
         self.input_image_size = input_image_size
         self.image_embedding_size = image_embedding_size
@@ -93,6 +110,31 @@ class PromptEncoder(nn.Module):
             nn.Conv2d(mask_in_chans, embed_dim, kernel_size=1),
         )
         self.no_mask_embed = nn.Embedding(1, embed_dim)
+        self.text_embed_dim = text_embed_dim
+        if text_embed_dim is not None:
+            self.text_projection = nn.Linear(text_embed_dim, embed_dim)
+            self.text_embed = nn.Embedding(1, embed_dim)
+
+    @property
+    def has_text(self) -> bool:
+        """Whether this encoder has the text path (accepts ``text=`` in :meth:`forward`)."""
+        return self.text_embed_dim is not None
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` text/region embeddings -> ``(B, 1, C)`` sparse tokens: the projection of
+        the ℓ2-normalised embedding plus the text type embedding."""
+        if not self.has_text:
+            raise ValueError(
+                "this model has no text path (prompt_encoder.text_embed_dim is None): train or "
+                "load a model with text weights to use text prompts"
+            )
+        if text.ndim != 2 or text.shape[1] != self.text_embed_dim:
+            raise ValueError(
+                f"text embeddings must be (B, {self.text_embed_dim}); got {tuple(text.shape)}"
+            )
+        w = self.text_projection.weight
+        t = nn.functional.normalize(text.to(w.dtype), dim=-1)
+        return (self.text_projection(t) + self.text_embed.weight)[:, None, :]
 
     def get_dense_pe(self) -> torch.Tensor:
         """Positional encoding of the image embedding grid, ``(1, C, H, W)``."""
@@ -122,6 +164,7 @@ class PromptEncoder(nn.Module):
         points: tuple[torch.Tensor, torch.Tensor] | None,
         boxes: torch.Tensor | None,
         masks: torch.Tensor | None,
+        text: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Embed prompts.
 
@@ -129,10 +172,23 @@ class PromptEncoder(nn.Module):
             points: ``(coords (B, N, 2) float, labels (B, N) int)`` or None.
             boxes: ``(B, 4)`` XYXY or None.
             masks: ``(B, 1, 4*He, 4*We)`` low-res mask logits or None.
+            text: ``(B, D)`` float text/region embeddings (normalised here) or None; needs the
+                text path (``text_embed_dim``).
 
         Returns:
-            sparse ``(B, N', C)`` and dense ``(B, C, He, We)`` embeddings.
+            sparse ``(B, N', C)`` (the text token first when given) and dense
+            ``(B, C, He, We)`` embeddings.
         """
+        if text is not None:
+            text_tokens = self.embed_text(text)
+            bs = text.shape[0]
+            for other, what in (
+                (points and points[0], "points"),
+                (boxes, "boxes"),
+                (masks, "masks"),
+            ):
+                if other is not None and other.shape[0] != bs:
+                    raise ValueError(f"text has {bs} prompt set(s) but {what} has {other.shape[0]}")
         if points is not None:
             bs = points[0].shape[0]
         elif boxes is not None:
@@ -141,8 +197,12 @@ class PromptEncoder(nn.Module):
             bs = masks.shape[0]
         else:
             bs = 1
+        if text is not None:
+            bs = text.shape[0]
         weight = self.no_mask_embed.weight
         sparse = weight.new_empty((bs, 0, self.embed_dim))
+        if text is not None:
+            sparse = text_tokens.to(sparse.dtype)
         if points is not None:
             coords, labels = points
             sparse = torch.cat([sparse, self._embed_points(coords, labels, boxes is None)], dim=1)
