@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -104,6 +107,14 @@ def test_crop_region_downsamples_by_area():
     np.testing.assert_array_equal(crop[1, 0], [200, 200, 200])
     np.testing.assert_array_equal(crop[1, 1], [0, 0, 0])
     assert crop_mask.all()
+
+
+def test_crop_region_keeps_a_thin_mask():
+    image = np.full((200, 200, 3), 255, np.uint8)
+    mask = np.eye(200, dtype=bool)  # a one-pixel diagonal line, 1/25 of each crop pixel
+    crop, crop_mask = crop_region(image, mask, size=8, scale=1.0, zero_outside=True)
+    assert crop_mask.any() and crop_mask[0, 0] and crop_mask[7, 7] and not crop_mask[0, 7]
+    assert (crop[crop_mask] > 0).all() and (crop[~crop_mask] == 0).all()
 
 
 def test_crop_region_bad_inputs():
@@ -337,6 +348,11 @@ def test_save_load_round_trip(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="not a safetensors file"):
         load_small_clip(tmp_path / "junk.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors", metadata={"format": "x"})
+    with pytest.raises(ValueError, match="not a small CLIP file"):
+        load_small_clip(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="must be a SmallClip"):
         save_small_clip(torch.nn.Linear(2, 2), path)
 
@@ -369,3 +385,17 @@ def test_training_bad_inputs():
         train_small_clip(_pairs_fn, config=TINY, steps=0, batch_size=4, lr=1e-3, seed=0)
     with pytest.raises(ValueError, match="no pairs"):
         train_small_clip(lambda s, r: [], config=TINY, steps=1, batch_size=4, lr=1e-3, seed=0)
+
+
+def test_import_layering():
+    """segany.text imports neither the predictor, training nor the CLI, and open_clip only when
+    an OpenClipEncoder is built."""
+    code = (
+        "import sys, segany.text\n"
+        "bad = [m for m in sys.modules if m.split('.')[:2] in "
+        "(['segany', 'predictor'], ['segany', 'train'], ['segany', 'cli']) or m == 'open_clip']\n"
+        "assert not bad, bad\n"
+        "segany.text.OpenClipEncoder\n"
+        "assert 'open_clip' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

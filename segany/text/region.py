@@ -192,7 +192,8 @@ def crop_region(
     ``image`` is ``(H, W, 3)`` uint8 RGB, ``mask`` ``(H, W)`` bool and non-empty. Returns
     ``(crop (size, size, 3) uint8, crop_mask (size, size) bool)``: pixels of the box outside the
     image are 0 in both; ``crop_mask`` is the mask resampled the same way (as 0/255) and
-    thresholded at half. With ``zero_outside`` the crop's pixels outside ``crop_mask`` are 0.
+    thresholded at half, or at any coverage where half would leave it empty (a thin mask, a
+    one-pixel line, shrunk to less than half a crop pixel everywhere). With ``zero_outside`` the crop's pixels outside ``crop_mask`` are 0.
     See :func:`_resample` for the sampling.
     """
     validate_image(image)
@@ -203,7 +204,10 @@ def crop_region(
         raise ValueError(f"size must be a positive int, got {size!r}")
     box = region_box(mask, scale)
     crop = _resample(image, box, size)
-    crop_mask = _resample(mask.astype(np.uint8) * 255, box, size) >= 128
+    coverage = _resample(mask.astype(np.uint8) * 255, box, size)
+    crop_mask = coverage >= 128
+    if not crop_mask.any():  # a thin mask shrunk below half a pixel everywhere
+        crop_mask = coverage > 0
     if zero_outside:
         crop = np.where(crop_mask[..., None], crop, 0).astype(np.uint8)
     return crop, crop_mask

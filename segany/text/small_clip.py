@@ -435,7 +435,11 @@ def load_small_clip(path: str | os.PathLike, *, device: str | torch.device = "cp
             f"{path} has small CLIP format version {metadata.get('format_version')!r}; "
             f"this segany reads version {_FORMAT_VERSION}"
         )
-    model = SmallClip(SmallClipConfig.from_json(metadata["config"]))
+    try:
+        config = SmallClipConfig.from_json(metadata["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path} has no readable small CLIP config: {e}") from None
+    model = SmallClip(config)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise ValueError(
