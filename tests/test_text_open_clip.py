@@ -40,7 +40,7 @@ def test_tiny_open_clip_shapes_and_preprocessing():
     encoder = _tiny()
     assert isinstance(encoder, TextEncoder)
     assert encoder.embed_dim == 24 and encoder.image_size == 32
-    assert encoder.crop == RegionCropConfig(size=32, zero_outside_inference=True)
+    assert encoder.crop == RegionCropConfig(size=32) and encoder.masked_attention
     assert encoder.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073))
     _check_rows(encoder.encode_text(["a red square", "a dog", "x"]), (3, 24))
     image, masks = _image_and_masks()
@@ -56,6 +56,63 @@ def test_tiny_open_clip_shapes_and_preprocessing():
         atol=1e-5,
         rtol=1e-4,
     )
+
+
+def _crops(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    crops = np.random.default_rng(seed).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    crop_masks = np.zeros((2, 32, 32), bool)
+    crop_masks[0, :, :16] = True  # the left two patch columns of the 4 x 4 grid
+    crop_masks[1, 9:11, 9:11] = True  # inside patch (1, 1) only
+    return crops, crop_masks
+
+
+def test_masked_attention_patches_and_full_mask():
+    encoder = _tiny()
+    _, crop_masks = _crops()
+    inside = encoder.patch_mask(torch.from_numpy(crop_masks))
+    grid = inside.reshape(2, 4, 4)
+    assert grid[0, :, :2].all() and not grid[0, :, 2:].any()
+    assert grid[1].sum() == 1 and grid[1, 1, 1]
+    # A mask over the whole crop leaves the attention as it is: open_clip's own encode_image.
+    crops, _ = _crops()
+    full = np.ones((2, 32, 32), bool)
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(encoder.mean)[:, None, None]) / torch.tensor(encoder.std)[:, None, None]
+    with torch.no_grad():
+        expected = encoder.model.encode_image(x, normalize=True)
+        torch.testing.assert_close(encoder._encode_crops(crops, full), expected)
+        masked = encoder._encode_crops(crops, crop_masks)
+    assert not torch.allclose(masked, expected, atol=1e-3)
+
+
+def test_masked_attention_ignores_patches_outside_the_mask_in_a_one_layer_vit():
+    overrides = {**TINY_OVERRIDES, "vision_cfg": {**TINY_OVERRIDES["vision_cfg"], "layers": 1}}
+    torch.manual_seed(0)
+    encoder = OpenClipEncoder(model_overrides=overrides)
+    crops, crop_masks = _crops()
+    changed = crops.copy()
+    changed[0, :, 16:] = 255 - changed[0, :, 16:]  # right half: outside mask 0's patches
+    changed[1, 20:] = 0  # rows of patches outside mask 1's
+    with torch.no_grad():
+        a = encoder._encode_crops(crops, crop_masks)
+        b = encoder._encode_crops(changed, crop_masks)
+    torch.testing.assert_close(a, b)
+    unmasked = OpenClipEncoder(model_overrides=overrides, masked_attention=False)
+    with torch.no_grad():
+        assert not torch.allclose(
+            unmasked._encode_crops(crops, crop_masks), unmasked._encode_crops(changed, crop_masks)
+        )
+
+
+def test_without_masked_attention_the_crop_is_zeroed_outside_the_mask():
+    encoder = _tiny(masked_attention=False)
+    assert encoder.crop == RegionCropConfig(size=32, zero_outside_inference=True)
+    image, masks = _image_and_masks()
+    _check_rows(encoder.encode_regions(image, masks), (3, 24))
+    avg = {**TINY_OVERRIDES, "vision_cfg": {**TINY_OVERRIDES["vision_cfg"], "pool_type": "avg"}}
+    with pytest.raises(ValueError, match="masked_attention=False"):
+        OpenClipEncoder(model_overrides=avg)
+    OpenClipEncoder(model_overrides=avg, masked_attention=False)
 
 
 def test_tiny_open_clip_loads_a_local_checkpoint(tmp_path):

@@ -8,13 +8,17 @@ the weights random (for tests).
 
 Texts use open_clip's own tokenizer for the model (its BPE vocabulary ships inside the wheel, so
 this works offline). Regions use :func:`~segany.text.region.crop_region` at the model's input
-size, normalised with the model's preprocessing mean and std, then the CLIP image encoder.
+size, normalised with the model's preprocessing mean and std, then the CLIP image encoder. The
+crop is resampled bilinearly (area when shrinking), not with open_clip's bicubic resize.
 
-The paper lets the image encoder's region token attend only inside the mask. open_clip's ViT
-has no hook for that without changing its modules, so here the region's pixels outside the mask
-are zeroed instead: the default crop config sets ``zero_outside_inference=True`` (training still
-zeroes with probability ``zero_outside_probability``). The crop is resampled bilinearly (area
-when shrinking), not with open_clip's bicubic resize.
+The paper lets the image encoder's class token attend only inside the mask in the last layer.
+With ``masked_attention=True`` (the default) that is done here for open_clip's plain
+``VisionTransformer`` with class-token pooling (the ViT-L/14 family): the layers run one by one,
+and in the last one the class token's attention to the patch tokens is restricted to the patches
+that hold part of the crop mask (earlier layers are unmasked). Other vision towers need
+``masked_attention=False``: then the region's pixels outside the mask are zeroed instead (the
+default crop config sets ``zero_outside_inference=True`` in that case; training zeroes with
+probability ``zero_outside_probability`` either way).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .encoder import TextEncoder
 from .region import RegionCropConfig
@@ -55,8 +60,10 @@ class OpenClipEncoder(TextEncoder):
       ``vision_cfg``, ``text_cfg``, ...; each replaces the whole entry), e.g. a tiny model for
       tests.
     * ``device``: where the model runs; embeddings are returned on the CPU.
+    * ``masked_attention``: restrict the class token's last-layer attention to the mask's
+      patches (see the module docstring); ValueError where the vision tower does not allow it.
     * ``crop``: the region crop; its ``size`` must be the model's input size. Default
-      ``RegionCropConfig(size=input size, zero_outside_inference=True)``.
+      ``RegionCropConfig(size=input size, zero_outside_inference=not masked_attention)``.
 
     Attributes: ``model`` (the open_clip model, in eval mode), ``tokenizer``, ``embed_dim``,
     ``image_size``, ``mean`` and ``std`` (RGB, of pixel values in [0, 1]).
@@ -69,6 +76,7 @@ class OpenClipEncoder(TextEncoder):
         pretrained: str | os.PathLike | None = None,
         model_overrides: Mapping[str, Any] | None = None,
         device: str | torch.device = "cpu",
+        masked_attention: bool = True,
         crop: RegionCropConfig | None = None,
     ) -> None:
         open_clip = _import_open_clip()
@@ -102,8 +110,21 @@ class OpenClipEncoder(TextEncoder):
         self.image_size = int(height)
         self.mean = tuple(float(v) for v in preprocess["mean"])
         self.std = tuple(float(v) for v in preprocess["std"])
+        visual = self.model.visual
+        if masked_attention and not (
+            isinstance(visual, open_clip.transformer.VisionTransformer)
+            and getattr(visual, "attn_pool", None) is None
+            and visual.pool_type == "tok"
+        ):
+            raise ValueError(
+                f"{model_name}'s vision tower ({type(visual).__name__}) has no class-token "
+                "attention to mask; use masked_attention=False (pixels outside the mask zeroed)"
+            )
+        self.masked_attention = bool(masked_attention)
         if crop is None:
-            crop = RegionCropConfig(size=self.image_size, zero_outside_inference=True)
+            crop = RegionCropConfig(
+                size=self.image_size, zero_outside_inference=not masked_attention
+            )
         elif crop.size != self.image_size:
             raise ValueError(f"crop.size {crop.size} must equal the model's input size {height}")
         self.crop = crop
@@ -121,4 +142,39 @@ class OpenClipEncoder(TextEncoder):
         mean = torch.tensor(self.mean, device=self.device)[:, None, None]
         std = torch.tensor(self.std, device=self.device)[:, None, None]
         x = ((x - mean) / std).to(self._dtype())
-        return self.model.encode_image(x, normalize=True)
+        if not self.masked_attention:
+            return self.model.encode_image(x, normalize=True)
+        masks = torch.from_numpy(np.ascontiguousarray(crop_masks)).to(self.device)
+        return self._encode_masked(x, masks)
+
+    def patch_mask(self, crop_masks: torch.Tensor) -> torch.Tensor:
+        """``(K, g*g)`` bool: the patches (row-major, as the ViT's tokens) holding part of each
+        of ``crop_masks (K, S, S) bool``; a mask that holds no patch keeps them all."""
+        grid = self.model.visual.grid_size
+        cover = F.interpolate(crop_masks[:, None].float(), size=grid, mode="area")
+        inside = cover.flatten(1) > 0
+        return inside | ~inside.any(dim=1, keepdim=True)
+
+    def _encode_masked(self, x: torch.Tensor, crop_masks: torch.Tensor) -> torch.Tensor:
+        """The image encoder with the class token's last-layer attention inside the mask."""
+        visual = self.model.visual
+        transformer = visual.transformer
+        inside = self.patch_mask(crop_masks)  # (K, g*g)
+        k = inside.shape[0]
+        tokens = inside.shape[1] + 1
+        heads = transformer.resblocks[-1].attn.num_heads
+        attn_mask = torch.zeros(k, tokens, tokens, device=x.device, dtype=x.dtype)
+        attn_mask[:, 0, 1:] = torch.where(inside, 0.0, float("-inf")).to(x.dtype)
+        attn_mask = attn_mask.repeat_interleave(heads, dim=0)  # (K * heads, L, L)
+        h = visual._embeds(x)
+        if not transformer.batch_first:
+            h = h.transpose(0, 1)
+        for block in transformer.resblocks[:-1]:
+            h = block(h)
+        h = transformer.resblocks[-1](h, attn_mask=attn_mask)
+        if not transformer.batch_first:
+            h = h.transpose(0, 1)
+        pooled, _ = visual._pool(h)
+        if visual.proj is not None:
+            pooled = pooled @ visual.proj
+        return F.normalize(pooled, dim=-1)
