@@ -210,6 +210,10 @@ def test_contrastive_loss_hand_computed_and_duplicates():
     )
     with pytest.raises(ValueError, match=r"\(N, D\)"):
         contrastive_loss(torch.zeros(2, 3), torch.zeros(3, 3), scale)
+    with pytest.raises(ValueError, match="true diagonal"):
+        contrastive_loss(emb, emb, scale, positives=torch.zeros(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="SmallClipConfig"):
+        SmallClip({"embed_dim": 8})
 
 
 # --- the small CLIP ---------------------------------------------------------------------------

@@ -5,7 +5,8 @@
 * :mod:`.region`: the region crop (box expanded, squared, resampled) and masked pooling;
 * :mod:`.small_clip`: :class:`SmallClip`, a small CLIP-style pair of our own, trainable on a CPU;
 * :mod:`.open_clip_backend`: :class:`OpenClipEncoder`, an ``open_clip`` model (the paper's
-  ViT-L/14@336), needing the ``text`` extra. Imported lazily.
+  ViT-L/14@336) from a local checkpoint, with the class token's last-layer attention kept inside
+  the mask; needs the ``text`` extra. Imported lazily (open_clip only when one is built).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ this works offline). Regions use :func:`~segany.text.region.crop_region` at the 
 size, normalised with the model's preprocessing mean and std, then the CLIP image encoder. The
 crop is resampled bilinearly (area when shrinking), not with open_clip's bicubic resize.
 
-The paper lets the image encoder's class token attend only inside the mask in the last layer.
-With ``masked_attention=True`` (the default) that is done here for open_clip's plain
+The region's embedding should describe the mask, not its surroundings: the region token should
+attend only inside the mask. With ``masked_attention=True`` (the default) that is done for
+open_clip's plain
 ``VisionTransformer`` with class-token pooling (the ViT-L/14 family): the layers run one by one,
 and in the last one the class token's attention to the patch tokens is restricted to the patches
 that hold part of the crop mask (earlier layers are unmasked). Other vision towers need

@@ -225,6 +225,8 @@ class SmallClip(nn.Module, TextEncoder):
     """
 
     def __init__(self, config: SmallClipConfig) -> None:
+        if not isinstance(config, SmallClipConfig):
+            raise ValueError(f"config must be a SmallClipConfig, got {type(config).__name__}")
         super().__init__()
         self.config = config
         self.vocabulary = Vocabulary(config.words)
@@ -293,7 +295,11 @@ def contrastive_loss(
     n = region_emb.shape[0]
     if positives is None:
         positives = torch.eye(n, dtype=torch.bool)
-    if positives.shape != (n, n) or not bool(positives.diagonal().all()):
+    if (
+        positives.dtype != torch.bool
+        or positives.shape != (n, n)
+        or not bool(positives.diagonal().all())
+    ):
         raise ValueError(f"positives must be ({n}, {n}) bool with a true diagonal")
     positives = positives.to(region_emb.device)
     scale = logit_scale.clamp(max=math.log(100.0)).exp()
