@@ -13,10 +13,9 @@ crop is resampled bilinearly (area when shrinking), not with open_clip's bicubic
 
 The region's embedding should describe the mask, not its surroundings: the region token should
 attend only inside the mask. With ``masked_attention=True`` (the default) that is done for
-open_clip's plain
-``VisionTransformer`` with class-token pooling (the ViT-L/14 family): the layers run one by one,
-and in the last one the class token's attention to the patch tokens is restricted to the patches
-that hold part of the crop mask (earlier layers are unmasked). Other vision towers need
+open_clip's plain ``VisionTransformer`` with class-token pooling (the ViT-L/14 family): the
+layers run one by one, and in the last one the class token's attention to the patch tokens is
+restricted to the patches that hold part of the crop mask (earlier layers are unmasked). Other vision towers need
 ``masked_attention=False``: then the region's pixels outside the mask are zeroed instead (the
 default crop config sets ``zero_outside_inference=True`` in that case; training zeroes with
 probability ``zero_outside_probability`` either way).
