@@ -38,10 +38,18 @@ class SamPredictor:
 
     Args:
         sam_model: a :class:`segany.modeling.Sam` (any precision, any device).
+        text_encoder: what turns ``text=`` phrases into embeddings for a model with a text
+            path: any object with ``encode_text(list[str]) -> (N, D)`` float tensor (a
+            :class:`segany.text.TextEncoder`). Default: the one the model was loaded with
+            (``sam_model.text_encoder``, set by :func:`segany.load_model` for the bundled
+            model), if any.
     """
 
-    def __init__(self, sam_model: Sam) -> None:
+    def __init__(self, sam_model: Sam, text_encoder: Any = None) -> None:
         self.model = sam_model
+        self.text_encoder = (
+            text_encoder if text_encoder is not None else getattr(sam_model, "text_encoder", None)
+        )
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
         self.reset_image()
 
@@ -199,6 +207,9 @@ class SamPredictor:
         mask_input: Any = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        text: str | Sequence[str] | None = None,
+        text_embedding: Any = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks for the current image.
 
@@ -212,6 +223,12 @@ class SamPredictor:
                 ``(B, 1, 256, 256)``).
             multimask_output: return 3 masks for ambiguous prompts instead of 1.
             return_logits: return float logits instead of boolean masks.
+            text: a phrase naming the object (``"the red star"``), alone or with the other
+                prompts; a list of B phrases for B prompt sets. Needs a model with a text path
+                and a text encoder (see the class arguments). Text alone is ambiguous like a
+                single point: keep ``multimask_output`` and take the top-scored mask.
+            text_embedding: instead of ``text``, the ``(D,)`` (or ``(B, D)``) embedding
+                itself, e.g. a region embedding from the text encoder.
 
         Returns:
             ``masks (C, H, W)`` bool (or float logits), ``scores (C,)`` predicted IoU,
@@ -219,7 +236,8 @@ class SamPredictor:
             C is 3 with ``multimask_output`` else 1.
         """
         self._require_image(single=True)
-        sets, batched = self._parse_prompts(point_coords, point_labels, box, mask_input, 0)
+        emb = self._text_embedding(text, text_embedding)
+        sets, batched = self._parse_prompts(point_coords, point_labels, box, mask_input, 0, emb)
         masks, scores, low = self._predict_sets(0, sets, multimask_output, return_logits)
         if not batched:
             return masks[0], scores[0], low[0]
@@ -233,11 +251,16 @@ class SamPredictor:
         mask_input: Sequence[Any] | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        text: Sequence[Any] | None = None,
+        text_embeddings: Sequence[Any] | None = None,
     ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         """Predict for every image set by :meth:`set_image_batch`.
 
         Each argument is a list with one entry per image (or None); an entry takes any form
-        :meth:`predict` accepts. Returns one ``(masks, scores, low_res_logits)`` per image.
+        :meth:`predict` accepts (``text`` a phrase or list of phrases, ``text_embeddings`` an
+        embedding or ``(B, D)`` array). Returns one ``(masks, scores, low_res_logits)`` per
+        image.
         """
         self._require_image()
         n = len(self.original_sizes)
@@ -246,6 +269,8 @@ class SamPredictor:
             "point_labels": point_labels,
             "boxes": boxes,
             "mask_input": mask_input,
+            "text": text,
+            "text_embeddings": text_embeddings,
         }
         for name, value in args.items():
             if value is not None and len(value) != n:
@@ -259,6 +284,7 @@ class SamPredictor:
                 entry["boxes"],
                 entry["mask_input"],
                 i,
+                self._text_embedding(entry["text"], entry["text_embeddings"]),
             )
             m, s, lo = self._predict_sets(i, sets, multimask_output, return_logits)
             out.append((m, s, lo) if batched else (m[0], s[0], lo[0]))
@@ -274,6 +300,7 @@ class SamPredictor:
         multimask_output: bool = True,
         return_logits: bool = False,
         image_index: int = 0,
+        text_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched prediction with prompts already in the input frame (official API).
 
@@ -281,13 +308,20 @@ class SamPredictor:
             point_coords: ``(B, N, 2)`` float, input frame; point_labels ``(B, N)``.
             boxes: ``(B, 4)`` XYXY, input frame. mask_input: ``(B, 1, 256, 256)``.
             image_index: which image of a :meth:`set_image_batch` batch to prompt.
+            text_embedding: ``(B, D)`` float text/region embeddings (models with a text path).
 
         Returns:
             ``masks (B, C, H, W)`` (bool unless ``return_logits``), ``iou_predictions (B, C)``,
             ``low_res_masks (B, C, 256, 256)``; float32.
         """
         low_res, iou = self.predict_low_res(
-            point_coords, point_labels, boxes, mask_input, multimask_output, image_index
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            multimask_output,
+            image_index,
+            text_embedding=text_embedding,
         )
         masks = self.model.postprocess_masks(
             low_res, self.input_sizes[image_index], self.original_sizes[image_index]
@@ -305,6 +339,7 @@ class SamPredictor:
         mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         image_index: int = 0,
+        text_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The decoder alone: :meth:`predict_torch` without upscaling to the image.
 
@@ -312,7 +347,13 @@ class SamPredictor:
         float32. Prompts are in the input frame, as for :meth:`predict_torch`.
         """
         low_res, iou, _ = self._decode(
-            point_coords, point_labels, boxes, mask_input, multimask_output, image_index
+            point_coords,
+            point_labels,
+            boxes,
+            mask_input,
+            multimask_output,
+            image_index,
+            text_embedding=text_embedding,
         )
         return low_res, iou
 
@@ -347,18 +388,24 @@ class SamPredictor:
         multimask_output: bool,
         image_index: int,
         min_iou: float | None = None,
+        text_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Prompts in the input frame -> :meth:`MaskDecoder.decode` on image ``image_index``,
         float32. Without a mask prompt the prepared image is kept for the next calls."""
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels must be given with point_coords")
-        if point_coords is None and boxes is None and mask_input is None:
-            raise ValueError("give at least one prompt: point_coords, boxes or mask_input")
+        if point_coords is None and boxes is None and mask_input is None and text_embedding is None:
+            raise ValueError(
+                "give at least one prompt: point_coords, boxes, mask_input or text_embedding"
+            )
         model = self.model
         decoder = model.mask_decoder
         points = None if point_coords is None else (point_coords, point_labels)
-        sparse, dense = model.prompt_encoder(points, boxes, mask_input)
+        if text_embedding is None:
+            sparse, dense = model.prompt_encoder(points, boxes, mask_input)
+        else:
+            sparse, dense = model.prompt_encoder(points, boxes, mask_input, text=text_embedding)
         dtype = decoder.iou_token.weight.dtype
         if self._dense_pe is None or self._dense_pe.dtype != dtype:
             self._dense_pe = model.prompt_encoder.get_dense_pe().to(dtype)
@@ -382,17 +429,52 @@ class SamPredictor:
 
     # ------------------------------------------------------------------ helpers
     def _parse_prompts(
-        self, point_coords: Any, point_labels: Any, box: Any, mask_input: Any, image_index: int
+        self,
+        point_coords: Any,
+        point_labels: Any,
+        box: Any,
+        mask_input: Any,
+        image_index: int,
+        text_embedding: Any = None,
     ) -> tuple[list[PromptSet], bool]:
         """Validate prompts (original frame) and split them into prompt sets."""
+        pe = self.model.prompt_encoder
         return parse_prompts(
             point_coords,
             point_labels,
             box,
             mask_input,
             self.original_sizes[image_index],
-            self.model.prompt_encoder.mask_input_size,
+            pe.mask_input_size,
+            text_embedding=text_embedding,
+            text_dim=getattr(pe, "text_embed_dim", None),
         )
+
+    def _text_embedding(self, text: Any, text_embedding: Any) -> Any:
+        """The embedding(s) of ``text`` (a phrase or a list of phrases) from the text encoder,
+        or ``text_embedding`` as given; None when neither is."""
+        if text is None:
+            return text_embedding
+        if text_embedding is not None:
+            raise ValueError("give text or text_embedding, not both")
+        if getattr(self.model.prompt_encoder, "text_embed_dim", None) is None:
+            raise ValueError(
+                "this model has no text path: text prompts need a model trained with text "
+                "(e.g. the bundled segany_tiny, or one trained with text_prompts = true)"
+            )
+        if self.text_encoder is None:
+            raise ValueError(
+                "text needs a text encoder: SamPredictor(model, text_encoder=...) (see "
+                "segany.text), or pass text_embedding"
+            )
+        several = not isinstance(text, str)
+        phrases = list(text) if several else [text]
+        if not phrases or not all(isinstance(t, str) and t.strip() for t in phrases):
+            raise ValueError(f"text must be a non-empty phrase or a list of them; got {text!r}")
+        with torch.no_grad():
+            emb = self.text_encoder.encode_text(phrases)
+        emb = emb.detach().float().cpu().numpy()
+        return emb if several else emb[0]
 
     def _predict_sets(
         self, image_index: int, sets: list[PromptSet], multimask_output: bool, return_logits: bool
@@ -406,6 +488,7 @@ class SamPredictor:
                 None if s.coords is None else len(s.coords),
                 s.box is not None,
                 s.mask is not None,
+                s.text is not None,
             )
             groups.setdefault(key, []).append(i)
         results: list[Any] = [None] * len(sets)
@@ -414,7 +497,7 @@ class SamPredictor:
             for start in range(0, len(idx), DECODER_CHUNK):
                 chunk = [sets[i] for i in idx[start : start + DECODER_CHUNK]]
                 first = chunk[0]
-                coords = labels = boxes = masks = None
+                coords = labels = boxes = masks = text = None
                 if first.coords is not None:
                     coords = torch.as_tensor(
                         np.stack([self.transform.apply_coords(s.coords, size) for s in chunk]),
@@ -434,8 +517,17 @@ class SamPredictor:
                     masks = torch.as_tensor(
                         np.stack([s.mask for s in chunk]), dtype=torch.float, device=dev
                     )
+                if first.text is not None:
+                    text = torch.as_tensor(np.stack([s.text for s in chunk]), device=dev)
                 m, iou, low = self.predict_torch(
-                    coords, labels, boxes, masks, multimask_output, return_logits, image_index
+                    coords,
+                    labels,
+                    boxes,
+                    masks,
+                    multimask_output,
+                    return_logits,
+                    image_index,
+                    text_embedding=text,
                 )
                 m, iou, low = m.cpu().numpy(), iou.cpu().numpy(), low.cpu().numpy()
                 for j, i in enumerate(idx[start : start + DECODER_CHUNK]):

@@ -19,12 +19,13 @@ POINT_LABELS = (-1, 0, 1, 2, 3)
 @dataclass
 class PromptSet:
     """One prompt set in the original frame: ``coords (N, 2)``, ``labels (N,)``, ``box (4,)``,
-    ``mask (1, L, L)``; absent parts are None."""
+    ``mask (1, L, L)``, ``text (D,)`` float32 text embedding; absent parts are None."""
 
     coords: np.ndarray | None
     labels: np.ndarray | None
     box: np.ndarray | None
     mask: np.ndarray | None
+    text: np.ndarray | None = None
 
 
 def _numeric(value: Any, name: str, dtype: Any = np.float64) -> np.ndarray:
@@ -90,25 +91,46 @@ def parse_prompts(
     mask_input: Any,
     original_size: tuple[int, int],
     mask_size: tuple[int, int],
+    text_embedding: Any = None,
+    text_dim: int | None = None,
 ) -> tuple[list[PromptSet], bool]:
     """Validate prompts in the original frame (the rules of ``SamPredictor.predict``) and split
     them into prompt sets; also returns whether the caller asked for a batch (leading B axis in
-    the outputs). Raises ValueError with what is wrong and what is allowed."""
+    the outputs). ``text_embedding`` is ``(D,)`` or ``(B, D)`` for a model whose text path
+    takes ``text_dim``-wide embeddings (None: the model has none). Raises ValueError with what
+    is wrong and what is allowed."""
     h, w = original_size
     if point_coords is None and point_labels is not None:
         raise ValueError("point_labels given without point_coords")
     if point_coords is not None and point_labels is None:
         raise ValueError("point_coords given without point_labels")
-    if point_coords is None and box is None and mask_input is None:
-        raise ValueError("no prompt given: pass point_coords/point_labels, box, or mask_input")
+    if point_coords is None and box is None and mask_input is None and text_embedding is None:
+        raise ValueError("no prompt given: pass point_coords/point_labels, box, mask_input or text")
     parts: dict[str, list] = {}
     batched = False
+    if text_embedding is not None:
+        if text_dim is None:
+            raise ValueError(
+                "this model has no text path: text prompts need a model trained with text "
+                "(e.g. the bundled segany_tiny, or one trained with text_prompts = true)"
+            )
+        t = _numeric(text_embedding, "text_embedding", np.float32)
+        t = t[None] if t.ndim == 1 else t
+        if t.ndim != 2 or t.shape[1] != text_dim or len(t) == 0:
+            raise ValueError(
+                f"text_embedding must have shape ({text_dim},) or (B, {text_dim}); got "
+                f"{np.shape(text_embedding)}"
+            )
+        if not np.isfinite(t).all() or (np.linalg.norm(t, axis=1) == 0).any():
+            raise ValueError("text_embedding must be finite and non-zero")
+        parts["text"] = list(t)
+        batched = len(t) > 1
     if point_coords is not None:
         coords, labels, several = _split_points(point_coords, point_labels)
         for c, v in zip(coords, labels, strict=True):
             _check_points(c, v, h, w)
         parts["coords"], parts["labels"] = coords, labels
-        batched = several
+        batched = batched or several
     if box is not None:
         b = _numeric(box, "box")
         b = b[None] if b.ndim == 1 else b
@@ -139,7 +161,7 @@ def parse_prompts(
             raise ValueError("mask_input contains NaN or infinite values")
         parts["mask"] = list(m)
         batched = batched or len(m) > 1
-    sizes = [len(parts[k]) for k in ("coords", "box", "mask") if k in parts]
+    sizes = [len(parts[k]) for k in ("coords", "box", "mask", "text") if k in parts]
     n = max(sizes)
     if any(s not in (1, n) for s in sizes):
         raise ValueError(f"prompt batch sizes disagree: {sizes} (each must be 1 or {n})")
@@ -149,7 +171,9 @@ def parse_prompts(
         return None if values is None else values[i if len(values) > 1 else 0]
 
     sets = [
-        PromptSet(pick("coords", i), pick("labels", i), pick("box", i), pick("mask", i))
+        PromptSet(
+            pick("coords", i), pick("labels", i), pick("box", i), pick("mask", i), pick("text", i)
+        )
         for i in range(n)
     ]
     return sets, batched

@@ -74,7 +74,8 @@ class Sam(nn.Module):
         """Official batched interface: each dict holds ``image`` ``(3, h, w)`` already resized to
         the input frame, ``original_size`` ``(H, W)``, and optional ``point_coords`` ``(B, N, 2)``,
         ``point_labels`` ``(B, N)``, ``boxes`` ``(B, 4)``, ``mask_inputs`` ``(B, 1, 256, 256)`` in
-        the input frame. Returns per image ``masks`` (bool, original frame), ``iou_predictions``
+        the input frame, and (models with a text path) ``text_embedding`` ``(D,)`` or ``(B, D)``.
+        Returns per image ``masks`` (bool, original frame), ``iou_predictions``
         and ``low_res_logits``."""
         images = torch.stack([self.preprocess(x["image"][None])[0] for x in batched_input])
         embeddings = self.image_encoder(images.to(self.dtype))
@@ -83,8 +84,11 @@ class Sam(nn.Module):
             points = None
             if record.get("point_coords") is not None:
                 points = (record["point_coords"], record["point_labels"])
+            text = record.get("text_embedding")
+            if text is not None and text.ndim == 1:
+                text = text[None]
             sparse, dense = self.prompt_encoder(
-                points, record.get("boxes"), record.get("mask_inputs")
+                points, record.get("boxes"), record.get("mask_inputs"), text=text
             )
             low_res, iou = self.mask_decoder(
                 image_embeddings=emb[None],

@@ -1,0 +1,219 @@
+"""The prompt encoder's text path: absent means official, present but unused means unchanged,
+and a text prompt alone or with points goes through Sam, the checkpoint loader and the
+predictor (batched equals one by one)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import segany
+from segany.checkpoint import infer_config
+from segany.predictor import SamPredictor
+from tests.helpers import TINY, official_from_config, random_image, randomize_
+
+D = 10
+
+
+def _text_cfg(d: int = D):
+    return dataclasses.replace(
+        TINY, prompt_encoder=dataclasses.replace(TINY.prompt_encoder, text_embed_dim=d)
+    )
+
+
+def _pair(seed: int = 0):
+    """A model with a text path and the same model without it (same shared weights)."""
+    text = randomize_(segany.build_sam_model(_text_cfg()), seed).eval()
+    plain = segany.build_sam_model(TINY).eval()
+    sd = {k: v for k, v in text.state_dict().items() if "text_" not in k}
+    plain.load_state_dict(sd, strict=True)
+    return text, plain
+
+
+def _prompts():
+    g = torch.Generator().manual_seed(1)
+    pts = (torch.rand(2, 3, 2, generator=g) * 100, torch.tensor([[1, 0, 1], [1, 1, -1]]))
+    box = torch.tensor([[10.0, 12.0, 80.0, 90.0], [0.0, 5.0, 50.0, 60.0]])
+    mask = torch.randn(2, 1, 64, 64, generator=g)
+    return pts, box, mask
+
+
+def test_without_text_the_state_dict_is_the_official_one():
+    plain = segany.build_sam_model(TINY)
+    official = official_from_config(TINY)
+    assert list(plain.state_dict()) == list(official.state_dict())
+    assert not plain.prompt_encoder.has_text
+    text = segany.build_sam_model(_text_cfg())
+    extra = set(text.state_dict()) - set(plain.state_dict())
+    assert extra == {
+        "prompt_encoder.text_projection.weight",
+        "prompt_encoder.text_projection.bias",
+        "prompt_encoder.text_embed.weight",
+    }
+
+
+def test_text_weights_without_a_text_prompt_change_nothing():
+    text, plain = _pair()
+    pts, box, mask = _prompts()
+    for args in [(pts, None, None), (None, box, None), (pts, box, mask), (None, None, mask)]:
+        a = text.prompt_encoder(*args)
+        b = plain.prompt_encoder(*args)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    img = torch.from_numpy(random_image(96, 128)).permute(2, 0, 1).float()
+    rec = {"image": img, "original_size": (96, 128), "point_coords": pts[0], "point_labels": pts[1]}
+    with torch.no_grad():
+        out_a = text([rec], multimask_output=True)[0]
+        out_b = plain([rec], multimask_output=True)[0]
+    for k in out_a:
+        assert torch.equal(out_a[k], out_b[k]), k
+
+
+def test_the_text_token_is_the_normalised_projection_plus_the_type_embedding():
+    pe = segany.build_sam_model(_text_cfg(2)).prompt_encoder
+    c = pe.embed_dim
+    with torch.no_grad():
+        pe.text_projection.weight.zero_()
+        pe.text_projection.weight[0, 0] = 2.0
+        pe.text_projection.weight[1, 1] = -1.0
+        pe.text_projection.bias.fill_(0.5)
+        pe.text_embed.weight.zero_()
+        pe.text_embed.weight[0, 2] = 3.0
+    t = torch.tensor([[3.0, 4.0]])  # |t| = 5 -> (0.6, 0.8)
+    sparse, dense = pe(None, None, None, text=t)
+    expected = torch.full((c,), 0.5)
+    expected[0] += 1.2
+    expected[1] -= 0.8
+    expected[2] += 3.0
+    assert sparse.shape == (1, 1, c)
+    torch.testing.assert_close(sparse[0, 0], expected)
+    assert torch.equal(dense[0, :, 0, 0], pe.no_mask_embed.weight[0])
+    # scale does not matter (the embedding is normalised); the token comes first
+    torch.testing.assert_close(pe(None, None, None, text=10 * t)[0], sparse)
+    pts = (torch.tensor([[[5.0, 6.0]]]), torch.tensor([[1]]))
+    with_pts = pe(pts, None, None, text=t)[0]
+    assert with_pts.shape == (1, 3, c)  # text, point, padding point
+    torch.testing.assert_close(with_pts[:, :1], sparse)
+    torch.testing.assert_close(with_pts[:, 1:], pe(pts, None, None)[0])
+
+
+def test_bad_text_inputs_are_refused():
+    plain = segany.build_sam_model(TINY).prompt_encoder
+    with pytest.raises(ValueError, match="no text path"):
+        plain(None, None, None, text=torch.ones(1, D))
+    pe = segany.build_sam_model(_text_cfg()).prompt_encoder
+    with pytest.raises(ValueError, match=r"must be \(B, 10\)"):
+        pe(None, None, None, text=torch.ones(1, 7))
+    with pytest.raises(ValueError, match="3 prompt set"):
+        pe(_prompts()[0], None, None, text=torch.ones(3, D))
+    with pytest.raises(ValueError, match="positive int"):
+        dataclasses.replace(TINY.prompt_encoder, text_embed_dim=0)
+
+
+def test_gradients_reach_the_text_path():
+    text, _ = _pair()
+    text.train()
+    sparse, _ = text.prompt_encoder(None, None, None, text=torch.randn(2, D))
+    sparse.sum().backward()
+    assert text.prompt_encoder.text_projection.weight.grad.abs().sum() > 0
+    assert text.prompt_encoder.text_embed.weight.grad.abs().sum() > 0
+
+
+def test_checkpoint_with_text_weights_loads_by_inference(tmp_path):
+    text, _ = _pair()
+    path = tmp_path / "text.pth"
+    torch.save(text.state_dict(), path)
+    cfg = infer_config(torch.load(path, weights_only=True))
+    assert cfg.prompt_encoder.text_embed_dim == D
+    loaded = segany.load_model(path, precision="fp32", device="cpu")
+    for k, v in text.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    plain_path = tmp_path / "plain.pth"
+    torch.save(segany.build_sam_model(TINY).state_dict(), plain_path)
+    assert (
+        infer_config(torch.load(plain_path, weights_only=True)).prompt_encoder.text_embed_dim
+        is None
+    )
+
+
+class _Words:
+    """A tiny deterministic text encoder (the predictor's duck-typed interface)."""
+
+    def encode_text(self, texts):
+        out = torch.zeros(len(texts), D)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                out[i, sum(map(ord, w)) % D] += 1.0
+        return out
+
+
+def test_predictor_text_alone_with_points_and_batched():
+    text, _ = _pair(3)
+    pred = SamPredictor(text, text_encoder=_Words())
+    image = random_image(90, 120, seed=2)
+    pred.set_image(image)
+    masks, scores, low = pred.predict(text="the red star")
+    assert masks.shape == (3, 90, 120) and scores.shape == (3,) and low.shape == (3, 64, 64)
+    emb = _Words().encode_text(["the red star"])[0].numpy()
+    same = pred.predict(text_embedding=emb)
+    for a, b in zip((masks, scores, low), same, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # batched phrases equal one by one, with and without points
+    phrases = ["the red star", "the blue ellipse", "the small green blob"]
+    pts = np.array([[[30, 40]], [[60, 20]], [[100, 70]]], np.float64)
+    labels = np.ones((3, 1), np.int64)
+    for kw in ({}, {"point_coords": pts, "point_labels": labels}):
+        bm, bs, bl = pred.predict(text=phrases, **kw)
+        assert bm.shape == (3, 3, 90, 120)
+        for i, p in enumerate(phrases):
+            one = {k: v[i] for k, v in kw.items()}
+            m, s, lo = pred.predict(text=p, **one)
+            np.testing.assert_array_equal(bm[i], m)
+            np.testing.assert_allclose(bs[i], s, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(bl[i], lo, rtol=0, atol=1e-5)
+    # text changes the answer for the same point
+    pt = {"point_coords": pts[0], "point_labels": labels[0]}
+    assert not np.array_equal(pred.predict(**pt)[2], pred.predict(text=phrases[0], **pt)[2])
+    # predict_batch over two images
+    pred.set_image_batch([image, random_image(64, 64, seed=5)])
+    out = pred.predict_batch(text=["the red star", ["a", "b"]])
+    assert out[0][0].shape == (3, 90, 120) and out[1][0].shape == (2, 3, 64, 64)
+    pred.set_image(image)
+    # (an image encoded in a batch of two differs from it encoded alone by float rounding)
+    np.testing.assert_allclose(out[0][2], pred.predict(text="the red star")[2], atol=1e-5)
+
+
+def test_predictor_text_errors():
+    text, plain = _pair()
+    image = random_image(64, 64)
+    p = SamPredictor(plain, text_encoder=_Words())
+    p.set_image(image)
+    with pytest.raises(ValueError, match="no text path"):
+        p.predict(text="the red star")
+    with pytest.raises(ValueError, match="no text path"):
+        p.predict(text_embedding=np.ones(D))
+    q = SamPredictor(text)
+    q.set_image(image)
+    with pytest.raises(ValueError, match="needs a text encoder"):
+        q.predict(text="the red star")
+    with pytest.raises(ValueError, match=r"shape \(10,\)"):
+        q.predict(text_embedding=np.ones(4))
+    with pytest.raises(ValueError, match="not both"):
+        r = SamPredictor(text, text_encoder=_Words())
+        r.set_image(image)
+        r.predict(text="x", text_embedding=np.ones(D))
+    with pytest.raises(ValueError, match="non-zero"):
+        q.predict(text_embedding=np.zeros(D))
+
+
+def test_sam_forward_takes_a_text_embedding():
+    text, _ = _pair(4)
+    img = torch.from_numpy(random_image(128, 96)).permute(2, 0, 1).float()
+    t = torch.randn(D)
+    with torch.no_grad():
+        out = text([{"image": img, "original_size": (128, 96), "text_embedding": t}], True)[0]
+        sparse, dense = text.prompt_encoder(None, None, None, text=t[None])
+    assert out["masks"].shape == (1, 3, 128, 96) and out["iou_predictions"].shape == (1, 3)
+    assert sparse.shape[1] == 1
