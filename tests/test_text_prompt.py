@@ -217,3 +217,99 @@ def test_sam_forward_takes_a_text_embedding():
         sparse, dense = text.prompt_encoder(None, None, None, text=t[None])
     assert out["masks"].shape == (1, 3, 128, 96) and out["iou_predictions"].shape == (1, 3)
     assert sparse.shape[1] == 1
+
+
+def _clip_file(tmp_path, embed_dim=D):
+    from segany.data.captions import VOCABULARY
+    from segany.text import SmallClip, SmallClipConfig, save_small_clip
+
+    cfg = SmallClipConfig(embed_dim=embed_dim, widths=(8, 16), text_width=16, words=VOCABULARY)
+    path = tmp_path / "clip.safetensors"
+    save_small_clip(SmallClip(cfg), path)
+    return path
+
+
+def test_load_text_encoder_specs(tmp_path):
+    from segany.text import SmallClip, load_text_encoder
+
+    enc = load_text_encoder(_clip_file(tmp_path))
+    assert isinstance(enc, SmallClip) and enc.embed_dim == D
+    with pytest.raises(FileNotFoundError, match="small-CLIP"):
+        load_text_encoder(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="open_clip:MODEL"):
+        load_text_encoder("open_clip:")
+    with pytest.raises(ValueError, match="no text encoder"):
+        load_text_encoder("")
+
+
+def test_segment_cli_with_text(tmp_path, capsys):
+    from PIL import Image
+
+    from segany.cli.main import main
+
+    text, plain = _pair(5)
+    ckpt, plain_ckpt = tmp_path / "text.pth", tmp_path / "plain.pth"
+    torch.save(text.state_dict(), ckpt)
+    torch.save(plain.state_dict(), plain_ckpt)
+    img = tmp_path / "img.png"
+    Image.fromarray(random_image(70, 90, seed=1)).save(img)
+    clip = _clip_file(tmp_path)
+    common = ["--device", "cpu", "--precision", "fp32"]
+    out = tmp_path / "out"
+    rc = main(
+        ["segment", str(img), "--text", "the red star", "--text-encoder", str(clip)]
+        + ["--model", str(ckpt), "--out", str(out), *common]
+    )
+    assert rc == 0
+    import json
+
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["text"] == "the red star" and len(scores["masks"]) == 3
+    # the same through the library
+    from segany.text import load_text_encoder
+
+    pred = SamPredictor(segany.load_model(ckpt, precision="fp32"), load_text_encoder(clip))
+    pred.set_image(np.asarray(Image.open(img).convert("RGB")))
+    _, lib_scores, _ = pred.predict(text="the red star")
+    np.testing.assert_allclose(scores["scores"], lib_scores, atol=1e-6)
+    capsys.readouterr()
+    rc = main(["segment", str(img), "--text", "the red star", "--model", str(plain_ckpt)] + common)
+    assert rc == 2 and "has no text path" in capsys.readouterr().err
+    rc = main(["segment", str(img), "--text", "the red star", "--model", str(ckpt)] + common)
+    assert rc == 2 and "--text-encoder" in capsys.readouterr().err
+    rc = main(["segment", str(img), "--text", " ", "--model", str(ckpt)] + common)
+    assert rc == 2 and "phrase" in capsys.readouterr().err
+
+
+def test_eval_text_cli_reports_seen_and_held_out(tmp_path, capsys):
+    import json
+
+    from segany.cli.main import main
+
+    cfg = dataclasses.replace(
+        _text_cfg(),
+        image_encoder=dataclasses.replace(TINY.image_encoder, img_size=128),
+    )
+    model = randomize_(segany.build_sam_model(cfg), 2)
+    ckpt = tmp_path / "text.pth"
+    torch.save(model.state_dict(), ckpt)
+    clip = _clip_file(tmp_path)
+    out = tmp_path / "ev"
+    rc = main(
+        ["eval", "procedural-text:3:4", "--text", "--text-encoder", str(clip), "--quiet"]
+        + ["--model", str(ckpt), "--device", "cpu", "--precision", "fp32", "--out", str(out)]
+    )
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "| seen |" in table and "| held_out |" in table and "retrieval top-1" in table
+    res = json.loads((out / "eval_text.json").read_text())["results"][0]
+    n = res["counts"]["seen"] + res["counts"]["held_out"]
+    assert n > 0
+    for split, m in res["miou"].items():
+        if res["counts"][split]:
+            assert all(0 <= m[p] <= 1 for p in ("text", "text+point", "point", "region"))
+    rc = main(
+        ["eval", "procedural:2", "--text", "--text-encoder", str(clip), "--quiet"]
+        + ["--model", str(ckpt), "--device", "cpu", "--precision", "fp32"]
+    )
+    assert rc == 2 and "captioned scenes" in capsys.readouterr().err

@@ -194,3 +194,19 @@ def test_text_path_is_added_to_an_init_without_one(tmp_path):
     again = build_training_model(_cfg(tmp_path, init=str(init), text_prompts=False))
     assert set(again.state_dict()) == set(plain.state_dict())
     assert PromptEncoderConfig().text_embed_dim is None
+
+
+def test_scene_pairs_hold_out_their_combinations():
+    from segany.data.captions import HELD_OUT_COMBINATIONS
+    from segany.train.text_encoder import ScenePairs
+
+    pairs = ScenePairs(seed=3)
+    rng = np.random.default_rng(0)
+    seen = []
+    for step in range(6):
+        for image, mask, text in pairs(step, rng):
+            assert image.shape[:2] == mask.shape and mask.any() and text.startswith("the ")
+            seen.append(text)
+    held = {f"{c} {s}" for c, s in HELD_OUT_COMBINATIONS}
+    assert seen and not any(h in t for t in seen for h in held)
+    assert pairs._next == 6  # one scene per call, never repeated

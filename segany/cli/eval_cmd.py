@@ -111,6 +111,21 @@ def register(sub: Any) -> None:
         help="run 20 clicks to report NoC@85 and NoC@90 (clicks to reach that IoU, capped at "
         "20) beside the mIoU (default: on; --no-noc runs only up to the largest --clicks)",
     )
+    p.add_argument(
+        "--text",
+        action="store_true",
+        help=(
+            "evaluate text prompts instead (captioned scenes, procedural-text:N[:SEED]): mIoU "
+            "from text alone, text + 1 point, 1 point and the region-embedding upper bound, "
+            "and text -> region retrieval, for seen and held-out attribute combinations"
+        ),
+    )
+    p.add_argument(
+        "--text-encoder",
+        metavar="SPEC",
+        default=None,
+        help="text encoder for --text (default: the one shipped with the model)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     p.set_defaults(func=cmd_eval)
@@ -130,6 +145,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             datasets.append(open_dataset(spec))
             status(f"dataset {spec}: {len(datasets[-1])} image(s)")
     predictor = load_predictor(args)
+    if args.text:
+        return _eval_text(args, predictor, datasets, out)
     results = []
     for spec, dataset in zip(args.data, datasets, strict=True):
         result = evaluate_interactive(
@@ -161,6 +178,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
             status(f"wrote {', '.join(OUTPUT_FILES)} to {out}")
         return EXIT_OK
     _write_several(args.data, results, out, settings)
+    return EXIT_OK
+
+
+def _eval_text(
+    args: argparse.Namespace, predictor: Any, datasets: list[Any], out: Path | None
+) -> int:
+    """``segany eval --text``: the text-prompt table of each dataset (and ``eval_text.json``)."""
+    from ..eval.text import evaluate_text
+    from ..io.files import write_json_atomic
+    from .segment_cmd import _attach_text_encoder
+
+    _attach_text_encoder(predictor, args)
+    records = []
+    for spec, dataset in zip(args.data, datasets, strict=True):
+        with bad_input():
+            result = evaluate_text(
+                predictor,
+                dataset,
+                predictor.text_encoder,
+                max_images=args.max_images,
+                progress=not args.quiet,
+            )
+        print(f"{spec}\n\n{result.table()}\n")
+        records.append({"data": str(spec), **result.to_dict()})
+    if out is not None:
+        make_dir(out, "--out")
+        write_json_atomic(out / "eval_text.json", {"model": str(args.model), "results": records})
+        status(f"wrote eval_text.json to {out}")
     return EXIT_OK
 
 

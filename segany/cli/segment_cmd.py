@@ -109,6 +109,24 @@ def register(sub: Any) -> None:
             "objects: each box is segmented separately"
         ),
     )
+    seg.add_argument(
+        "--text",
+        metavar="PHRASE",
+        default=None,
+        help=(
+            'text prompt naming the object (e.g. "the red star"), alone or with points and '
+            "boxes; needs a model with a text path and a text encoder (--text-encoder)"
+        ),
+    )
+    seg.add_argument(
+        "--text-encoder",
+        metavar="SPEC",
+        default=None,
+        help=(
+            "text encoder for --text: a small-CLIP .safetensors file or open_clip:MODEL[:FILE] "
+            "(default: the one shipped with the model, if any)"
+        ),
+    )
     mm = seg.add_mutually_exclusive_group()
     mm.add_argument(
         "--multimask",
@@ -207,6 +225,7 @@ def segment_image(
     embedding: Path | None = None,
     image_name: str,
     model_name: str,
+    text: str | None = None,
 ) -> None:
     """Predict masks for ``image`` and write them into ``out_dir``.
 
@@ -218,7 +237,8 @@ def segment_image(
         boxes: ``(x0, y0, x1, y1)`` pixel boxes (XYXY); each is segmented separately.
         out_dir: gets ``mask_{i}.png`` (``box{b}_mask_{i}.png`` with several boxes),
             ``overlay.png`` and ``scores.json``; mask PNGs of an earlier run are removed.
-        multimask: 3 masks per prompt; ``None``: when the only prompt is one point.
+        multimask: 3 masks per prompt; ``None``: when the only prompt is one point or the text.
+        text: a text prompt (the predictor needs a text path and a text encoder).
         embedding: embedding file, loaded instead of encoding if it exists, else written.
         image_name, model_name: recorded in ``scores.json``.
 
@@ -226,16 +246,23 @@ def segment_image(
     """
     h, w = image.shape[:2]
     if multimask is None:
-        multimask = len(points) == 1 and not boxes
+        multimask = (len(points) == 1 and not boxes and text is None) or (
+            text is not None and not points and not boxes
+        )
     _set_image(predictor, image, image_name, embedding)
 
     coords = np.array([[x, y] for x, y, _ in points], dtype=np.float64) if points else None
     labels = np.array([lab for _, _, lab in points], dtype=np.int64) if points else None
     box_arr = np.array(boxes, dtype=np.float64) if boxes else None
     box_arg = box_arr[0] if box_arr is not None and len(box_arr) == 1 else box_arr
+    extra = {} if text is None else {"text": text}
     with bad_input():
         masks, scores, _ = predictor.predict(
-            point_coords=coords, point_labels=labels, box=box_arg, multimask_output=multimask
+            point_coords=coords,
+            point_labels=labels,
+            box=box_arg,
+            multimask_output=multimask,
+            **extra,
         )
     per_box = len(boxes) > 1
     if not per_box:  # uniform (sets, C, H, W) / (sets, C)
@@ -277,6 +304,7 @@ def segment_image(
         "points": [[_num(x), _num(y)] for x, y, _ in points],
         "point_labels": [lab for _, _, lab in points],
         "boxes": [[_num(v) for v in b] for b in boxes],
+        "text": text,
         "scores": scores.tolist() if per_box else scores[0].tolist(),
         "masks": entries,
         "overlay": "overlay.png",
@@ -294,8 +322,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     points: list[Point] = args.point
     boxes: list[Box] = args.box
-    if not points and not boxes:
-        raise UsageError("give at least one prompt: --point X,Y[,LABEL] or --box X0,Y0,X1,Y1")
+    if not points and not boxes and args.text is None:
+        raise UsageError(
+            'give at least one prompt: --point X,Y[,LABEL], --box X0,Y0,X1,Y1 or --text "..."'
+        )
+    if args.text is not None and not args.text.strip():
+        raise UsageError("--text needs a phrase naming the object, e.g. --text 'the red star'")
+    if args.text is not None and getattr(args, "backend", "torch") != "torch":
+        raise UsageError("--text needs --backend torch (the ONNX decoder has no text input)")
     out_dir = Path(args.out)
     check_out_dir(out_dir)
     embedding = Path(args.embedding) if args.embedding else None
@@ -305,8 +339,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         image = load_image(args.image)
     h, w = image.shape[:2]
     _check_in_image(points, boxes, w, h)
+    predictor = load_predictor(args)
+    if args.text is not None:
+        _attach_text_encoder(predictor, args)
     segment_image(
-        load_predictor(args),
+        predictor,
         image,
         points,
         boxes,
@@ -315,5 +352,25 @@ def cmd_segment(args: argparse.Namespace) -> int:
         embedding=embedding,
         image_name=str(args.image),
         model_name=str(args.model),
+        text=args.text,
     )
     return EXIT_OK
+
+
+def _attach_text_encoder(predictor: Any, args: argparse.Namespace) -> None:
+    """Check that ``--model`` has a text path and give the predictor ``--text-encoder``."""
+    if not predictor.model.prompt_encoder.has_text:
+        raise UsageError(
+            f"the model {args.model} has no text path, so it cannot take --text; use a model "
+            "trained with text prompts (segany train with text_prompts = true)"
+        )
+    if args.text_encoder:
+        from ..text import load_text_encoder
+
+        with bad_input():
+            predictor.text_encoder = load_text_encoder(args.text_encoder)
+    if predictor.text_encoder is None:
+        raise UsageError(
+            f"the model {args.model} ships no text encoder: give --text-encoder FILE (the "
+            "small-CLIP file or open_clip:MODEL[:FILE] it was trained with)"
+        )

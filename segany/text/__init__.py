@@ -4,6 +4,7 @@
   l2-normalised embedding space);
 * :mod:`.region`: the region crop (box expanded, squared, resampled) and masked pooling;
 * :mod:`.small_clip`: :class:`SmallClip`, a small CLIP-style pair of our own, trainable on a CPU;
+* :mod:`.load`: :func:`load_text_encoder`, either of them from one string;
 * :mod:`.open_clip_backend`: :class:`OpenClipEncoder`, an ``open_clip`` model (the paper's
   ViT-L/14@336) from a local checkpoint, with the class token's last-layer attention kept inside
   the mask; needs the ``text`` extra. Imported lazily (open_clip only when one is built).
@@ -14,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from .encoder import TextEncoder, validate_texts
+from .load import load_text_encoder
 from .region import (
     RegionCropConfig,
     crop_region,
@@ -48,6 +50,7 @@ __all__ = [
     "crop_region",
     "crop_regions",
     "load_small_clip",
+    "load_text_encoder",
     "masked_pool",
     "region_box",
     "save_small_clip",
