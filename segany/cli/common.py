@@ -253,3 +253,22 @@ def encode_image(predictor: Any, image: np.ndarray) -> None:
     start = time.perf_counter()
     predictor.set_image(image)
     status(f"encoded in {time.perf_counter() - start:.1f} s")
+
+
+def attach_text_encoder(predictor: Any, args: argparse.Namespace) -> None:
+    """Check that ``--model`` has a text path and give the predictor ``--text-encoder``."""
+    if not predictor.model.prompt_encoder.has_text:
+        raise UsageError(
+            f"the model {args.model} has no text path, so it cannot take --text; use a model "
+            "trained with text prompts (segany train with text_prompts = true)"
+        )
+    if args.text_encoder:
+        from ..text import load_text_encoder
+
+        with bad_input():
+            predictor.text_encoder = load_text_encoder(args.text_encoder)
+    if predictor.text_encoder is None:
+        raise UsageError(
+            f"the model {args.model} ships no text encoder: give --text-encoder FILE (the "
+            "small-CLIP file or open_clip:MODEL[:FILE] it was trained with)"
+        )

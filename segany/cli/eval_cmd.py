@@ -12,6 +12,7 @@ from .common import (
     EXIT_OK,
     CheckedSamples,
     add_model_args,
+    attach_text_encoder,
     bad_input,
     check_out_dir,
     load_predictor,
@@ -187,9 +188,8 @@ def _eval_text(
     """``segany eval --text``: the text-prompt table of each dataset (and ``eval_text.json``)."""
     from ..eval.text import evaluate_text
     from ..io.files import write_json_atomic
-    from .segment_cmd import _attach_text_encoder
 
-    _attach_text_encoder(predictor, args)
+    attach_text_encoder(predictor, args)
     records = []
     for spec, dataset in zip(args.data, datasets, strict=True):
         with bad_input():

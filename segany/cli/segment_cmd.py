@@ -19,6 +19,7 @@ from .common import (
     UsageError,
     add_backend_arg,
     add_model_args,
+    attach_text_encoder,
     bad_input,
     check_out_dir,
     encode_image,
@@ -341,7 +342,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     _check_in_image(points, boxes, w, h)
     predictor = load_predictor(args)
     if args.text is not None:
-        _attach_text_encoder(predictor, args)
+        attach_text_encoder(predictor, args)
     segment_image(
         predictor,
         image,
@@ -355,22 +356,3 @@ def cmd_segment(args: argparse.Namespace) -> int:
         text=args.text,
     )
     return EXIT_OK
-
-
-def _attach_text_encoder(predictor: Any, args: argparse.Namespace) -> None:
-    """Check that ``--model`` has a text path and give the predictor ``--text-encoder``."""
-    if not predictor.model.prompt_encoder.has_text:
-        raise UsageError(
-            f"the model {args.model} has no text path, so it cannot take --text; use a model "
-            "trained with text prompts (segany train with text_prompts = true)"
-        )
-    if args.text_encoder:
-        from ..text import load_text_encoder
-
-        with bad_input():
-            predictor.text_encoder = load_text_encoder(args.text_encoder)
-    if predictor.text_encoder is None:
-        raise UsageError(
-            f"the model {args.model} ships no text encoder: give --text-encoder FILE (the "
-            "small-CLIP file or open_clip:MODEL[:FILE] it was trained with)"
-        )
