@@ -528,7 +528,7 @@ def test_cli_modules_import_no_circle():
                 found |= {a.name for a in node.names}
         deps[path.stem] = found & modules
     commands = {m for m in modules if m.endswith("_cmd")}
-    assert len(commands) == 14
+    assert len(commands) == 15
     assert deps["common"] == set()
     # a command with actions (segany engine, segany zeroshot) has them in modules of their own
     groups = {"engine_cmd": "engine_", "zeroshot_cmd": "zeroshot_"}

@@ -210,3 +210,24 @@ def test_scene_pairs_hold_out_their_combinations():
     held = {f"{c} {s}" for c, s in HELD_OUT_COMBINATIONS}
     assert seen and not any(h in t for t in seen for h in held)
     assert pairs._next == 6  # one scene per call, never repeated
+
+
+def test_train_text_encoder_cli_writes_a_loadable_encoder(tmp_path, capsys):
+    import json
+
+    from segany.cli.main import main
+    from segany.text import load_small_clip
+
+    out = tmp_path / "clip.safetensors"
+    args = ["train-text-encoder", "--out", str(out), "--steps", "3", "--batch-size", "8"]
+    assert main([*args, "--embed-dim", "16", "--log-every", "0"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["steps"] == 3 and record["out"] == str(out)
+    encoder = load_small_clip(out)
+    assert encoder.embed_dim == 16
+    assert tuple(encoder.encode_text(["the red star"]).shape) == (1, 16)
+    # an existing file is kept unless --force; bad values are refused before any training
+    assert main(args) == 2 and "--force" in capsys.readouterr().err
+    assert main(["train-text-encoder", "--out", str(tmp_path / "x.pt")]) == 2
+    assert main(["train-text-encoder", "--out", str(out), "--force", "--lr", "-1"]) == 2
+    assert "--lr: must be a positive number" in capsys.readouterr().err

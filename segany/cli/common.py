@@ -100,6 +100,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a positive finite number (else a message saying so)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number; got {text}")
+    return value
+
+
 def add_annotations_args(p: argparse.ArgumentParser) -> None:
     """ANNOTATIONS, ``--images``, ``--out``, ``--max-images``, ``--no-progress`` and the model
     options: the dataset arguments of ``segany zeroshot proposals`` and ``instances``."""

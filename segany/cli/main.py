@@ -46,6 +46,7 @@ from . import (
     segment_cmd,
     serve_cmd,
     train_cmd,
+    train_text_encoder_cmd,
     zeroshot_cmd,
 )
 from .common import (
@@ -72,6 +73,7 @@ COMMANDS = (
     bench_precision_cmd,
     export_cmd,
     train_cmd,
+    train_text_encoder_cmd,
     project_cmd,
     serve_cmd,
     engine_cmd,

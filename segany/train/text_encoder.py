@@ -50,8 +50,8 @@ class ScenePairs:
 def train_text_encoder(
     out: str | os.PathLike,
     *,
-    steps: int = 3000,
-    batch_size: int = 128,
+    steps: int = 1500,
+    batch_size: int = 96,
     lr: float = 2e-3,
     seed: int = 0,
     embed_dim: int = 128,
