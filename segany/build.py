@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,37 @@ BUNDLED_MODEL = "segany_tiny"  # shipped inside the package; the default of load
 def bundled_model_path() -> Path:
     """Path of the bundled model's weights (``segany/models/segany_tiny.safetensors``)."""
     return Path(__file__).resolve().parent / "models" / f"{BUNDLED_MODEL}.safetensors"
+
+
+def text_encoder_path(model_path: str | os.PathLike) -> Path:
+    """Where the text encoder of a text-trained checkpoint lives: beside it, as
+    ``<stem>.text.safetensors`` (the small CLIP its text path was trained with)."""
+    return Path(model_path).with_suffix(".text.safetensors")
+
+
+def bundled_text_encoder_path() -> Path:
+    """Path of the text encoder shipped beside the bundled model
+    (``segany/models/segany_tiny.text.safetensors``)."""
+    return text_encoder_path(bundled_model_path())
+
+
+def bundled_config(state_dict: ckpt.StateDict) -> SamConfig:
+    """The bundled architecture, with the prompt encoder's text path sized from
+    ``state_dict`` when it has one (a text-trained bundled model)."""
+    config = get_config(BUNDLED_MODEL)
+    if ckpt.TEXT_PROJECTION_KEY not in state_dict:
+        return config
+    dim = int(state_dict[ckpt.TEXT_PROJECTION_KEY].shape[1])
+    prompt = dataclasses.replace(config.prompt_encoder, text_embed_dim=dim)
+    return dataclasses.replace(config, prompt_encoder=prompt)
+
+
+def attach_text_encoder(model: Sam, encoder: object) -> Sam:
+    """Set ``model.text_encoder`` (what :class:`~segany.SamPredictor` turns ``text=`` into
+    embeddings with) without making it a submodule: the model's state dict, ``.to()`` and
+    ``.parameters()`` stay those of SAM alone. Returns ``model``."""
+    object.__setattr__(model, "text_encoder", encoder)
+    return model
 
 
 def build_sam_model(config: SamConfig) -> Sam:
@@ -147,10 +179,12 @@ def load_model(
     """Load a SAM model by name or checkpoint path, inferring the architecture.
 
     ``None`` (or ``"segany_tiny"``) loads the bundled model, shipped inside the package (no
-    network). ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into
+    network), with its text encoder as ``model.text_encoder`` (so
+    ``SamPredictor(model).predict(text="the red star")`` works offline). ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into
     the cache (``$SEGANY_HOME``, default ``~/.cache/segany``) and verified by sha256. A path
     loads any official-format state dict; the architecture (sizes, depth, heads, windows) is
-    read from it.
+    read from it, and a text-trained one gets the small CLIP saved beside it
+    (``<stem>.text.safetensors``, see :func:`text_encoder_path`) as ``model.text_encoder``.
     """
     name = BUNDLED_MODEL if model is None else str(model)
     if name == BUNDLED_MODEL and not Path(name).exists():
@@ -162,7 +196,8 @@ def load_model(
                 f"{sorted(VARIANTS)} (official weights, downloaded once into the cache)"
             )
         sd = ckpt.read_state_dict(path)
-        return _assemble(get_config(BUNDLED_MODEL), sd, str(path), precision, device)
+        sam = _assemble(bundled_config(sd), sd, str(path), precision, device)
+        return _with_text_encoder(sam, path, device)
     if name in VARIANTS and not Path(name).exists():
         from .hub import download_checkpoint
 
@@ -174,7 +209,17 @@ def load_model(
     sd = ckpt.read_state_dict(path)
     if config is None:
         config = ckpt.infer_config(sd, name=Path(path).stem)
-    return _assemble(config, sd, str(path), precision, device)
+    return _with_text_encoder(_assemble(config, sd, str(path), precision, device), path, device)
+
+
+def _with_text_encoder(sam: Sam, path: str | os.PathLike, device: object) -> Sam:
+    """Attach the text encoder found beside a text-trained checkpoint (if any) to ``sam``."""
+    text_path = text_encoder_path(path)
+    if sam.prompt_encoder.has_text and text_path.is_file():
+        from .text import load_small_clip
+
+        attach_text_encoder(sam, load_small_clip(text_path, device=resolve_device(device)))
+    return sam
 
 
 def _assemble(

@@ -313,3 +313,44 @@ def test_eval_text_cli_reports_seen_and_held_out(tmp_path, capsys):
         + ["--model", str(ckpt), "--device", "cpu", "--precision", "fp32"]
     )
     assert rc == 2 and "captioned scenes" in capsys.readouterr().err
+
+
+def test_a_checkpoint_with_its_text_encoder_beside_it_answers_text(tmp_path):
+    """load_model attaches ``<stem>.text.safetensors`` (the bundled layout), outside the state
+    dict; the bundling script checks the encoder fits the model's text path."""
+    from segany.build import attach_text_encoder, bundled_config, text_encoder_path
+    from segany.checkpoint import read_state_dict
+    from segany.text import SmallClip
+    from segany.train.bundle import bundle_text_encoder
+
+    text, plain = _pair()
+    model_path = tmp_path / "model.safetensors"
+    segany.train.outputs.save_state_dict(text.state_dict(), model_path)
+    clip = _clip_file(tmp_path)
+    assert bundle_text_encoder(clip, model_path) == text_encoder_path(model_path)
+    assert text_encoder_path(model_path).name == "model.text.safetensors"
+    loaded = segany.load_model(model_path, precision="fp32", device="cpu")
+    assert isinstance(loaded.text_encoder, SmallClip)
+    assert set(loaded.state_dict()) == set(text.state_dict())  # not a submodule
+    assert not any(n.startswith("text_encoder") for n, _ in loaded.named_parameters())
+    predictor = SamPredictor(loaded)
+    predictor.set_image(random_image(48, 64, seed=2))
+    masks, scores, _ = predictor.predict(text="the red star", multimask_output=False)
+    assert masks.shape == (1, 48, 64) and scores.shape == (1,)
+    # without the file beside it: no encoder (text= then asks for one)
+    text_encoder_path(model_path).unlink()
+    assert getattr(segany.load_model(model_path, device="cpu"), "text_encoder", None) is None
+    # a plain model gets none and the script refuses to ship one for it
+    plain_path = tmp_path / "plain.safetensors"
+    segany.train.outputs.save_state_dict(plain.state_dict(), plain_path)
+    with pytest.raises(ValueError, match="no text path"):
+        bundle_text_encoder(clip, plain_path)
+    (tmp_path / "other").mkdir()
+    with pytest.raises(ValueError, match="16-dim"):
+        bundle_text_encoder(_clip_file(tmp_path / "other", embed_dim=16), model_path)
+    # the bundled architecture grows a text path exactly when the weights have one
+    sd = read_state_dict(model_path)
+    assert bundled_config(sd).prompt_encoder.text_embed_dim == D
+    assert bundled_config(read_state_dict(plain_path)).prompt_encoder.text_embed_dim is None
+    assert attach_text_encoder(plain, "enc") is plain and plain.text_encoder == "enc"
+    assert "text_encoder" not in dict(plain.named_modules())

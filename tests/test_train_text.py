@@ -231,3 +231,38 @@ def test_train_text_encoder_cli_writes_a_loadable_encoder(tmp_path, capsys):
     assert main(["train-text-encoder", "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["train-text-encoder", "--out", str(out), "--force", "--lr", "-1"]) == 2
     assert "--lr: must be a positive number" in capsys.readouterr().err
+
+
+def test_a_text_training_run_ships_its_encoder_beside_the_model(tmp_path):
+    """``segany train`` with text prompts and a small-CLIP file end to end: the text path
+    trains, the point/box weights it started from are in the model, and the encoder is copied
+    beside ``model.safetensors`` so ``load_model`` of it answers text."""
+    from segany.build import text_encoder_path
+    from segany.data.captions import VOCABULARY
+    from segany.predictor import SamPredictor
+    from segany.text import SmallClip, SmallClipConfig, save_small_clip
+    from segany.train import train
+
+    clip = tmp_path / "clip.safetensors"
+    cfg = SmallClipConfig(embed_dim=D, widths=(8, 16), text_width=16, words=VOCABULARY)
+    save_small_clip(SmallClip(cfg), clip)
+    init = tmp_path / "init.pth"
+    torch.save(randomize_(segany.build_sam_model(TINY), 0).state_dict(), init)
+    config = _cfg(tmp_path, init=str(init), text_encoder=str(clip), text_probability=1.0)
+    train(config, device="cpu", progress=False)
+    model_path = Path(config.out_dir) / "model.safetensors"
+    assert text_encoder_path(model_path).read_bytes() == clip.read_bytes()
+    model = segany.load_model(model_path, precision="fp32", device="cpu")
+    assert model.prompt_encoder.has_text and isinstance(model.text_encoder, SmallClip)
+    from segany.train.model import build_training_model
+
+    start = build_training_model(config, text_embed_dim=D).prompt_encoder
+    again = build_training_model(config, text_embed_dim=D).prompt_encoder
+    assert torch.equal(start.text_projection.weight, again.text_projection.weight)
+    assert not torch.equal(
+        model.prompt_encoder.text_projection.weight, start.text_projection.weight
+    )
+    predictor = SamPredictor(model)
+    predictor.set_image(np.zeros((40, 50, 3), np.uint8))
+    masks, _, _ = predictor.predict(text="the red star")
+    assert masks.shape == (3, 40, 50)

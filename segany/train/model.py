@@ -55,7 +55,9 @@ def build_training_model(config: TrainConfig, text_embed_dim: int | None = None)
         arch = _with_text_path(
             infer_config(sd, name=Path(config.init).stem), text_embed_dim, config.init
         )
-        sam = build_sam_model(arch)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)  # a fresh text path is the same on every run
+            sam = build_sam_model(arch)
         fresh = {k: v for k, v in sam.state_dict().items() if k.startswith(TEXT_PARAM_PREFIXES)}
         load_into(sam, {**fresh, **sd}, source=config.init)
     else:

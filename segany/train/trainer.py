@@ -28,6 +28,7 @@ of every step's images.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..io.files import write_json_atomic
+from ..build import text_encoder_path
+from ..io.files import atomic_write, write_json_atomic
 from ..modeling import Sam
 from ..precision import resolve_device, resolve_precision
 from .config import TrainConfig
@@ -431,7 +433,20 @@ def _finish(run: _Run) -> None:
         run.bar.close()
     if run.proc.rank == 0 and run.done >= run.config.steps:
         save_state_dict(run.sam.state_dict(), run.files.model)
+        _ship_text_encoder(run.config, run.files.model)
     _end_process(run.proc)
+
+
+def _ship_text_encoder(config: TrainConfig, model_path: Path) -> None:
+    """Copy a small-CLIP ``text_encoder`` beside the trained model
+    (:func:`segany.build.text_encoder_path`), so :func:`segany.load_model` of it answers
+    ``text=`` by itself. An open_clip encoder is not copied (give it with ``--text-encoder``)."""
+    from ..text.load import OPEN_CLIP_PREFIX
+
+    if not config.text_prompts or config.text_encoder.startswith(OPEN_CLIP_PREFIX):
+        return
+    with atomic_write(text_encoder_path(model_path)) as tmp:
+        shutil.copyfile(config.text_encoder, tmp)
 
 
 def train(
