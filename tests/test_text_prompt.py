@@ -5,6 +5,7 @@ predictor (batched equals one by one)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -354,3 +355,45 @@ def test_a_checkpoint_with_its_text_encoder_beside_it_answers_text(tmp_path):
     assert bundled_config(read_state_dict(plain_path)).prompt_encoder.text_embed_dim is None
     assert attach_text_encoder(plain, "enc") is plain and plain.text_encoder == "enc"
     assert "text_encoder" not in dict(plain.named_modules())
+
+
+def test_onnx_text_flavour_equals_the_torch_predictor(tmp_path):
+    """A model with a text path exports ``decoder_text.onnx`` beside the official
+    ``decoder.onnx`` (untouched interface); the torch-free predictor's text prompts through it
+    equal SamPredictor's, alone, with points and batched with boxes."""
+    pytest.importorskip("onnxruntime")
+    from segany.export import export_onnx
+    from segany.io.onnx_manifest import DECODER_INPUTS, DECODER_TEXT_INPUT
+    from segany.runtime import OnnxPredictor
+
+    text, _ = _pair(3)
+    out = tmp_path / "onnx"
+    export_onnx(text, out, name="tiny-text")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["text_embed_dim"] == D
+    dec = manifest["files"]["decoder"]
+    assert [i["name"] for i in dec["inputs"]] == list(DECODER_INPUTS)
+    flavour = manifest["files"]["decoder_text"]
+    assert [i["name"] for i in flavour["inputs"]] == [*DECODER_INPUTS, DECODER_TEXT_INPUT]
+    img = random_image(48, 64, seed=4)
+    ref = SamPredictor(text)
+    ref.set_image(img)
+    ours = OnnxPredictor(out)
+    ours.set_image(img)
+    emb = np.random.default_rng(0).normal(size=(2, D)).astype(np.float32)
+    pts = np.array([[10.0, 20.0], [40.0, 30.0]])
+    for kw in (
+        {"text_embedding": emb[0]},
+        {"text_embedding": emb[1], "point_coords": pts, "point_labels": np.array([1, 0])},
+        {"text_embedding": emb, "box": np.array([[2.0, 3.0, 30.0, 40.0], [5, 5, 60, 45]])},
+    ):
+        want = ref.predict(**kw, return_logits=True)
+        got = ours.predict(**kw, return_logits=True)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_allclose(a, b, atol=2e-4, rtol=0)
+    # without text the official decoder runs, as before
+    want = ref.predict(point_coords=pts, point_labels=np.array([1, 1]), return_logits=True)
+    got = ours.predict(point_coords=pts, point_labels=np.array([1, 1]), return_logits=True)
+    np.testing.assert_allclose(got[2], want[2], atol=2e-4, rtol=0)
+    with pytest.raises(ValueError, match=f"\\({D}"):
+        ours.predict(text_embedding=np.zeros(D + 1, np.float32))

@@ -330,7 +330,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.text is not None and not args.text.strip():
         raise UsageError("--text needs a phrase naming the object, e.g. --text 'the red star'")
     if args.text is not None and getattr(args, "backend", "torch") != "torch":
-        raise UsageError("--text needs --backend torch (the ONNX decoder has no text input)")
+        raise UsageError(
+            "--text needs --backend torch (the text encoder runs in torch; from Python, "
+            "OnnxPredictor.predict(text_embedding=...) takes precomputed embeddings)"
+        )
     out_dir = Path(args.out)
     check_out_dir(out_dir)
     embedding = Path(args.embedding) if args.embedding else None

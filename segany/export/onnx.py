@@ -43,6 +43,8 @@ from ..io.onnx_manifest import (
     DECODER_INPUTS,
     DECODER_INT8_FILE,
     DECODER_OUTPUTS,
+    DECODER_TEXT_FILE,
+    DECODER_TEXT_INPUT,
     ENCODER_FILE,
     ENCODER_IMAGE_INPUT,
     ENCODER_INT8_FILE,
@@ -145,9 +147,15 @@ def _trace(module: torch.nn.Module, args: tuple, opset: int, **kwargs: Any) -> o
 
 
 def build_decoder(
-    model: Sam, *, opset: int = DEFAULT_OPSET, return_single_mask: bool = False, fast: bool = True
+    model: Sam,
+    *,
+    opset: int = DEFAULT_OPSET,
+    return_single_mask: bool = False,
+    fast: bool = True,
+    text: bool = False,
 ) -> onnx.ModelProto:
-    """The decoder graph with the official interface (``model`` must be fp32 on the CPU)."""
+    """The decoder graph with the official interface (``model`` must be fp32 on the CPU); with
+    ``text`` the text flavour, which also takes ``text_embedding (1, D)`` last."""
     pe = model.prompt_encoder
     c = pe.embed_dim
     he, we = pe.image_embedding_size
@@ -155,8 +163,10 @@ def build_decoder(
     img_size = model.image_encoder.img_size
     if low_h != low_w:
         raise ValueError(f"non-square low-res masks {low_h}x{low_w} are not supported")
-    wrapper = DecoderOnnxModel(model, return_single_mask=return_single_mask, fast=fast).eval()
-    args = (
+    wrapper = DecoderOnnxModel(
+        model, return_single_mask=return_single_mask, fast=fast, text=text
+    ).eval()
+    args: tuple[torch.Tensor, ...] = (
         torch.randn(1, c, he, we),
         torch.randint(0, img_size, (1, 5, 2), dtype=torch.float),
         torch.tensor([[1.0, 0.0, 2.0, 3.0, -1.0]]),
@@ -164,6 +174,11 @@ def build_decoder(
         torch.tensor([1.0]),
     )
     names = list(DECODER_INPUTS[:5])
+    inputs = list(DECODER_INPUTS)
+    if text:
+        args = (*args, torch.randn(1, int(pe.text_embed_dim)))
+        names.append(DECODER_TEXT_INPUT)
+        inputs.append(DECODER_TEXT_INPUT)
     proto = _trace(
         wrapper,
         args,
@@ -185,9 +200,10 @@ def build_decoder(
         "mask_input": [1, 1, low_h, low_w],
         "has_mask_input": [1],
         "orig_im_size": [2],
+        DECODER_TEXT_INPUT: [1, pe.text_embed_dim],
     }
     del graph.input[:]
-    graph.input.extend(value_info(n, TensorProto.FLOAT, shapes[n]) for n in DECODER_INPUTS)
+    graph.input.extend(value_info(n, TensorProto.FLOAT, shapes[n]) for n in inputs)
     out_shapes = {
         "masks": [1, num_masks, "orig_height", "orig_width"],
         "iou_predictions": [1, num_masks],
@@ -196,7 +212,7 @@ def build_decoder(
     del graph.output[:]
     graph.output.extend(value_info(n, TensorProto.FLOAT, out_shapes[n]) for n in DECODER_OUTPUTS)
     del graph.value_info[:]
-    graph.name = "segany_decoder"
+    graph.name = "segany_decoder_text" if text else "segany_decoder"
     _set_metadata(proto, model, "decoder")
     return proto
 
@@ -282,7 +298,8 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` to ``out_dir`` and return the path of its ``manifest.json``.
 
-    Writes ``decoder.onnx`` (official decoder interface), ``encoder.onnx`` (unless
+    Writes ``decoder.onnx`` (official decoder interface), for a model with a text path also
+    ``decoder_text.onnx`` (the same plus ``text_embedding (1, D)``), ``encoder.onnx`` (unless
     ``encoder=False``; raw uint8 pixels in unless ``encoder_preprocess=False``), with
     ``quantize`` also ``decoder.int8.onnx``/``encoder.int8.onnx`` (dynamic int8 quantization)
     and ``quantization_report.json`` (int8 vs fp32 on generated images), and ``manifest.json``
@@ -304,7 +321,13 @@ def export_onnx(
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (DECODER_INT8_FILE, ENCODER_INT8_FILE, REPORT_FILE, ENCODER_FILE):
+    for stale in (
+        DECODER_INT8_FILE,
+        ENCODER_INT8_FILE,
+        REPORT_FILE,
+        ENCODER_FILE,
+        DECODER_TEXT_FILE,
+    ):
         (out / stale).unlink(missing_ok=True)
         (out / (stale + ".data")).unlink(missing_ok=True)
     files: dict[str, dict[str, Any]] = {}
@@ -317,6 +340,14 @@ def export_onnx(
         files["decoder"] = file_entry(save_model(dec, out / DECODER_FILE), dec, "fp32")
         say(f"wrote {out / DECODER_FILE}")
         del dec
+        if pe.has_text:
+            say("exporting the text flavour of the decoder ...")
+            dec = build_decoder(m, opset=opset, return_single_mask=return_single_mask, text=True)
+            onnx.checker.check_model(dec)
+            entry = file_entry(save_model(dec, out / DECODER_TEXT_FILE), dec, "fp32")
+            files["decoder_text"] = entry
+            say(f"wrote {out / DECODER_TEXT_FILE}")
+            del dec
         if encoder:
             say(f"exporting image encoder (opset {opset}) ...")
             enc = build_encoder(m, opset=opset, preprocess=encoder_preprocess)
@@ -339,6 +370,7 @@ def export_onnx(
             "embedding_shape": [1, int(pe.embed_dim), *map(int, pe.image_embedding_size)],
             "low_res_mask_size": [int(v) for v in pe.mask_input_size],
             "num_mask_tokens": int(m.mask_decoder.num_mask_tokens),
+            "text_embed_dim": None if pe.text_embed_dim is None else int(pe.text_embed_dim),
             "return_single_mask": bool(return_single_mask),
             "gelu_approximate": bool(gelu_approximate),
             "encoder_preprocess": bool(encoder and encoder_preprocess),

@@ -8,6 +8,7 @@ tools call), written against segany's modules:
   frame** (after ``ResizeLongestSide.apply_coords``), ``point_labels (1, N)`` float (-1 padding,
   0 background, 1 foreground, 2/3 box corners), ``mask_input (1, 1, 4He, 4We)``,
   ``has_mask_input (1,)`` (0 or 1) and ``orig_im_size (2,)`` float ``(H, W)``;
+* with ``text=True`` (a model with a text path), also ``text_embedding (1, D)`` last;
 * outputs ``masks (1, M, H, W)`` logits in the original frame, ``iou_predictions (1, M)`` and
   ``low_res_masks (1, M, 4He, 4We)``. This module computes the last two; the upscaling to
   ``orig_im_size`` is appended as plain ONNX nodes by the exporter. M is every mask token (4
@@ -37,8 +38,18 @@ from ..modeling import Sam
 class DecoderOnnxModel(nn.Module):
     """Prompt encoder + mask decoder behind the official ONNX decoder inputs."""
 
-    def __init__(self, model: Sam, *, return_single_mask: bool = False, fast: bool = True) -> None:
+    def __init__(
+        self,
+        model: Sam,
+        *,
+        return_single_mask: bool = False,
+        fast: bool = True,
+        text: bool = False,
+    ) -> None:
         super().__init__()
+        if text and not model.prompt_encoder.has_text:
+            raise ValueError("text=True needs a model with a text path")
+        self.text = text
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
         self.img_size = int(model.image_encoder.img_size)
@@ -88,11 +99,18 @@ class DecoderOnnxModel(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
+        text_embedding: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res mask logits ``(1, M, 4He, 4We)`` and IoU predictions ``(1, M)``; the
         exporter appends the upscaling to ``orig_im_size`` as ONNX nodes
-        (:func:`segany.export.graph.mask_postprocess_nodes`)."""
+        (:func:`segany.export.graph.mask_postprocess_nodes`). The text flavour (``text=True``)
+        also takes ``text_embedding (1, D)``, whose token goes before the point tokens, as in
+        :meth:`segany.modeling.PromptEncoder.forward`."""
         sparse = self._embed_points(point_coords, point_labels)
+        if self.text:
+            if text_embedding is None:
+                raise ValueError("the text flavour needs text_embedding (1, D)")
+            sparse = torch.cat([self.prompt_encoder.embed_text(text_embedding), sparse], dim=1)
         dense = self._embed_mask(mask_input, has_mask_input)
         decoder = self.mask_decoder
         if self.fast:

@@ -7,7 +7,10 @@ A folder written by :func:`segany.export.export_onnx` holds ``decoder.onnx``, us
 ``quantization_report.json``, and ``manifest.json``: format and version, the model (name,
 fingerprint, sizes, pixel statistics, mask threshold), the export options and, under
 ``"files"``, one entry per model file (keys ``decoder``, ``encoder``, ``decoder_int8``,
-``encoder_int8``) with its precision, size, sha256 and input/output specs.
+``encoder_int8``, and ``decoder_text`` for a model with a text path) with its precision, size,
+sha256 and input/output specs. ``decoder_text.onnx`` is the text flavour: the official inputs
+plus ``text_embedding (1, D)``, the text/region embedding whose token is prepended to the point
+tokens (``decoder.onnx`` keeps exactly the official interface).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ __all__ = [
     "DECODER_INPUTS",
     "DECODER_INT8_FILE",
     "DECODER_OUTPUTS",
+    "DECODER_TEXT_FILE",
+    "DECODER_TEXT_INPUT",
     "ENCODER_FILE",
     "ENCODER_IMAGE_INPUT",
     "ENCODER_INT8_FILE",
@@ -43,6 +48,7 @@ MANIFEST_VERSION = 1
 DECODER_FILE = "decoder.onnx"
 ENCODER_FILE = "encoder.onnx"
 DECODER_INT8_FILE = "decoder.int8.onnx"
+DECODER_TEXT_FILE = "decoder_text.onnx"
 ENCODER_INT8_FILE = "encoder.int8.onnx"
 REPORT_FILE = "quantization_report.json"
 
@@ -56,6 +62,8 @@ DECODER_INPUTS = (
     "orig_im_size",
 )
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
+#: The extra last input of ``decoder_text.onnx``: a ``(1, D)`` float text/region embedding.
+DECODER_TEXT_INPUT = "text_embedding"
 ENCODER_IMAGE_INPUT = "image"  # uint8 (H, W, 3), with preprocessing in the graph
 ENCODER_TENSOR_INPUT = "images"  # float32 (1, 3, S, S), normalized and padded
 ENCODER_OUTPUT = "image_embeddings"

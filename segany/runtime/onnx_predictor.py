@@ -19,7 +19,7 @@ import numpy as np
 
 from ..io.embedding import EmbeddingRecord, load_embedding_file, save_embedding_file
 from ..io.image import to_rgb_uint8
-from ..io.onnx_manifest import DECODER_INPUTS, read_manifest
+from ..io.onnx_manifest import DECODER_INPUTS, DECODER_TEXT_INPUT, read_manifest
 from ..prompts import PromptSet, parse_prompts
 from ..transforms import ResizeLongestSide, get_preprocess_shape
 
@@ -63,8 +63,11 @@ class OnnxPredictor:
         self.pixel_mean = np.asarray(m["pixel_mean"], np.float32)
         self.pixel_std = np.asarray(m["pixel_std"], np.float32)
         self.transform = ResizeLongestSide(self.img_size)
+        text_dim = m.get("text_embed_dim")
+        self.text_embed_dim = None if text_dim is None else int(text_dim)
         self.decoder = self._session("decoder")
         self._encoder: Any = None
+        self._decoder_text: Any = None
         self.reset_image()
 
     @property
@@ -89,6 +92,15 @@ class OnnxPredictor:
         return self._ort.InferenceSession(
             str(self._file(part)), sess_options=self.session_options, providers=self.providers
         )
+
+    @property
+    def decoder_text(self) -> Any:
+        """The text flavour's decoder session (``decoder_text.onnx``, opened on first use)."""
+        if self._decoder_text is None:
+            if self.quantized:
+                raise ValueError("text prompts run in fp32: open the predictor without quantized")
+            self._decoder_text = self._session("decoder_text")
+        return self._decoder_text
 
     @property
     def encoder(self) -> Any:
@@ -204,6 +216,8 @@ class OnnxPredictor:
         mask_input: Any = None,
         multimask_output: bool = True,
         return_logits: bool = False,
+        *,
+        text_embedding: Any = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Predict masks, exactly as :meth:`segany.SamPredictor.predict` (same arguments, same
         validation, same outputs).
@@ -219,6 +233,9 @@ class OnnxPredictor:
             multimask_output: 3 masks for ambiguous prompts instead of 1. A decoder exported
                 with ``return_single_mask`` always gives its one chosen mask.
             return_logits: float logits instead of boolean masks.
+            text_embedding: ``(D,)`` (or ``(B, D)``) text/region embedding of a text-trained
+                model (e.g. ``SamPredictor.text_encoder.encode_text``); runs the export's
+                ``decoder_text.onnx`` (fp32).
 
         Returns:
             ``masks (C, H, W)``, ``scores (C,)``, ``low_res_logits (C, 256, 256)``; with B prompt
@@ -226,7 +243,14 @@ class OnnxPredictor:
         """
         self._require_image()
         sets, batched = parse_prompts(
-            point_coords, point_labels, box, mask_input, self.original_size, self.mask_size
+            point_coords,
+            point_labels,
+            box,
+            mask_input,
+            self.original_size,
+            self.mask_size,
+            text_embedding=text_embedding,
+            text_dim=self.text_embed_dim,
         )
         outs = [self._decode(s, multimask_output, return_logits) for s in sets]
         masks = np.stack([o[0] for o in outs])
@@ -238,7 +262,8 @@ class OnnxPredictor:
 
     def decoder_inputs(self, prompt: PromptSet) -> dict[str, np.ndarray]:
         """The official decoder inputs for one prompt set (coordinates mapped to the input
-        frame; a padding point is added when there is no box, as ``SamPredictor`` does)."""
+        frame; a padding point is added when there is no box, as ``SamPredictor`` does), and
+        ``text_embedding`` when the set has one (the text flavour's extra input)."""
         size = self.original_size
         coords: list[np.ndarray] = []
         labels: list[np.ndarray] = []
@@ -268,12 +293,16 @@ class OnnxPredictor:
             has_mask,
             np.array(size, np.float32),
         )
-        return dict(zip(DECODER_INPUTS, values, strict=True))
+        feed = dict(zip(DECODER_INPUTS, values, strict=True))
+        if prompt.text is not None:
+            feed[DECODER_TEXT_INPUT] = np.asarray(prompt.text, np.float32).reshape(1, -1)
+        return feed
 
     def _decode(
         self, prompt: PromptSet, multimask_output: bool, return_logits: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        masks, iou, low = self.decoder.run(None, self.decoder_inputs(prompt))
+        session = self.decoder if prompt.text is None else self.decoder_text
+        masks, iou, low = session.run(None, self.decoder_inputs(prompt))
         if masks.shape[1] == self.num_mask_tokens:
             sl = slice(1, None) if multimask_output else slice(0, 1)
             masks, iou, low = masks[:, sl], iou[:, sl], low[:, sl]
