@@ -216,6 +216,32 @@ def test_contrastive_loss_hand_computed_and_duplicates():
         SmallClip({"embed_dim": 8})
 
 
+def test_attribute_positives_and_the_asymmetric_targets():
+    """ "the star" fits both stars, "the red star" only the red one; each direction of the loss
+    spreads its target over its own positives."""
+    from segany.text import attribute_positives
+
+    captions = ["the red star", "the star", "the small star"]
+    regions = [
+        {"color": "red", "shape": "star", "texture": "solid"},
+        {"color": "blue", "shape": "star", "texture": "solid"},
+        {"color": "blue", "shape": "star", "texture": "solid"},
+    ]
+    named = [{"color": "red", "shape": "star"}, {"shape": "star"}, None]
+    p = attribute_positives(captions, regions, named)
+    # rows: regions, columns: captions; the size caption matches by its words only
+    assert p.tolist() == [[True, True, False], [False, True, False], [False, True, True]]
+    with pytest.raises(ValueError, match="differ in length"):
+        attribute_positives(captions, regions[:2], named)
+    # logits = identity (scale 1): with L = log(e + 2), a matching pair's log-softmax is 1 - L
+    # and another's -L. Region-to-text rows average over the texts a region fits (2, 1, 2:
+    # mean L - 2/3), text-to-region rows over the regions a text fits (1, 3, 1: L - 7/9).
+    eye = torch.eye(3)
+    big_l = float(np.log(np.e + 2))
+    expected = torch.tensor(big_l - 13 / 18)
+    torch.testing.assert_close(contrastive_loss(eye, eye, torch.tensor(0.0), positives=p), expected)
+
+
 # --- the small CLIP ---------------------------------------------------------------------------
 
 TINY = SmallClipConfig(

@@ -204,8 +204,11 @@ def test_scene_pairs_hold_out_their_combinations():
     rng = np.random.default_rng(0)
     seen = []
     for step in range(6):
-        for image, mask, text in pairs(step, rng):
+        for image, mask, text, region, named in pairs(step, rng):
             assert image.shape[:2] == mask.shape and mask.any() and text.startswith("the ")
+            assert set(region) == {"color", "shape", "texture"}
+            # what the caption names is the region's own (None: size or position named)
+            assert named is None or (named and named.items() <= region.items())
             seen.append(text)
     held = {f"{c} {s}" for c, s in HELD_OUT_COMBINATIONS}
     assert seen and not any(h in t for t in seen for h in held)

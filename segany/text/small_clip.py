@@ -271,6 +271,30 @@ def caption_positives(captions: Sequence[str]) -> torch.Tensor:
     return torch.tensor([[a == b for b in keys] for a in keys], dtype=torch.bool)
 
 
+def attribute_positives(
+    captions: Sequence[str],
+    region_attributes: Sequence[dict[str, str]],
+    caption_attributes: Sequence[dict[str, str] | None],
+) -> torch.Tensor:
+    """``(N, N)`` bool: ``[i, j]`` when region ``i`` fits caption ``j``: the same words
+    (:func:`caption_positives`), or every attribute caption ``j`` names
+    (``caption_attributes[j]``, e.g. ``{"shape": "star"}``) equals region ``i``'s
+    (``region_attributes[i]``). A caption naming something scene-relative (size, position)
+    has ``None`` there and matches by its words only. "The star" then has every star of the
+    batch as a positive rather than pushing the other stars away."""
+    n = len(captions)
+    if not len(region_attributes) == len(caption_attributes) == n:
+        raise ValueError("captions, region_attributes and caption_attributes differ in length")
+    p = caption_positives(captions)
+    for j, named in enumerate(caption_attributes):
+        if not named:
+            continue
+        for i, region in enumerate(region_attributes):
+            if all(region.get(k) == v for k, v in named.items()):
+                p[i, j] = True
+    return p
+
+
 def contrastive_loss(
     region_emb: torch.Tensor,
     text_emb: torch.Tensor,
@@ -282,9 +306,10 @@ def contrastive_loss(
 
     Both are l2-normalised here; the logits are ``exp(logit_scale) * region @ text.T`` with
     ``logit_scale`` clamped to at most ``log(100)``. ``positives (N, N)`` bool (default the
-    identity; see :func:`caption_positives`) marks the pairs that match: duplicate captions use
-    multi-positive targets, each row's target spread evenly over its positives, so that a
-    duplicate is never pushed away as a negative. The loss is the mean of the region-to-text
+    identity; see :func:`caption_positives` and :func:`attribute_positives`), ``[i, j]`` for
+    region ``i`` and text ``j``, marks the pairs that match: several positives give
+    multi-positive targets, each row's (and, region-to-text, each column's) target spread
+    evenly over its positives, so that a match is never pushed away as a negative. The loss is the mean of the region-to-text
     and text-to-region cross-entropies (a scalar).
     """
     if region_emb.ndim != 2 or region_emb.shape != text_emb.shape:
@@ -305,13 +330,16 @@ def contrastive_loss(
     scale = logit_scale.clamp(max=math.log(100.0)).exp()
     logits = scale * F.normalize(region_emb, dim=-1) @ F.normalize(text_emb, dim=-1).T
     target = positives.float()
-    target = target / target.sum(dim=1, keepdim=True)
-    to_text = -(target * logits.log_softmax(dim=1)).sum(dim=1).mean()
-    to_region = -(target.T * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+    to_text = target / target.sum(dim=1, keepdim=True)
+    to_region = target.T / target.T.sum(dim=1, keepdim=True)
+    to_text = -(to_text * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    to_region = -(to_region * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
     return (to_text + to_region) / 2
 
 
-Pair = tuple[np.ndarray, np.ndarray, str]
+#: ``(image, mask, caption)``, or with ``(region attributes, caption attributes or None)``
+#: after it for :func:`attribute_positives`.
+Pair = tuple[Any, ...]
 
 
 def train_small_clip(
@@ -329,10 +357,12 @@ def train_small_clip(
     """Train a new :class:`SmallClip` with :func:`contrastive_loss`.
 
     ``pairs_fn(step, rng)`` returns some ``(image (H, W, 3) uint8, mask (H, W) bool, caption)``
-    pairs (one scene's regions, say); it is called until ``batch_size`` pairs are gathered
-    (surplus pairs are dropped). Each region is cropped for training
-    (:meth:`RegionCropConfig.draw` with ``rng``), and duplicate captions in a batch are
-    positives of each other (:func:`caption_positives`). ``seed`` fixes the initial weights
+    pairs (one scene's regions, say), optionally followed by the region's attributes and the
+    ones its caption names (see :func:`attribute_positives`); it is called until
+    ``batch_size`` pairs are gathered (surplus pairs are dropped). Each region is cropped for
+    training (:meth:`RegionCropConfig.draw` with ``rng``); duplicate captions in a batch are
+    positives of each other (:func:`caption_positives`) and, with attributes, so is every
+    region a caption fits. ``seed`` fixes the initial weights
     (without touching torch's global generator) and ``rng = np.random.default_rng(seed)``. The
     optimizer is AdamW with constant ``lr``.
 
@@ -354,12 +384,16 @@ def train_small_clip(
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     history: list[dict[str, float]] = []
     for step in range(steps):
-        crops, crop_masks, captions = _training_batch(pairs_fn, step, rng, batch_size, config)
+        crops, crop_masks, captions, facts = _training_batch(
+            pairs_fn, step, rng, batch_size, config
+        )
         region = model.embed_crops(crops, crop_masks)
         text = model.embed_tokens(model.tokenize(captions))
-        loss = contrastive_loss(
-            region, text, model.logit_scale, positives=caption_positives(captions)
-        )
+        if facts is None:
+            positives = caption_positives(captions)
+        else:
+            positives = attribute_positives(captions, *zip(*facts, strict=True))
+        loss = contrastive_loss(region, text, model.logit_scale, positives=positives)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -382,23 +416,34 @@ def _training_batch(
     rng: np.random.Generator,
     batch_size: int,
     config: SmallClipConfig,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
+) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple[Any, Any]] | None]:
     crops: list[np.ndarray] = []
     crop_masks: list[np.ndarray] = []
     captions: list[str] = []
+    facts: list[tuple[Any, Any]] = []
     while len(captions) < batch_size:
         pairs = list(pairs_fn(step, rng))
         if not pairs:
             raise ValueError(f"pairs_fn returned no pairs at step {step}")
-        for image, mask, caption in pairs[: batch_size - len(captions)]:
+        for pair in pairs[: batch_size - len(captions)]:
+            if len(pair) not in (3, 5):
+                raise ValueError(
+                    "pairs_fn must return (image, mask, caption) or (image, mask, caption, "
+                    f"region attributes, caption attributes) tuples; got {len(pair)} items"
+                )
+            image, mask, caption = pair[:3]
             crop, crop_mask = crop_regions(
                 image, mask[None], config.crop, train=True, generator=rng
             )
             crops.append(crop[0])
             crop_masks.append(crop_mask[0])
             captions.append(caption)
+            if len(pair) == 5:
+                facts.append((pair[3], pair[4]))
     validate_texts(captions)
-    return np.stack(crops), np.stack(crop_masks), captions
+    if facts and len(facts) != len(captions):
+        raise ValueError("pairs_fn mixed pairs with and without attributes")
+    return np.stack(crops), np.stack(crop_masks), captions, facts or None
 
 
 def save_small_clip(model: SmallClip, path: str | os.PathLike) -> None:

@@ -20,6 +20,8 @@ from ..data.scenes import ProceduralScenes, SceneConfig
 
 #: Seed of the scenes the text encoder trains on (evaluation uses other seeds).
 TEXT_ENCODER_SCENE_SEED = 11
+#: The attributes a region has by itself (size and position depend on the rest of the scene).
+INTRINSIC = ("color", "shape", "texture")
 #: Chance of naming an attribute a training caption does not need.
 OVERSPECIFY = 0.3
 
@@ -40,11 +42,24 @@ class ScenePairs:
             2**31 - 1, self.seed, SceneConfig(palette=True, excluded_combinations=excluded)
         )
 
-    def __call__(self, step: int, rng: np.random.Generator) -> list[tuple[Any, Any, str]]:
+    def __call__(self, step: int, rng: np.random.Generator) -> list[tuple[Any, ...]]:
+        """``(image, mask, caption, region attributes, caption attributes)`` per captioned
+        object of the next scene; the caption's are ``None`` when it names a scene-relative
+        attribute (size, position), see :func:`segany.text.attribute_positives`."""
         scene = self.scenes[self._next]
         self._next += 1
         caps = caption_objects(scene, rng, overspecify=self.overspecify)
-        return [(scene.image, scene.masks[c.index], c.text) for c in caps]
+        out = []
+        for c in caps:
+            a = scene.attributes[c.index]
+            region = {k: getattr(a, k) for k in INTRINSIC}
+            named = (
+                {k: region[k] for k in c.attributes}
+                if set(c.attributes) <= set(INTRINSIC)
+                else None
+            )
+            out.append((scene.image, scene.masks[c.index], c.text, region, named))
+        return out
 
 
 def train_text_encoder(
