@@ -29,12 +29,6 @@ def text_encoder_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".text.safetensors")
 
 
-def bundled_text_encoder_path() -> Path:
-    """Path of the text encoder shipped beside the bundled model
-    (``segany/models/segany_tiny.text.safetensors``)."""
-    return text_encoder_path(bundled_model_path())
-
-
 def bundled_config(state_dict: ckpt.StateDict) -> SamConfig:
     """The bundled architecture, with the prompt encoder's text path sized from
     ``state_dict`` when it has one (a text-trained bundled model)."""
@@ -179,12 +173,12 @@ def load_model(
     """Load a SAM model by name or checkpoint path, inferring the architecture.
 
     ``None`` (or ``"segany_tiny"``) loads the bundled model, shipped inside the package (no
-    network), with its text encoder as ``model.text_encoder`` (so
-    ``SamPredictor(model).predict(text="the red star")`` works offline). ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into
+    network). ``"vit_b" | "vit_l" | "vit_h"`` use the official checkpoint, downloaded once into
     the cache (``$SEGANY_HOME``, default ``~/.cache/segany``) and verified by sha256. A path
     loads any official-format state dict; the architecture (sizes, depth, heads, windows) is
-    read from it, and a text-trained one gets the small CLIP saved beside it
-    (``<stem>.text.safetensors``, see :func:`text_encoder_path`) as ``model.text_encoder``.
+    read from it. A model with a text path (the bundled one included, once it ships one) gets
+    the small CLIP saved beside its file (``<stem>.text.safetensors``, see
+    :func:`text_encoder_path`) as ``model.text_encoder``, so ``text=`` works offline.
     """
     name = BUNDLED_MODEL if model is None else str(model)
     if name == BUNDLED_MODEL and not Path(name).exists():
