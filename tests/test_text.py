@@ -358,6 +358,29 @@ def test_small_clip_config_checks_and_json_round_trip():
         SmallClipConfig(words=("red square",))
     with pytest.raises(TypeError):
         SmallClipConfig(128)  # keyword-only
+    with pytest.raises(ValueError, match="spatial_pool"):
+        SmallClipConfig(spatial_pool=-1)
+    pooled = SmallClipConfig(spatial_pool=2, words=WORDS, image_size=32)
+    assert SmallClipConfig.from_json(pooled.to_json()) == pooled
+
+
+def test_spatial_pool_sees_only_inside_the_mask_and_where():
+    from segany.text.small_clip import RegionEncoder
+
+    torch.manual_seed(0)
+    enc = RegionEncoder(SmallClipConfig(widths=(4,), spatial_pool=2, embed_dim=8)).eval()
+    enc.stages = torch.nn.Identity()  # the pooling alone, on the input itself
+    x = torch.randn(1, 4, 8, 8)
+    mask = torch.zeros(1, 8, 8, dtype=torch.bool)
+    mask[0, :4, :4] = True
+    out = enc(x, mask)
+    y = x.clone()
+    y[..., 4:, :] = 100.0  # outside the mask
+    torch.testing.assert_close(enc(y, mask), out, rtol=0, atol=0)
+    # the same pixels in another quadrant: the same masked mean, another layout
+    moved = torch.roll(x, shifts=(4, 4), dims=(2, 3))
+    moved_mask = torch.roll(mask, shifts=(4, 4), dims=(1, 2))
+    assert not torch.allclose(enc(moved, moved_mask), out)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -93,6 +93,8 @@ def test_text_config_is_validated():
         TrainConfig(text_source="words")
     with pytest.raises(ValueError, match="text_probability"):
         TrainConfig(text_probability=1.5)
+    with pytest.raises(ValueError, match="text_point_probability"):
+        TrainConfig(text_point_probability=-0.1)
     with pytest.raises(ValueError, match="'region' or 'caption'"):
         TextPrompts(FakeEncoder(), "words")
 
@@ -173,6 +175,29 @@ def test_text_group_trains_the_text_path(tmp_path, monkeypatch):
     del engine
 
 
+def test_text_and_point_first_prompts(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path, text_probability=1.0, text_point_probability=1.0)
+    sam = randomize_(segany.build_sam_model(_text_tiny()), 0).train()
+    _, batch = _batch(cfg, FakeEncoder())
+    seen = []
+    real = sam.prompt_encoder.forward
+
+    def spy(points, boxes, masks, text=None):
+        seen.append((points, None if text is None else text.shape))
+        return real(points, boxes, masks, text=text)
+
+    monkeypatch.setattr(sam.prompt_encoder, "forward", spy)
+    out = InteractiveSam(sam, cfg.replace(rounds=1, point_rounds=0))(batch, seed=1)
+    n = len(batch["targets"])
+    (points, labels), text_shape = seen[0]
+    assert len(seen) == 1 and text_shape == (n, D)
+    assert points.shape == (n, 1, 2) and (labels == 1).all()
+    # the point lies inside its own mask (input frame = target frame here)
+    x, y = points[:, 0, 0].long(), points[:, 0, 1].long()
+    assert batch["targets"][torch.arange(n), y, x].all()
+    assert torch.isfinite(out["loss"])
+
+
 def test_text_path_is_added_to_an_init_without_one(tmp_path):
     from segany.train.model import TEXT_PARAM_PREFIXES, build_training_model
 
@@ -213,6 +238,21 @@ def test_scene_pairs_hold_out_their_combinations():
     held = {f"{c} {s}" for c, s in HELD_OUT_COMBINATIONS}
     assert seen and not any(h in t for t in seen for h in held)
     assert pairs._next == 6  # one scene per call, never repeated
+
+
+def test_scene_pairs_subset_captions_name_what_they_fit():
+    from segany.data.captions import phrase
+    from segany.train.text_encoder import ScenePairs
+
+    pairs = ScenePairs(seed=3, subset_probability=1.0)
+    rng = np.random.default_rng(0)
+    named_sets = set()
+    for step in range(4):
+        for _, _, text, region, named in pairs(step, rng):
+            assert named and named.items() <= region.items()
+            assert text == phrase(region, tuple(named))
+            named_sets.add(tuple(sorted(named)))
+    assert ("shape",) in named_sets and ("texture",) in named_sets
 
 
 def test_train_text_encoder_cli_writes_a_loadable_encoder(tmp_path, capsys):

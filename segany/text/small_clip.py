@@ -108,7 +108,10 @@ class SmallClipConfig:
     ``image_size`` is the side of the region crop (``crop.size``; ``crop`` defaults to
     ``RegionCropConfig(size=image_size)``); ``widths`` the channels of the CNN's stride-2
     stages; ``text_width`` / ``text_layers`` / ``text_heads`` the text transformer;
-    ``max_tokens`` the text length with EOS; ``words`` the vocabulary (without the specials).
+    ``max_tokens`` the text length with EOS; ``words`` the vocabulary (without the specials);
+    ``spatial_pool`` the side of a grid the region encoder also average-pools its last feature
+    map to, whole crop, so that the embedding sees the mask's layout (its shape) and not only
+    the mean inside it (0: the masked mean alone).
     """
 
     embed_dim: int = 128
@@ -119,6 +122,7 @@ class SmallClipConfig:
     text_heads: int = 4
     max_tokens: int = 16
     words: tuple[str, ...] = ()
+    spatial_pool: int = 0
     crop: RegionCropConfig | None = None
 
     def __post_init__(self) -> None:
@@ -128,6 +132,12 @@ class SmallClipConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if (
+            isinstance(self.spatial_pool, bool)
+            or not isinstance(self.spatial_pool, int)
+            or self.spatial_pool < 0
+        ):
+            raise ValueError(f"spatial_pool must be an int >= 0, got {self.spatial_pool!r}")
         if not self.widths or any(not isinstance(w, int) or w < 1 for w in self.widths):
             raise ValueError(f"widths must be positive ints, got {self.widths!r}")
         if self.text_width % self.text_heads:
@@ -160,7 +170,10 @@ class RegionEncoder(nn.Module):
     masks ``(B, S, S)`` bool -> ``(B, embed_dim)`` (not normalised).
 
     Stride-2 3x3 convolutions with GroupNorm and GELU (one stage per ``widths`` entry), the
-    :func:`masked_pool` of the last feature map over the crop mask, LayerNorm and a linear map.
+    :func:`masked_pool` of the last feature map over the crop mask (with ``spatial_pool = g >
+    0``, concatenated with that map, weighted by the mask resized to it by area, average-pooled
+    to ``g x g`` and flattened), LayerNorm and a linear map. Nothing outside the mask reaches
+    the last layer's pooling.
     """
 
     def __init__(self, config: SmallClipConfig) -> None:
@@ -178,11 +191,20 @@ class RegionEncoder(nn.Module):
             ]
             channels = width
         self.stages = nn.Sequential(*layers)
-        self.norm = nn.LayerNorm(channels)
-        self.proj = nn.Linear(channels, config.embed_dim)
+        self.spatial_pool = config.spatial_pool
+        features = channels * (1 + self.spatial_pool**2)
+        self.norm = nn.LayerNorm(features)
+        self.proj = nn.Linear(features, config.embed_dim)
 
     def forward(self, x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.norm(masked_pool(self.stages(x), masks)))
+        feats = self.stages(x)
+        pooled = masked_pool(feats, masks)
+        if self.spatial_pool:
+            # Only inside the mask, like the masked mean, but keeping where in the crop.
+            inside = F.interpolate(masks[:, None].to(feats.dtype), feats.shape[-2:], mode="area")
+            grid = F.adaptive_avg_pool2d(feats * inside, self.spatial_pool).flatten(1)
+            pooled = torch.cat([pooled, grid], dim=1)
+        return self.proj(self.norm(pooled))
 
 
 class TextTower(nn.Module):

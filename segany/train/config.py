@@ -68,6 +68,9 @@ class TrainConfig:
         text_probability: chance that a mask's first prompt is its text/region embedding
             instead of a point or box; the interactive rounds follow as usual, the text token
             staying in every round.
+        text_point_probability: of those text-first masks, the fraction whose first prompt is
+            the text together with a uniform foreground point (not in the paper, default 0),
+            so that "the thing I named, here" is trained as it is used.
         text_source: ``"region"`` (the paper: the encoder's embedding of the mask's region
             crop, so no captions are needed) or ``"caption"`` (the text embedding of the mask's
             caption, for captioned procedural scenes only; the upper bound to compare with).
@@ -115,6 +118,7 @@ class TrainConfig:
     text_prompts: bool = False
     text_encoder: str = ""
     text_probability: float = 0.5
+    text_point_probability: float = 0.0
     text_source: str = "region"  # "region" (the paper) or "caption"
     loss_resolution: str = "input"  # "input" (S x S, the paper) or "low" (low-res logits)
 
@@ -179,6 +183,10 @@ class TrainConfig:
             errors.append(f"box_probability must be in [0, 1], got {self.box_probability}")
         if not 0 <= self.text_probability <= 1:
             errors.append(f"text_probability must be in [0, 1], got {self.text_probability}")
+        if not 0 <= self.text_point_probability <= 1:
+            errors.append(
+                f"text_point_probability must be in [0, 1], got {self.text_point_probability}"
+            )
         if self.text_source not in ("region", "caption"):
             errors.append(f"text_source must be 'region' or 'caption', got {self.text_source!r}")
         if self.text_prompts and not self.text_encoder:

@@ -10,8 +10,9 @@ prompt uses the single-mask token. Every round's loss counts (mean over rounds).
 
 With ``text_prompts`` (the paper's App. D.5), a mask that has a text embedding in the batch
 starts, with probability ``text_probability``, from that embedding alone instead of a point or
-box; it is decoded like a single point (three masks) and keeps its text token in every later
-round, beside the corrective clicks.
+box (with ``text_point_probability``, some of them with a uniform foreground point as well);
+it is decoded like a single point (three masks) and keeps its text token in every later round,
+beside the corrective clicks.
 """
 
 from __future__ import annotations
@@ -136,12 +137,15 @@ class InteractiveSam(nn.Module):
         scale = sam.image_encoder.img_size / images.shape[-1]
         emb = emb.float()
         use_box = torch.rand(n, generator=gen, device=dev) < cfg.box_probability
-        use_text = None
+        use_text = text_point = None
         if cfg.text_prompts:
             if "text" not in batch:
                 raise ValueError("text_prompts needs batches with 'text' and 'has_text'")
             has = batch["has_text"].to(dev)
             use_text = has & (torch.rand(n, generator=gen, device=dev) < cfg.text_probability)
+            if cfg.text_point_probability > 0:
+                draw = torch.rand(n, generator=gen, device=dev) < cfg.text_point_probability
+                text_point = use_text & draw
         skip = clicks.no_point_rounds(cfg.rounds, cfg.point_rounds, gen) if n_rounds > 1 else set()
         graded = clicks.gradient_rounds(n_rounds, cfg.grad_rounds, gen)
         step = _StepInputs(
@@ -156,7 +160,8 @@ class InteractiveSam(nn.Module):
         )
         groups = self._first_prompts(use_box, step)
         if use_text is not None:
-            groups = self._with_text(groups, use_text, batch["text"].to(dev).float())
+            text = batch["text"].to(dev).float()
+            groups = self._with_text(groups, use_text, text, text_point, step)
 
         loss: torch.Tensor | float = 0.0
         terms = dict.fromkeys(_LOSS_TERMS, 0.0)
@@ -210,10 +215,16 @@ class InteractiveSam(nn.Module):
 
     @staticmethod
     def _with_text(
-        groups: list[_PromptGroup], use_text: torch.Tensor, text: torch.Tensor
+        groups: list[_PromptGroup],
+        use_text: torch.Tensor,
+        text: torch.Tensor,
+        text_point: torch.Tensor | None,
+        step: _StepInputs,
     ) -> list[_PromptGroup]:
         """Move the masks in ``use_text`` out of the point and box groups into a text group
-        whose first prompt is their ``(N, D)`` embedding row alone."""
+        whose first prompt is their ``(N, D)`` embedding row alone, and those also in
+        ``text_point`` into one whose first prompt is that row and a uniform foreground
+        point."""
         if not bool(use_text.any()):
             return groups
         out = []
@@ -230,8 +241,15 @@ class InteractiveSam(nn.Module):
             if g.points is not None:
                 g.points = (g.points[0][keep], g.points[1][keep])
             out.append(g)
-        rows = torch.nonzero(use_text)[:, 0]
-        out.append(_PromptGroup(rows=rows, is_box=False, text=text[rows]))
+        alone = use_text if text_point is None else use_text & ~text_point
+        rows = torch.nonzero(alone)[:, 0]
+        if len(rows):
+            out.append(_PromptGroup(rows=rows, is_box=False, text=text[rows]))
+        if text_point is not None and bool(text_point.any()):
+            rows = torch.nonzero(text_point)[:, 0]
+            g = _PromptGroup(rows=rows, is_box=False, text=text[rows])
+            g.points = clicks.sample_points_in_masks(step.targets[rows], step.gen)
+            out.append(g)
         return out
 
     def _round(self, r: int, g: _PromptGroup, step: _StepInputs) -> None:
