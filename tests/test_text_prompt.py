@@ -10,9 +10,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import segany
 from segany.checkpoint import infer_config
+from segany.data.datasets import open_dataset
 from segany.predictor import SamPredictor
 from tests.helpers import TINY, official_from_config, random_image, randomize_
 
@@ -299,8 +301,17 @@ def test_eval_text_cli_reports_seen_and_held_out(tmp_path, capsys):
     rc = main(
         ["eval", "procedural-text:3:4", "--text", "--text-encoder", str(clip), "--quiet"]
         + ["--model", str(ckpt), "--device", "cpu", "--precision", "fp32", "--out", str(out)]
+        + ["--figure", str(tmp_path / "fig.png")]
     )
     assert rc == 0
+    figure = np.asarray(Image.open(tmp_path / "fig.png"))
+    h, w = open_dataset("procedural-text:1:4").scene(0).image.shape[:2]
+    assert figure.shape[0] == 2 * h + 28 and figure.shape[1] // (2 * w) in (3, 4)
+    assert figure.shape[1] % (2 * w) == 0
+    from segany.eval.text import text_figure
+
+    with pytest.raises(ValueError, match="at least one phrase"):
+        text_figure(None, np.zeros((8, 8, 3), np.uint8), [])
     table = capsys.readouterr().out
     assert "| seen |" in table and "| held_out |" in table and "retrieval top-1" in table
     res = json.loads((out / "eval_text.json").read_text())["results"][0]

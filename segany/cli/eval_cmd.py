@@ -127,6 +127,13 @@ def register(sub: Any) -> None:
         default=None,
         help="text encoder for --text (default: the one shipped with the model)",
     )
+    p.add_argument(
+        "--figure",
+        metavar="PNG",
+        default=None,
+        help="with --text: also draw the first scene with at least 3 captions, one panel per "
+        "caption (up to 4) with its text-prompt mask, to PNG",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_model_args(p)
     p.set_defaults(func=cmd_eval)
@@ -190,6 +197,8 @@ def _eval_text(
     from ..io.files import write_json_atomic
 
     attach_text_encoder(predictor, args)
+    if args.figure is not None:
+        _text_figure(predictor, datasets[0], Path(args.figure))
     records = []
     for spec, dataset in zip(args.data, datasets, strict=True):
         with bad_input():
@@ -207,6 +216,27 @@ def _eval_text(
         write_json_atomic(out / "eval_text.json", {"model": str(args.model), "results": records})
         status(f"wrote eval_text.json to {out}")
     return EXIT_OK
+
+
+def _text_figure(predictor: Any, dataset: Any, path: Path) -> None:
+    """``--figure``: the first scene of ``dataset`` with 3 or more captions, drawn by
+    :func:`segany.eval.text.text_figure` with up to 4 of them."""
+    from ..data.captions import caption_objects
+    from ..eval.text import text_figure
+    from ..viz import save_image_png
+
+    with bad_input():
+        if not callable(getattr(dataset, "scene", None)):
+            raise ValueError("--figure needs a captioned dataset (procedural-text:N[:SEED])")
+        for i in range(len(dataset)):
+            scene = dataset.scene(i)
+            caps = caption_objects(scene)
+            if len(caps) >= 3:
+                break
+        else:
+            raise ValueError("--figure: no scene of the dataset has 3 captions")
+    save_image_png(path, text_figure(predictor, scene.image, [c.text for c in caps[:4]]))
+    status(f"wrote the text figure of scene {i} to {path}")
 
 
 def _write_several(

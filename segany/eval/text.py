@@ -150,3 +150,34 @@ def evaluate_text(
         }
         top1[s] = float(np.mean([r["retrieved"] for r in rows])) if rows else float("nan")
     return TextResult(miou, top1, counts, records, time.perf_counter() - t0)
+
+
+def text_figure(
+    predictor: Any, image: np.ndarray, phrases: list[str], *, scale: int = 2
+) -> np.ndarray:
+    """One panel per phrase: ``image (H, W, 3) uint8 RGB`` with the top-scored mask of
+    ``predictor.predict(text=phrase)`` drawn over it (upscaled ``scale`` times, nearest) and
+    the phrase written under it. Returns ``(scale * H + 28, len(phrases) * scale * W, 3)``
+    uint8 RGB. ``predictor`` needs a text encoder (``predictor.text_encoder``)."""
+    from PIL import Image, ImageDraw
+
+    from ..viz import overlay_masks
+
+    if not phrases:
+        raise ValueError("text_figure needs at least one phrase")
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    predictor.set_image(image)
+    big = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+    h, w = big.shape[:2]
+    panels = []
+    for phrase in phrases:
+        masks, scores, _ = predictor.predict(text=phrase, multimask_output=True)
+        best = np.asarray(masks)[int(np.argmax(scores))]
+        best = np.repeat(np.repeat(best, scale, axis=0), scale, axis=1)
+        panel = overlay_masks(big, np.stack([best]), alpha=0.55)
+        canvas = Image.new("RGB", (w, h + 28), (255, 255, 255))
+        canvas.paste(Image.fromarray(panel), (0, 0))
+        ImageDraw.Draw(canvas).text((6, h + 8), f'"{phrase}"', fill=(0, 0, 0))
+        panels.append(np.asarray(canvas))
+    return np.concatenate(panels, axis=1)
