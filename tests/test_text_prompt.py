@@ -74,6 +74,18 @@ def test_text_weights_without_a_text_prompt_change_nothing():
         assert torch.equal(out_a[k], out_b[k]), k
 
 
+def test_a_fresh_text_token_carries_its_content_at_the_scale_of_the_other_tokens():
+    torch.manual_seed(0)
+    pe = segany.build_sam_model(_text_cfg(64)).prompt_encoder
+    t = torch.nn.functional.normalize(torch.randn(32, 64), dim=-1)
+    with torch.no_grad():
+        content = pe.text_projection(t)  # what differs between two phrases
+    rms = content.pow(2).mean().sqrt()
+    type_rms = pe.text_embed.weight.pow(2).mean().sqrt()
+    assert 0.5 < float(rms / type_rms) < 2.0
+    assert torch.equal(pe.text_projection.bias, torch.zeros_like(pe.text_projection.bias))
+
+
 def test_the_text_token_is_the_normalised_projection_plus_the_type_embedding():
     pe = segany.build_sam_model(_text_cfg(2)).prompt_encoder
     c = pe.embed_dim

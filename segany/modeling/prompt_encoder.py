@@ -114,6 +114,11 @@ class PromptEncoder(nn.Module):
         if text_embed_dim is not None:
             self.text_projection = nn.Linear(text_embed_dim, embed_dim)
             self.text_embed = nn.Embedding(1, embed_dim)
+            # A unit-norm embedding then gives a token of unit scale per channel, like the
+            # N(0, 1) point and type embeddings beside it (nn.Linear's default would start
+            # the content ~20x smaller than the constant type embedding it rides on).
+            nn.init.normal_(self.text_projection.weight, std=1.0)
+            nn.init.zeros_(self.text_projection.bias)
 
     @property
     def has_text(self) -> bool:
