@@ -80,8 +80,8 @@ def test_a_fresh_text_token_carries_its_content_at_the_scale_of_the_other_tokens
     t = torch.nn.functional.normalize(torch.randn(32, 64), dim=-1)
     with torch.no_grad():
         content = pe.text_projection(t)  # what differs between two phrases
-    rms = content.pow(2).mean().sqrt()
-    type_rms = pe.text_embed.weight.pow(2).mean().sqrt()
+        rms = content.pow(2).mean().sqrt()
+        type_rms = pe.text_embed.weight.pow(2).mean().sqrt()
     assert 0.5 < float(rms / type_rms) < 2.0
     assert torch.equal(pe.text_projection.bias, torch.zeros_like(pe.text_projection.bias))
 
