@@ -109,9 +109,9 @@ class SmallClipConfig:
     ``RegionCropConfig(size=image_size)``); ``widths`` the channels of the CNN's stride-2
     stages; ``text_width`` / ``text_layers`` / ``text_heads`` the text transformer;
     ``max_tokens`` the text length with EOS; ``words`` the vocabulary (without the specials);
-    ``spatial_pool`` the side of a grid the region encoder also average-pools its last feature
-    map to, whole crop, so that the embedding sees the mask's layout (its shape) and not only
-    the mean inside it (0: the masked mean alone).
+    ``spatial_pool`` the side of a grid the region encoder also pools its mask-weighted last
+    feature map to, so that the embedding sees where in the crop the mask lies (its shape) and
+    not only the mean inside it (0: the masked mean alone).
     """
 
     embed_dim: int = 128

@@ -28,7 +28,7 @@ OVERSPECIFY = 0.3
 #: Chance that a training caption names a random non-empty subset of :data:`INTRINSIC` instead
 #: (not always unique in its scene: its positives are every region it fits), so that shape and
 #: texture, which unique captions rarely need beside colour, are named often. Off in the
-#: bundled encoder's recipe: measured, it did not lift shape or texture retrieval.
+#: default recipe: measured, it did not lift shape or texture retrieval.
 SUBSET_PROBABILITY = 0.0
 _SUBSETS = [s for n in range(1, 4) for s in itertools.combinations(INTRINSIC, n)]
 
@@ -85,7 +85,7 @@ def train_text_encoder(
     log_every: int = 100,
 ) -> dict[str, Any]:
     """Train a :class:`~segany.text.SmallClip` over :data:`VOCABULARY` on :class:`ScenePairs`
-    and save it to ``out``; the defaults are the bundled encoder's recipe (``spatial_pool``: see
+    and save it to ``out``; the defaults are the recipe (``spatial_pool``: see
     :class:`~segany.text.SmallClipConfig`; ``subset_probability``: see :class:`ScenePairs`).
     Returns ``{"steps", "seconds", "loss_first", "loss_last"}`` (mean of the first and last 50
     steps)."""
