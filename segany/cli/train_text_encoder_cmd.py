@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--out", required=True, metavar="FILE", help="the .safetensors file to write")
-    recipe = "default: the bundled encoder's recipe"
+    recipe = "default: the recipe of docs/text_prompts.md"
     p.add_argument("--steps", type=positive_int, help=f"optimizer steps ({recipe})")
     p.add_argument(
         "--batch-size", type=positive_int, help=f"caption-region pairs per step ({recipe})"
