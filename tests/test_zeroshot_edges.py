@@ -55,6 +55,33 @@ def test_matching_is_one_to_one():
     assert m2.sum() == g.sum() and m1.sum() == g.sum()  # half the prediction is unmatched
 
 
+def test_component_solver_agrees_with_the_sparse_outlier_graph(monkeypatch):
+    from segany.zeroshot import edge_eval
+
+    rng = np.random.default_rng(4)
+    cases = []
+    for seed in range(3):
+        g = _scene_boundaries(generate_scene(seed, SceneConfig(height=72, width=96)).masks)
+        noisy = np.roll(g, 1, axis=1) | (rng.random(g.shape) < 0.03)
+        cases.append((thin(noisy), g))
+    dense = [correspond_pixels(p, g) for p, g in cases]
+    monkeypatch.setattr(edge_eval, "DENSE_LIMIT", 0)  # every component on the sparse graph
+    sparse = [correspond_pixels(p, g) for p, g in cases]
+    for (d1, d2, dc), (s1, s2, sc) in zip(dense, sparse, strict=True):
+        assert d1.sum() == s1.sum() and d2.sum() == s2.sum() and dc == pytest.approx(sc)
+        assert 0 < d2.sum() < cases[0][1].size
+
+
+def test_matching_a_noisy_bsds_sized_map():
+    # one large dense component: minutes on the sparse outlier graph, well under a second here
+    g = _scene_boundaries(generate_scene(0, SceneConfig(height=321, width=481)).masks)
+    rng = np.random.default_rng(0)
+    pred = thin(np.roll(g, 1, axis=1) | (rng.random(g.shape) < 0.01))
+    m1, m2, _ = correspond_pixels(pred, g)
+    assert m1.sum() == m2.sum() and m2.sum() >= 0.9 * g.sum()
+    assert not (m1 & ~pred).any() and not (m2 & ~g).any()
+
+
 def test_several_annotators():
     a = _cross()
     b = np.zeros_like(a)

@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import min_weight_full_bipartite_matching
+from scipy.sparse.csgraph import connected_components, min_weight_full_bipartite_matching
 
 __all__ = [
     "EdgeEvalResult",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 OUTLIER_FACTOR = 100.0  # the benchmark's outlier cost: 100 x the maximum distance
+DENSE_LIMIT = 40_000_000  # a larger component (pred x gt pixels) uses the sparse solver
 
 
 # ------------------------------------------------------------------------------------ thinning
@@ -96,7 +98,10 @@ def correspond_pixels(
     is at most ``max_dist * sqrt(H^2 + W^2)``. The pairing is a minimum-cost perfect matching
     in which every pixel may instead go to an outlier at cost ``100 * max_dist`` (in pixels),
     as the benchmark's ``correspondPixels`` sets it: so the most pairs are made, and among
-    those the least total distance. Solved exactly with SciPy's sparse assignment (LAPJVsp).
+    those the least total distance. Solved exactly: pixels linked by no chain of candidate pairs
+    never interact, so each connected component of the candidate graph is solved on its own,
+    as a dense assignment (SciPy's ``linear_sum_assignment``), or on the benchmark's sparse
+    outlier graph (LAPJVsp) when it is very large (:data:`DENSE_LIMIT`).
 
     Returns ``match1 (H, W)`` bool (the predicted pixels that are paired), ``match2 (H, W)``
     bool (the ground-truth pixels that are paired) and the matching's total cost in pixels.
@@ -140,22 +145,60 @@ def correspond_pixels(
     di = np.concatenate(dists)
     if len(ri) == 0:
         return m1, m2, outlier * (n1 + n2)
-    # Left nodes: pred pixels (n1) then gt outliers (n2); right: gt pixels (n2) then pred
-    # outliers (n1). A pred pixel i pairs with gt pixel j (cost d) or its outlier (cost C); gt
-    # pixel j with its outlier (cost C); the outliers of a candidate pair (i, j) pair with each
-    # other (cost 0) so that pairing i with j leaves no outlier stranded. Every weight gets +1
-    # (a constant over perfect matchings: SciPy treats absent entries, not zeros, as missing).
-    ar1, ar2 = np.arange(n1), np.arange(n2)
-    left = np.concatenate([ri, ar1, n1 + ar2, n1 + ci])
-    right = np.concatenate([ci, n2 + ar1, ar2, n2 + ri])
-    weight = np.concatenate([di, np.full(n1, outlier), np.full(n2, outlier), np.zeros(len(ri))])
-    graph = coo_matrix((weight + 1.0, (left, right)), shape=(n1 + n2, n1 + n2)).tocsr()
-    match = min_weight_full_bipartite_matching(graph)[1]  # left node -> right node
-    paired = match[:n1] < n2
-    m1[py[paired], px[paired]] = True
-    m2[gy[match[:n1][paired]], gx[match[:n1][paired]]] = True
-    cost = float(np.asarray(graph[np.arange(n1 + n2), match]).sum()) - (n1 + n2)
+    # Pixels that share no candidate pair never interact: the matching splits exactly into
+    # the connected components of the candidate graph, each solved on its own (far faster
+    # than one large assignment). A pixel with no candidate goes to its outlier.
+    link = coo_matrix((np.ones(len(ri)), (ri, n1 + ci)), shape=(n1 + n2, n1 + n2))
+    _, comp = connected_components(link, directed=False)
+    pair_comp = comp[ri]
+    order = np.argsort(pair_comp, kind="stable")
+    bounds = np.flatnonzero(np.diff(pair_comp[order])) + 1
+    node_order = np.argsort(comp, kind="stable")
+    sorted_comp = comp[node_order]
+    with_pairs = np.unique(pair_comp)
+    starts = np.searchsorted(sorted_comp, with_pairs, side="left")
+    stops = np.searchsorted(sorted_comp, with_pairs, side="right")
+    paired_p: list[np.ndarray] = []
+    paired_g: list[np.ndarray] = []
+    cost = outlier * (n1 + n2)
+    for group, start, stop in zip(np.split(order, bounds), starts, stops, strict=True):
+        nodes = node_order[start:stop]
+        ps, gs = nodes[nodes < n1], nodes[nodes >= n1] - n1
+        m_p, m_g, sub_cost = _match_component(ps, gs, ri[group], ci[group], di[group], outlier)
+        paired_p.append(m_p)
+        paired_g.append(m_g)
+        cost += sub_cost - outlier * (len(ps) + len(gs))
+    pp = np.concatenate(paired_p)
+    pg = np.concatenate(paired_g)
+    m1[py[pp], px[pp]] = True
+    m2[gy[pg], gx[pg]] = True
     return m1, m2, cost
+
+
+def _match_component(
+    ps: np.ndarray, gs: np.ndarray, ri: np.ndarray, ci: np.ndarray, di: np.ndarray, outlier: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """The minimum-cost matching of one component: pred pixels ``ps`` and gt pixels ``gs``
+    (sorted global indices), candidate pairs ``(ri, ci)`` at distances ``di``. Returns the
+    paired pred and gt indices (global) and the cost in pixels.
+
+    Pairing ``i`` with ``j`` instead of sending both to their outliers changes the cost by
+    ``d - 2C``. So the matching is the assignment of the ``(n1, n2)`` matrix that holds
+    ``d - 2C`` at the candidate pairs and 0 elsewhere (an assigned 0 is no pair), solved
+    exactly by SciPy's dense ``linear_sum_assignment`` (shortest augmenting paths). This gives
+    the same optimum as the benchmark's sparse outlier graph (:func:`correspond_pixels`)."""
+    n1, n2 = len(ps), len(gs)
+    li = np.searchsorted(ps, ri)
+    lj = np.searchsorted(gs, ci)
+    if n1 * n2 > DENSE_LIMIT:
+        return _match_sparse(ps, gs, li, lj, di, outlier)
+    gain = np.zeros((n1, n2))
+    gain[li, lj] = di - 2.0 * outlier
+    rows, cols = linear_sum_assignment(gain)
+    real = gain[rows, cols] < 0
+    rows, cols = rows[real], cols[real]
+    cost = outlier * (n1 + n2) + float(gain[rows, cols].sum())
+    return ps[rows], gs[cols], cost
 
 
 # ------------------------------------------------------------------------------------ counts
@@ -358,3 +401,26 @@ def evaluate_edges(
             pred = pred / 255.0
         counts.append(edge_counts(pred, gts, thresholds, max_dist, thin_pred))
     return summarize_counts(counts, thresholds)
+
+
+def _match_sparse(
+    ps: np.ndarray, gs: np.ndarray, li: np.ndarray, lj: np.ndarray, di: np.ndarray, outlier: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`_match_component` on the benchmark's sparse outlier graph (``li``, ``lj``: local
+    indices): bounded memory, but SciPy's LAPJVsp can take minutes on large dense components.
+
+    Left nodes: pred pixels (n1) then gt outliers (n2); right: gt pixels (n2) then pred
+    outliers (n1). A pred pixel i pairs with gt pixel j (cost d) or its outlier (cost C); gt
+    pixel j with its outlier (cost C); the outliers of a candidate pair (i, j) pair with each
+    other (cost 0) so that pairing i with j leaves no outlier stranded. Every weight gets +1
+    (a constant over perfect matchings: SciPy treats absent entries, not zeros, as missing)."""
+    n1, n2 = len(ps), len(gs)
+    ar1, ar2 = np.arange(n1), np.arange(n2)
+    left = np.concatenate([li, ar1, n1 + ar2, n1 + lj])
+    right = np.concatenate([lj, n2 + ar1, ar2, n2 + li])
+    weight = np.concatenate([di, np.full(n1, outlier), np.full(n2, outlier), np.zeros(len(li))])
+    graph = coo_matrix((weight + 1.0, (left, right)), shape=(n1 + n2, n1 + n2)).tocsr()
+    match = min_weight_full_bipartite_matching(graph)[1]  # left node -> right node
+    paired = match[:n1] < n2
+    cost = float(np.asarray(graph[np.arange(n1 + n2), match]).sum()) - (n1 + n2)
+    return ps[paired], gs[match[:n1][paired]], cost
