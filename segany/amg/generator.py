@@ -275,9 +275,11 @@ class SamAutomaticMaskGenerator:
                 continue
             # binarized straight into column-major (W, H) order, the order COCO RLE runs in,
             # so the encoder reads the masks without another transposing copy
-            masks_wh = torch.stack(
-                [(logits[i].t() > b.mask_threshold).contiguous() for i in kept.tolist()]
-            )
+            # (thresholding first, so the transposing copy moves bytes, not floats)
+            binary = logits > b.mask_threshold
+            if len(kept) < len(sel):
+                binary = binary[kept]
+            masks_wh = binary.transpose(1, 2).contiguous()
             x0, y0, x1, y1 = crop_box  # (W, H) masks: pad with the axes swapped
             masks_wh = uncrop_masks(masks_wh, [y0, x0, y1, x1], orig_w, orig_h)
             sel = sel[kept]
