@@ -8,7 +8,13 @@ default) or vit_b-sized random weights (``--model vit_b``: a speed figure only),
 * ``proposals``: the paper's proposal generator (64x64 grid, NMS 0.9, top 1000), seconds per
   image;
 * ``instances``: every ground-truth box of the image as a detection, box prompts plus the
-  refinement pass, seconds per image and per box.
+  refinement pass, seconds per image and per box;
+* ``edges``: the edge pipeline (16x16 grid, 768 masks, edge NMS), seconds per image, and the
+  BSDS metrics against the objects' outer boundaries (``segany.viz.mask_boundary``).
+
+``--data stardist`` runs the tasks on one real image instead: the 512x512 fluorescence nuclei
+image with its 125 instance masks that the ``stardist`` package ships
+(:func:`segany.data.package_samples.stardist_nuclei`; a test dependency).
 
 Each task runs ``--images`` images (first one included: the encoder's warm-up is part of a real
 run). Run: ``cd benchmarks && PYTHONPATH=.. python bench_zeroshot.py [--model vit_b]``.
@@ -23,27 +29,65 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from common import RESULTS, machine, write_results
 
 
-def make_data(root: Path, n: int, size: tuple[int, int]) -> Path:
-    """``n`` generated scenes of ``size`` (W, H) as ``root/images`` + ``root/instances.json``."""
+def samples(data: str, n: int, size: tuple[int, int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(image (H, W, 3) uint8, masks (N, H, W) bool)`` pairs: ``n`` generated scenes of
+    ``size`` (W, H), or the stardist nuclei image."""
+    if data == "stardist":
+        from segany.data.package_samples import stardist_nuclei
+
+        return [stardist_nuclei()]
+    from segany.data.scenes import ProceduralScenes, SceneConfig
+
+    w, h = size
+    scenes = ProceduralScenes(n, seed=3, config=SceneConfig(height=h, width=w))
+    return [(scenes[i].image, scenes[i].masks) for i in range(n)]
+
+
+def make_data(root: Path, pairs: list[tuple[np.ndarray, np.ndarray]]) -> Path:
+    """The pairs as ``root/images`` + ``root/instances.json`` (COCO, RLE)."""
     from PIL import Image
 
-    from segany.data.scenes import ProceduralScenes, SceneConfig
     from segany.formats.coco import CocoWriter
 
     (root / "images").mkdir(parents=True)
-    w, h = size
-    scenes = ProceduralScenes(n, seed=3, config=SceneConfig(height=h, width=w))
     writer = CocoWriter()
-    for i in range(n):
-        s = scenes[i]
-        name = f"scene_{i}.png"
-        Image.fromarray(s.image).save(root / "images" / name)
-        writer.add_image(name, w, h, annotations=[{"segmentation": m} for m in s.masks])
+    for i, (image, masks) in enumerate(pairs):
+        name = f"image_{i}.png"
+        Image.fromarray(image).save(root / "images" / name)
+        h, w = image.shape[:2]
+        writer.add_image(name, w, h, annotations=[{"segmentation": m} for m in masks])
     writer.write(root / "instances.json")
     return root
+
+
+def edges_task(model, pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Seconds per image of :func:`segany.zeroshot.edges.edge_map` and the BSDS metrics
+    (99 thresholds) against the union of the masks' boundaries."""
+    from segany.predictor import SamPredictor
+    from segany.viz import mask_boundary
+    from segany.zeroshot.edge_eval import evaluate_edges
+    from segany.zeroshot.edges import edge_map
+
+    predictor = SamPredictor(model)
+    maps, gts, seconds = [], [], []
+    for image, masks in pairs:
+        t = time.perf_counter()
+        maps.append(edge_map(predictor, image))
+        seconds.append(time.perf_counter() - t)
+        gt = np.zeros(image.shape[:2], bool)
+        for m in masks:
+            gt |= mask_boundary(m)
+        gts.append([gt])
+    r = evaluate_edges(maps, gts, thresholds=99)
+    return {
+        "seconds_per_image": float(np.mean(seconds)),
+        "seconds": seconds,
+        "metrics": {"ODS": r.ods, "OIS": r.ois, "AP": r.ap, "R50": r.r50},
+    }
 
 
 def main() -> None:
@@ -52,7 +96,13 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--images", type=int, default=3)
     p.add_argument("--size", default="640x480", help="WxH of the generated scenes")
-    p.add_argument("--tasks", default="proposals,instances")
+    p.add_argument("--tasks", default="proposals,instances,edges")
+    p.add_argument(
+        "--data",
+        choices=("scenes", "stardist"),
+        default="scenes",
+        help="generated scenes, or the real nuclei image the stardist package ships",
+    )
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args()
 
@@ -62,7 +112,9 @@ def main() -> None:
     size = tuple(int(v) for v in args.size.split("x"))
     tasks = args.tasks.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_data(Path(tmp) / "data", args.images, size)
+        pairs = samples(args.data, args.images, size)
+        n_images = len(pairs)
+        root = make_data(Path(tmp) / "data", pairs)
         if args.model == "vit_b":
             from bench_onnx import random_weights
 
@@ -85,7 +137,7 @@ def main() -> None:
                 n = len(json.loads((Path(tmp) / task / "proposals.json").read_text()))
                 out[task] = {
                     "seconds_per_image": r["times"]["seconds_per_image"],
-                    "proposals_per_image": n / args.images,
+                    "proposals_per_image": n / n_images,
                     "metrics": r["metrics"],
                 }
             elif task == "instances":
@@ -100,12 +152,14 @@ def main() -> None:
                 spi = r["times"]["seconds_per_image"]
                 out[task] = {
                     "seconds_per_image": spi,
-                    "boxes_per_image": boxes / args.images,
-                    "seconds_per_box": spi * args.images / boxes,
+                    "boxes_per_image": boxes / n_images,
+                    "seconds_per_box": spi * n_images / boxes,
                     "metrics": r["metrics"],
                 }
+            elif task == "edges":
+                out[task] = edges_task(model, pairs)
             else:
-                raise SystemExit(f"unknown task {task!r}; allowed: proposals, instances")
+                raise SystemExit(f"unknown task {task!r}; allowed: proposals, instances, edges")
             print(
                 f"{task}: {out[task]['seconds_per_image']:.2f} s per image "
                 f"({time.perf_counter() - t:.1f} s in all)",
@@ -114,13 +168,15 @@ def main() -> None:
     results = {
         "model": args.model,
         "precision": args.precision,
-        "size": list(size),
-        "images": args.images,
+        "data": args.data,
+        "size": list(size) if args.data == "scenes" else [512, 512],
+        "images": n_images,
         "tasks": out,
         "machine": machine(),
     }
     print(json.dumps(results, indent=1))
-    write_results(args.out, f"zeroshot_{args.model}", results)
+    suffix = "_stardist" if args.data == "stardist" else ""
+    write_results(args.out, f"zeroshot_{args.model}{suffix}", results)
 
 
 if __name__ == "__main__":
