@@ -169,7 +169,7 @@ def main() -> None:
         "model": args.model,
         "precision": args.precision,
         "data": args.data,
-        "size": list(size) if args.data == "scenes" else [512, 512],
+        "size": [pairs[0][0].shape[1], pairs[0][0].shape[0]],  # W, H
         "images": n_images,
         "tasks": out,
         "machine": machine(),

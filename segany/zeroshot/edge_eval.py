@@ -201,6 +201,29 @@ def _match_component(
     return ps[rows], gs[cols], cost
 
 
+def _match_sparse(
+    ps: np.ndarray, gs: np.ndarray, li: np.ndarray, lj: np.ndarray, di: np.ndarray, outlier: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`_match_component` on the benchmark's sparse outlier graph (``li``, ``lj``: local
+    indices): bounded memory, but SciPy's LAPJVsp can take minutes on large dense components.
+
+    Left nodes: pred pixels (n1) then gt outliers (n2); right: gt pixels (n2) then pred
+    outliers (n1). A pred pixel i pairs with gt pixel j (cost d) or its outlier (cost C); gt
+    pixel j with its outlier (cost C); the outliers of a candidate pair (i, j) pair with each
+    other (cost 0) so that pairing i with j leaves no outlier stranded. Every weight gets +1
+    (a constant over perfect matchings: SciPy treats absent entries, not zeros, as missing)."""
+    n1, n2 = len(ps), len(gs)
+    ar1, ar2 = np.arange(n1), np.arange(n2)
+    left = np.concatenate([li, ar1, n1 + ar2, n1 + lj])
+    right = np.concatenate([lj, n2 + ar1, ar2, n2 + li])
+    weight = np.concatenate([di, np.full(n1, outlier), np.full(n2, outlier), np.zeros(len(li))])
+    graph = coo_matrix((weight + 1.0, (left, right)), shape=(n1 + n2, n1 + n2)).tocsr()
+    match = min_weight_full_bipartite_matching(graph)[1]  # left node -> right node
+    paired = match[:n1] < n2
+    cost = float(np.asarray(graph[np.arange(n1 + n2), match]).sum()) - (n1 + n2)
+    return ps[paired], gs[match[:n1][paired]], cost
+
+
 # ------------------------------------------------------------------------------------ counts
 
 
@@ -401,26 +424,3 @@ def evaluate_edges(
             pred = pred / 255.0
         counts.append(edge_counts(pred, gts, thresholds, max_dist, thin_pred))
     return summarize_counts(counts, thresholds)
-
-
-def _match_sparse(
-    ps: np.ndarray, gs: np.ndarray, li: np.ndarray, lj: np.ndarray, di: np.ndarray, outlier: float
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """:func:`_match_component` on the benchmark's sparse outlier graph (``li``, ``lj``: local
-    indices): bounded memory, but SciPy's LAPJVsp can take minutes on large dense components.
-
-    Left nodes: pred pixels (n1) then gt outliers (n2); right: gt pixels (n2) then pred
-    outliers (n1). A pred pixel i pairs with gt pixel j (cost d) or its outlier (cost C); gt
-    pixel j with its outlier (cost C); the outliers of a candidate pair (i, j) pair with each
-    other (cost 0) so that pairing i with j leaves no outlier stranded. Every weight gets +1
-    (a constant over perfect matchings: SciPy treats absent entries, not zeros, as missing)."""
-    n1, n2 = len(ps), len(gs)
-    ar1, ar2 = np.arange(n1), np.arange(n2)
-    left = np.concatenate([li, ar1, n1 + ar2, n1 + lj])
-    right = np.concatenate([lj, n2 + ar1, ar2, n2 + li])
-    weight = np.concatenate([di, np.full(n1, outlier), np.full(n2, outlier), np.zeros(len(li))])
-    graph = coo_matrix((weight + 1.0, (left, right)), shape=(n1 + n2, n1 + n2)).tocsr()
-    match = min_weight_full_bipartite_matching(graph)[1]  # left node -> right node
-    paired = match[:n1] < n2
-    cost = float(np.asarray(graph[np.arange(n1 + n2), match]).sum()) - (n1 + n2)
-    return ps[paired], gs[match[:n1][paired]], cost
