@@ -14,8 +14,10 @@ the best mask drawn on a 1024x768 canvas:
 * ``low``: the graph's output at the input frame's size, the low-res logits drawn scaled;
 * ``full``: the masks upscaled to 1024x768 inside the graph and drawn at full size.
 
-``--low-res-graph`` cuts the exported graph before its mask upscale (``low`` only): what a
-low-res-only decoder export would give.
+By default the worker runs the export's split decoder (``decoder_image.onnx`` once per
+embedding, ``decoder_prompt.onnx`` per click); ``--no-split`` times ``decoder.onnx`` instead.
+``--low-res-graph`` cuts ``decoder.onnx`` before its mask upscale (``low`` only, no split): what
+a low-res-only decoder export would give.
 
 Also shown: the worker's own decode time, the first click after warm-up, the load and warm-up
 times, and native ONNX Runtime (Python, ``OnnxPredictor.predict``, 3 masks at 1024x768).
@@ -41,10 +43,11 @@ from common import machine as core_machine
 
 TIMEOUT_MS = 600_000
 
-PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, numThreads, sessionOptions, modes}) => {
+PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, split, numThreads, sessionOptions,
+                 modes}) => {
     const d = window.seganyDecoder;
     const ready = await d.client.init({manifestUrl: "/model/manifest.json", warmup,
-                                       quantized, numThreads, sessionOptions});
+                                       quantized, split, numThreads, sessionOptions});
     const emb = await d.client.setEmbedding({url: "/emb.bin", dtype: "float32",
                                              originalSize: [h, w]});
     d.canvas.width = w;
@@ -128,6 +131,7 @@ def run_browser(export_dir: Path, emb: np.ndarray, size, point, args) -> tuple[d
                 "clicks": args.clicks,
                 "warmup": args.warmup,
                 "quantized": args.int8,
+                "split": not (args.no_split or args.low_res_graph),
                 "numThreads": args.threads or None,
                 "sessionOptions": json.loads(args.session_options),
                 "modes": ["low"] if args.low_res_graph else ["low", "full"],
@@ -150,6 +154,12 @@ def main() -> None:
         "--session-options", default="{}", help="JSON merged into the ORT Web session options"
     )
     p.add_argument("--int8", action="store_true", help="the int8 decoder (export --quantize)")
+    p.add_argument(
+        "--no-split",
+        action="store_true",
+        help="decoder.onnx per click instead of the split decoder (decoder_image.onnx once per "
+        "embedding, decoder_prompt.onnx per click)",
+    )
     p.add_argument(
         "--low-res-graph",
         action="store_true",
@@ -186,7 +196,7 @@ def main() -> None:
         print("native ONNX Runtime ...", file=sys.stderr)
         native = native_ms(export_dir, emb, size, point, args.int8)
         manifest = json.loads((export_dir / "manifest.json").read_text())
-        graph = "full"
+        graph = "full" if args.no_split or args.int8 else "split (image half once, prompt half)"
         if args.low_res_graph:
             cut_upscale(export_dir, manifest)  # before the browser loads it
             graph = "low-res only"

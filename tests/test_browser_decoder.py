@@ -8,6 +8,8 @@ test`` runs both installs). Missing either, the tests skip locally and fail on C
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
@@ -38,13 +40,14 @@ def export_dir(bundled, tmp_path_factory):
 def low_res_dir(export_dir, tmp_path_factory):
     """The export with its decoder cut before the mask upscale: inputs without orig_im_size,
     outputs iou_predictions and low_res_masks only (a low-res-only graph)."""
-    import shutil
-
     import onnx
     from onnx.utils import Extractor
 
     out = tmp_path_factory.mktemp("browser_onnx_low")
-    shutil.copy(export_dir / "manifest.json", out / "manifest.json")
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    for key in ("decoder_image", "decoder_prompt"):  # only decoder.onnx: the cut graph
+        del manifest["files"][key]
+    (out / "manifest.json").write_text(json.dumps(manifest))
     model = onnx.load(str(export_dir / "decoder.onnx"))
     inputs = [i.name for i in model.graph.input if i.name != "orig_im_size"]
     cut = Extractor(model).extract_model(inputs, ["iou_predictions", "low_res_masks"])
@@ -140,6 +143,51 @@ def test_worker_is_isolated_and_threaded(page):
     assert ready["ready"]["numThreads"] >= 1
     assert ready["ready"]["embeddingShape"] == [1, 256, 32, 32]
     assert ready["emb"]["inputSize"] == [192, 256]  # 240x320 resized to the 256 long side
+    # the export's split decoder: the image half ran once, on the embedding
+    assert ready["ready"]["split"] is True and ready["emb"]["projectMs"] > 0
+
+
+def test_split_decoder_agrees_with_the_official_graph(page, scene_case):
+    """The default split decoder (decoder_image.onnx once per embedding, decoder_prompt.onnx per
+    prompt) and decoder.onnx (``split: false``) in the same browser: the same scores and
+    logits, for a click and for a second click with the first one's logits fed back."""
+    pg, _ = page
+    (x, y), (h, w) = scene_case["point"], scene_case["scene"].image.shape[:2]
+    first = {"points": [[x, y]], "labels": [1], "output": "low"}
+    second = {
+        "points": [[x, y], [min(w - 1.0, x + 40.0), y]],
+        "labels": [1, 0],
+        "maskInput": {"previous": 0},
+        "output": "full",
+    }
+    got = pg.evaluate(
+        """async ([first, second, h, w]) => {
+            const D = window.seganyDecoder.DecoderClient;
+            const out = {};
+            for (const split of [true, false]) {
+                const c = new D(new URL("/static/decoder-worker.js", location.href),
+                                {timeoutMs: 120000});
+                try {
+                    const ready = await c.init({manifestUrl: "/model/manifest.json", warmup: 2,
+                                                split});
+                    await c.setEmbedding({url: "/emb.bin", dtype: "float32", originalSize: [h, w]});
+                    const a = await c.decode(first);
+                    const b = await c.decode(second);
+                    out[split] = {split: ready.split, scores: Array.from(a.scores),
+                                  lowRes: Array.from(a.lowRes), scores2: Array.from(b.scores),
+                                  masks2: Array.from(b.masks)};
+                } finally { c.terminate(); }
+            }
+            return out;
+        }""",
+        [first, second, h, w],
+    )
+    split, official = got["true"], got["false"]
+    assert split["split"] is True and official["split"] is False
+    np.testing.assert_allclose(split["scores"], official["scores"], atol=1e-4)
+    np.testing.assert_allclose(split["lowRes"], official["lowRes"], atol=1e-3, rtol=1e-4)
+    np.testing.assert_allclose(split["scores2"], official["scores2"], atol=1e-4)
+    _assert_masks_match(np.asarray(split["masks2"]), np.asarray(official["masks2"]))
 
 
 def test_click_matches_onnx_runtime_and_torch(page, export_dir, scene_case):

@@ -27,7 +27,11 @@ from segany.export import export_onnx  # noqa: E402
 from segany.export import files as export_files  # noqa: E402
 from segany.export.resize import preprocess_model  # noqa: E402
 from segany.io.embedding import model_fingerprint  # noqa: E402
-from segany.io.onnx_manifest import DECODER_INPUTS, DECODER_OUTPUTS  # noqa: E402
+from segany.io.onnx_manifest import (  # noqa: E402
+    DECODER_INPUTS,
+    DECODER_OUTPUTS,
+    DECODER_PROJECTION_INPUTS,
+)
 from tests.helpers import (  # noqa: E402
     IOU_TOL,
     TINY,
@@ -109,6 +113,20 @@ def session(path: Path):
     )
 
 
+class SplitDecoder:
+    """``decoder_image.onnx`` then ``decoder_prompt.onnx`` behind ``decoder.onnx``'s ``run``."""
+
+    def __init__(self, folder: Path) -> None:
+        self.image = session(folder / "decoder_image.onnx")
+        self.prompt = session(folder / "decoder_prompt.onnx")
+
+    def run(self, output_names, feed: dict) -> list:
+        projections = self.image.run(None, {"image_embeddings": feed["image_embeddings"]})
+        return self.prompt.run(
+            output_names, {**feed, **dict(zip(DECODER_PROJECTION_INPUTS, projections, strict=True))}
+        )
+
+
 # ---------------------------------------------------------------------------- fixtures
 
 
@@ -139,6 +157,8 @@ def test_export_writes_valid_graphs_and_manifest(tiny_export, tiny_model):
     assert names == [
         "decoder.int8.onnx",
         "decoder.onnx",
+        "decoder_image.onnx",
+        "decoder_prompt.onnx",
         "encoder.int8.onnx",
         "encoder.onnx",
         "manifest.json",
@@ -155,6 +175,8 @@ def test_export_writes_valid_graphs_and_manifest(tiny_export, tiny_model):
     files = manifest["files"]
     assert {k: v["precision"] for k, v in files.items()} == {
         "decoder": "fp32",
+        "decoder_image": "fp32",
+        "decoder_prompt": "fp32",
         "encoder": "fp32",
         "decoder_int8": "int8",
         "encoder_int8": "int8",
@@ -175,6 +197,20 @@ def test_export_writes_valid_graphs_and_manifest(tiny_export, tiny_model):
     assert shapes["mask_input"] == [1, 1, 64, 64]
     enc = files["encoder"]["inputs"]
     assert enc == [{"name": "image", "dtype": "uint8", "shape": ["height", "width", 3]}]
+    # the split decoder: heads x image tokens x head width
+    attn = tiny_model.mask_decoder.transformer.layers[0].cross_attn_token_to_image
+    shape = [attn.num_heads, 16 * 16, attn.internal_dim // attn.num_heads]
+    image_half = files["decoder_image"]
+    assert [i["name"] for i in image_half["inputs"]] == ["image_embeddings"]
+    assert [(o["name"], o["shape"]) for o in image_half["outputs"]] == [
+        (name, shape) for name in DECODER_PROJECTION_INPUTS
+    ]
+    prompt_half = files["decoder_prompt"]
+    assert [i["name"] for i in prompt_half["inputs"]] == [
+        *DECODER_INPUTS,
+        *DECODER_PROJECTION_INPUTS,
+    ]
+    assert [o["name"] for o in prompt_half["outputs"]] == list(DECODER_OUTPUTS)
 
 
 def test_decoder_interface_equals_official(tiny_pair, tiny_export, tmp_path):
@@ -304,8 +340,9 @@ def compare_with_official(ours, official, official_session, feeds_for, single=Fa
 
 
 @pytest.mark.slow
-def test_vit_b_decoder_matches_official_export(vit_b_pair, vit_b_export):
-    ours = session(vit_b_export / "decoder.onnx")
+@pytest.mark.parametrize("split", [False, True])
+def test_vit_b_decoder_matches_official_export(vit_b_pair, vit_b_export, split):
+    ours = SplitDecoder(vit_b_export) if split else session(vit_b_export / "decoder.onnx")
     theirs = session(vit_b_export / "official_decoder.onnx")
     feeds = (
         decoder_feeds(256, 64, 1024, [(1500, 2250), (600, 900), (300, 450)]),
@@ -314,11 +351,15 @@ def test_vit_b_decoder_matches_official_export(vit_b_pair, vit_b_export):
     compare_with_official(ours, vit_b_pair[0], theirs, feeds)
 
 
-@pytest.mark.parametrize("single", [False, True])
-def test_tiny_decoder_matches_official_export(tiny_pair, tmp_path, single):
+@pytest.mark.parametrize(
+    "single, split", [(False, False), (True, False), (False, True), (True, True)]
+)
+def test_tiny_decoder_matches_official_export(tiny_pair, tmp_path, single, split):
+    """decoder.onnx, and the split decoder (image half, then prompt half), against the official
+    export of the same random weights: points, boxes, with and without a mask input."""
     official, model = tiny_pair
     export_onnx(model, tmp_path, encoder=False, return_single_mask=single)
-    ours = session(tmp_path / "decoder.onnx")
+    ours = SplitDecoder(tmp_path) if split else session(tmp_path / "decoder.onnx")
     theirs = session(official_decoder_onnx(official, tmp_path / "official.onnx", single))
     feeds = (
         decoder_feeds(32, 16, 128, [(150, 225), (60, 90), (1500, 2250)]),
@@ -561,6 +602,8 @@ def test_external_data_no_preprocess_and_opset(tiny_model, tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".data") == [
         "decoder.int8.onnx.data",
         "decoder.onnx.data",
+        "decoder_image.onnx.data",
+        "decoder_prompt.onnx.data",
         "encoder.int8.onnx.data",
         "encoder.onnx.data",
     ]
@@ -646,6 +689,8 @@ def test_cli_export_then_segment_with_onnx_backend(cli_files, tmp_path, capsys):
     assert "exporting decoder" in captured.err
     assert sorted(p.name for p in out.iterdir()) == [
         "decoder.onnx",
+        "decoder_image.onnx",
+        "decoder_prompt.onnx",
         "encoder.onnx",
         "manifest.json",
     ]
@@ -732,7 +777,7 @@ def test_cli_export_options(cli_files, tmp_path):
     assert main(args) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["opset"] == 18 and manifest["return_single_mask"]
-    assert sorted(manifest["files"]) == ["decoder"]
+    assert sorted(manifest["files"]) == ["decoder", "decoder_image", "decoder_prompt"]
 
 
 @pytest.mark.parametrize(

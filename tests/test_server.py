@@ -435,7 +435,17 @@ def test_onnx_decoder_route(client, project, sam):
     [folder] = project.embeddings_dir.glob(f"onnx_{model['embedding_fingerprint']}_*")
     assert (folder / "decoder.onnx").read_bytes() == r.content
     assert json.dumps(manifest)
-    assert client.get("/api/model/other.bin", headers=AUTH).status_code == 404
+    # the split decoder the browser tool runs, every file the manifest lists served beside it
+    for key in ("decoder_image", "decoder_prompt"):
+        name = manifest["files"][key]["file"]
+        r = client.get(f"/api/model/{name}", headers=AUTH)
+        assert r.status_code == 200 and r.content == (folder / name).read_bytes()
+    r = client.get("/api/model/other.bin", headers=AUTH)
+    assert r.status_code == 404 and "decoder_prompt.onnx" in r.json()["detail"]
+    # an export made before the split decoder existed: its files are missing, a clear 404
+    (folder / "decoder_image.onnx").unlink()
+    r = client.get("/api/model/decoder_image.onnx", headers=AUTH)
+    assert r.status_code == 404 and "has no decoder_image.onnx" in r.json()["detail"]
 
 
 def test_background_worker_encodes_added_images(tmp_path, sam):

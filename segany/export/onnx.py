@@ -40,9 +40,12 @@ from ..io.embedding import model_fingerprint
 from ..io.files import write_json_atomic
 from ..io.onnx_manifest import (
     DECODER_FILE,
+    DECODER_IMAGE_FILE,
     DECODER_INPUTS,
     DECODER_INT8_FILE,
     DECODER_OUTPUTS,
+    DECODER_PROJECTION_INPUTS,
+    DECODER_PROMPT_FILE,
     DECODER_TEXT_FILE,
     DECODER_TEXT_INPUT,
     ENCODER_FILE,
@@ -67,7 +70,13 @@ from .graph import (
     squeeze_unit_gathers,
     value_info,
 )
-from .onnx_model import DecoderOnnxModel, EncoderOnnxModel, use_tanh_gelu
+from .onnx_model import (
+    DecoderImageOnnxModel,
+    DecoderOnnxModel,
+    DecoderPromptOnnxModel,
+    EncoderOnnxModel,
+    use_tanh_gelu,
+)
 from .resize import preprocess_nodes
 
 __all__ = [
@@ -153,9 +162,13 @@ def build_decoder(
     return_single_mask: bool = False,
     fast: bool = True,
     text: bool = False,
+    prompt_half: bool = False,
 ) -> onnx.ModelProto:
     """The decoder graph with the official interface (``model`` must be fp32 on the CPU); with
-    ``text`` the text flavour, which also takes ``text_embedding (1, D)`` last."""
+    ``text`` the text flavour, which also takes ``text_embedding (1, D)`` last; with
+    ``prompt_half`` the prompt half of the split decoder (``decoder_prompt.onnx``), which also
+    takes :data:`~segany.io.onnx_manifest.DECODER_PROJECTION_INPUTS` last (from
+    :func:`build_decoder_image`)."""
     pe = model.prompt_encoder
     c = pe.embed_dim
     he, we = pe.image_embedding_size
@@ -163,9 +176,15 @@ def build_decoder(
     img_size = model.image_encoder.img_size
     if low_h != low_w:
         raise ValueError(f"non-square low-res masks {low_h}x{low_w} are not supported")
-    wrapper = DecoderOnnxModel(
-        model, return_single_mask=return_single_mask, fast=fast, text=text
-    ).eval()
+    if text and prompt_half:
+        raise ValueError("the split decoder has no text flavour: text or prompt_half, not both")
+    wrapper: torch.nn.Module
+    if prompt_half:
+        wrapper = DecoderPromptOnnxModel(model, return_single_mask=return_single_mask).eval()
+    else:
+        wrapper = DecoderOnnxModel(
+            model, return_single_mask=return_single_mask, fast=fast, text=text
+        ).eval()
     args: tuple[torch.Tensor, ...] = (
         torch.randn(1, c, he, we),
         torch.randint(0, img_size, (1, 5, 2), dtype=torch.float),
@@ -175,10 +194,19 @@ def build_decoder(
     )
     names = list(DECODER_INPUTS[:5])
     inputs = list(DECODER_INPUTS)
+    shapes: dict[str, list[Any]] = {}
     if text:
         args = (*args, torch.randn(1, int(pe.text_embed_dim)))
         names.append(DECODER_TEXT_INPUT)
         inputs.append(DECODER_TEXT_INPUT)
+    if prompt_half:
+        projections = DecoderImageOnnxModel(model)(args[0])
+        args = (*args, *projections)
+        names.extend(DECODER_PROJECTION_INPUTS)
+        inputs.extend(DECODER_PROJECTION_INPUTS)
+        shapes.update(
+            (n, list(t.shape)) for n, t in zip(DECODER_PROJECTION_INPUTS, projections, strict=True)
+        )
     proto = _trace(
         wrapper,
         args,
@@ -193,7 +221,7 @@ def build_decoder(
     g = GraphBuilder("segany_post/")
     mask_postprocess_nodes(g, "low_res_masks", "orig_im_size", "masks", img_size, low_h)
     graph.node.extend(g.nodes)
-    shapes = {
+    shapes |= {
         "image_embeddings": [1, c, he, we],
         "point_coords": [1, "num_points", 2],
         "point_labels": [1, "num_points"],
@@ -212,8 +240,45 @@ def build_decoder(
     del graph.output[:]
     graph.output.extend(value_info(n, TensorProto.FLOAT, out_shapes[n]) for n in DECODER_OUTPUTS)
     del graph.value_info[:]
-    graph.name = "segany_decoder_text" if text else "segany_decoder"
+    graph.name = (
+        "segany_decoder_text"
+        if text
+        else "segany_decoder_prompt"
+        if prompt_half
+        else "segany_decoder"
+    )
     _set_metadata(proto, model, "decoder")
+    return proto
+
+
+def build_decoder_image(model: Sam, *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """The image half of the split decoder (``decoder_image.onnx``): ``image_embeddings
+    (1, C, He, We)`` -> :data:`~segany.io.onnx_manifest.DECODER_PROJECTION_INPUTS`, each
+    ``(H, He*We, d)``, for :func:`build_decoder` with ``prompt_half``."""
+    pe = model.prompt_encoder
+    c = pe.embed_dim
+    he, we = pe.image_embedding_size
+    wrapper = DecoderImageOnnxModel(model).eval()
+    emb = torch.randn(1, c, he, we)
+    shapes = [list(t.shape) for t in wrapper(emb)]
+    proto = _trace(
+        wrapper,
+        (emb,),
+        opset,
+        input_names=[DECODER_INPUTS[0]],
+        output_names=list(DECODER_PROJECTION_INPUTS),
+    )
+    graph = proto.graph
+    del graph.input[:]
+    graph.input.append(value_info(DECODER_INPUTS[0], TensorProto.FLOAT, [1, c, he, we]))
+    del graph.output[:]
+    graph.output.extend(
+        value_info(n, TensorProto.FLOAT, s)
+        for n, s in zip(DECODER_PROJECTION_INPUTS, shapes, strict=True)
+    )
+    del graph.value_info[:]
+    graph.name = "segany_decoder_image"
+    _set_metadata(proto, model, "decoder_image")
     return proto
 
 
@@ -298,7 +363,9 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` to ``out_dir`` and return the path of its ``manifest.json``.
 
-    Writes ``decoder.onnx`` (official decoder interface), for a model with a text path also
+    Writes ``decoder.onnx`` (official decoder interface), ``decoder_image.onnx`` and
+    ``decoder_prompt.onnx`` (the same decoder split in two: per image, then per prompt; see
+    :mod:`segany.export.onnx_model`), for a model with a text path also
     ``decoder_text.onnx`` (the same plus ``text_embedding (1, D)``), ``encoder.onnx`` (unless
     ``encoder=False``; raw uint8 pixels in unless ``encoder_preprocess=False``), with
     ``quantize`` also ``decoder.int8.onnx``/``encoder.int8.onnx`` (dynamic int8 quantization)
@@ -340,6 +407,21 @@ def export_onnx(
         files["decoder"] = file_entry(save_model(dec, out / DECODER_FILE), dec, "fp32")
         say(f"wrote {out / DECODER_FILE}")
         del dec
+        say("exporting the split decoder (image and prompt halves) ...")
+        for key, file, proto in (
+            ("decoder_image", DECODER_IMAGE_FILE, build_decoder_image(m, opset=opset)),
+            (
+                "decoder_prompt",
+                DECODER_PROMPT_FILE,
+                build_decoder(
+                    m, opset=opset, return_single_mask=return_single_mask, prompt_half=True
+                ),
+            ),
+        ):
+            onnx.checker.check_model(proto)
+            files[key] = file_entry(save_model(proto, out / file), proto, "fp32")
+            say(f"wrote {out / file}")
+            del proto
         if pe.has_text:
             say("exporting the text flavour of the decoder ...")
             dec = build_decoder(m, opset=opset, return_single_mask=return_single_mask, text=True)

@@ -21,6 +21,18 @@ The mask decoder runs either through segany's fast path (``fast=True``:
 into the prompt tokens, see :mod:`segany.modeling.fast_decoder`) or the reference
 ``MaskDecoder.predict_masks``, whatever the decoder's ``backend`` says.
 
+:class:`DecoderImageOnnxModel` and :class:`DecoderPromptOnnxModel` are the same decoder split
+in two for a client that decodes many prompts per image (the browser tool): the image half runs
+once per embedding and gives the first transformer layer's projections of the image tokens
+(with the no-mask embedding), ``image_keys``, ``image_values``, ``image_queries``, each
+``(H, He*We, d)`` (heads, image tokens, head width); the prompt half takes the official inputs
+plus those three and gives the official outputs, without projecting the image tokens of the
+first layer again (see :mod:`segany.modeling.fast_decoder`). With a mask prompt the
+projections are corrected by the mask embedding's share, projected through the mask
+downscaling's last 1x1 convolution folded into the three projections (a ``16 -> I`` map per
+image token instead of ``C -> I``). The same function in real arithmetic; in fp32 the two halves
+agree with :class:`DecoderOnnxModel` to ~1e-5.
+
 :class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
 with the attention backend the exporter selects (``"blocked"``: the reference in blocks of
 queries); resizing of raw pixels is prepended as plain ONNX nodes by
@@ -33,6 +45,12 @@ import torch
 from torch import nn
 
 from ..modeling import Sam
+from ..modeling.fast_decoder import (
+    ImageProjections,
+    first_layer_projections,
+    image_tokens,
+    pe_projections,
+)
 
 
 class DecoderOnnxModel(nn.Module):
@@ -71,8 +89,17 @@ class DecoderOnnxModel(nn.Module):
         return emb
 
     def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        return self._dense(self._mask_features(mask_input), has_mask_input)
+
+    def _mask_features(self, mask_input: torch.Tensor) -> torch.Tensor:
+        """The mask downscaling up to its last 1x1 convolution: ``(1, c, He, We)``."""
+        return self.prompt_encoder.mask_downscaling[:-1](mask_input)
+
+    def _dense(self, features: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """The dense prompt embedding ``(1, C, He, We)``: the mask's (through the last 1x1
+        convolution) when ``has_mask_input`` is 1, else the no-mask embedding."""
         has = has_mask_input.reshape(1, 1, 1, 1)
-        dense = self.prompt_encoder.mask_downscaling(mask_input)
+        dense = self.prompt_encoder.mask_downscaling[-1](features)
         no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
         return has * dense + (1 - has) * no_mask
 
@@ -120,6 +147,100 @@ class DecoderOnnxModel(nn.Module):
             low_res, iou = decoder.predict_masks_fast(image, sparse)
         else:
             low_res, iou = decoder.predict_masks(image_embeddings, self.dense_pe, sparse, dense)
+        if self.return_single_mask:
+            low_res, iou = self._select(low_res, iou, point_labels)
+        return low_res, iou
+
+
+def _no_mask_tokens(model: Sam, image_embeddings: torch.Tensor, dense_pe: torch.Tensor):
+    """The fast path's image tokens of ``image_embeddings`` with the no-mask embedding."""
+    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+    return image_tokens(image_embeddings, dense_pe, no_mask)
+
+
+class DecoderImageOnnxModel(nn.Module):
+    """The image half of the split decoder: ``image_embeddings (1, C, He, We)`` ->
+    ``image_keys``, ``image_values``, ``image_queries`` ``(H, He*We, d)``."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.model = model
+        with torch.no_grad():
+            dense_pe = model.prompt_encoder.get_dense_pe().float()
+        self.register_buffer("dense_pe", dense_pe, persistent=False)
+
+    @torch.no_grad()
+    def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        tokens = _no_mask_tokens(self.model, image_embeddings, self.dense_pe)
+        return first_layer_projections(self.model.mask_decoder.transformer, tokens.src, tokens.pe)
+
+
+class DecoderPromptOnnxModel(DecoderOnnxModel):
+    """The prompt half of the split decoder: :class:`DecoderOnnxModel`'s inputs plus the image
+    half's ``image_keys``, ``image_values``, ``image_queries``; the same outputs."""
+
+    def __init__(self, model: Sam, *, return_single_mask: bool = False) -> None:
+        super().__init__(model, return_single_mask=return_single_mask)
+        tr = model.mask_decoder.transformer
+        first = tr.layers[0]
+        self.linears = (
+            first.cross_attn_token_to_image.k_proj,
+            first.cross_attn_token_to_image.v_proj,
+            first.cross_attn_image_to_token.q_proj,
+        )
+        self.heads = first.cross_attn_token_to_image.num_heads
+        conv = model.prompt_encoder.mask_downscaling[-1]  # 1x1: (C, c, 1, 1)
+        no_mask = model.prompt_encoder.no_mask_embed.weight[0]
+        with torch.no_grad():
+            w_conv = conv.weight.flatten(1).float()  # (C, c)
+            shift = (conv.bias - no_mask).float()  # the mask embedding minus the no-mask one
+            # linear(src + mask share) = linear(src) + W (W_conv f + shift), f the mask features
+            fold_w = torch.cat([lin.weight.float() @ w_conv for lin in self.linears])  # (3I, c)
+            fold_b = torch.cat([lin.weight.float() @ shift for lin in self.linears])  # (3I,)
+            pe = self.dense_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
+            k_pe, q_pe, k_pe_final = pe_projections(tr, pe)
+        self.register_buffer("fold_w", fold_w, persistent=False)
+        self.register_buffer("fold_b", fold_b, persistent=False)
+        self.pe_proj = (k_pe, q_pe, k_pe_final)
+
+    def _mask_share(self, features: torch.Tensor, has_mask_input: torch.Tensor):
+        """The three projections' change for a mask prompt (zero without one), each
+        ``(H, N, d)``."""
+        f = features.flatten(2)[0].t()  # (N, c)
+        share = torch.addmm(self.fold_b, f, self.fold_w.t()) * has_mask_input  # (N, 3I)
+        n = share.shape[0]
+        share = share.reshape(n, 3, self.heads, -1).permute(1, 2, 0, 3)  # (3, H, N, d)
+        return share[0], share[1], share[2]
+
+    @torch.no_grad()
+    def forward(  # type: ignore[override]
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+        image_keys: torch.Tensor,
+        image_values: torch.Tensor,
+        image_queries: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res mask logits ``(1, M, 4He, 4We)`` and IoU predictions ``(1, M)``, as
+        :meth:`DecoderOnnxModel.forward` gives them."""
+        sparse = self._embed_points(point_coords, point_labels)
+        features = self._mask_features(mask_input)
+        dense = self._dense(features, has_mask_input)
+        dk, dv, dq = self._mask_share(features, has_mask_input)
+        k_pe, q_pe, k_pe_final = self.pe_proj
+        tokens = image_tokens(image_embeddings, self.dense_pe, dense)
+        proj = ImageProjections(
+            k0=image_keys + dk,
+            v0=image_values + dv,
+            q0=image_queries + dq,
+            k_pe=k_pe,
+            q_pe=q_pe,
+            k_pe_final=k_pe_final,
+        )
+        low_res, iou = self.mask_decoder.predict_masks_fast(tokens._replace(proj=proj), sparse)
         if self.return_single_mask:
             low_res, iou = self._select(low_res, iou, point_labels)
         return low_res, iou

@@ -7,10 +7,15 @@ A folder written by :func:`segany.export.export_onnx` holds ``decoder.onnx``, us
 ``quantization_report.json``, and ``manifest.json``: format and version, the model (name,
 fingerprint, sizes, pixel statistics, mask threshold), the export options and, under
 ``"files"``, one entry per model file (keys ``decoder``, ``encoder``, ``decoder_int8``,
-``encoder_int8``, and ``decoder_text`` for a model with a text path) with its precision, size,
-sha256 and input/output specs. ``decoder_text.onnx`` is the text flavour: the official inputs
-plus ``text_embedding (1, D)``, the text/region embedding whose token is prepended to the point
-tokens (``decoder.onnx`` keeps exactly the official interface).
+``encoder_int8``, ``decoder_text`` for a model with a text path, ``decoder_image`` and
+``decoder_prompt``) with its precision, size, sha256 and input/output specs.
+``decoder_text.onnx`` is the text flavour: the official inputs plus ``text_embedding (1, D)``,
+the text/region embedding whose token is prepended to the point tokens (``decoder.onnx`` keeps
+exactly the official interface). ``decoder_image.onnx`` and ``decoder_prompt.onnx`` are the
+decoder split in two for clients that decode many prompts per image (the browser tool): the
+image half maps ``image_embeddings`` to :data:`DECODER_PROJECTION_INPUTS` once per image, the
+prompt half takes the official inputs plus those and gives the official outputs
+(:mod:`segany.export.onnx_model`).
 """
 
 from __future__ import annotations
@@ -24,9 +29,12 @@ from .files import write_json_atomic
 
 __all__ = [
     "DECODER_FILE",
+    "DECODER_IMAGE_FILE",
     "DECODER_INPUTS",
     "DECODER_INT8_FILE",
     "DECODER_OUTPUTS",
+    "DECODER_PROJECTION_INPUTS",
+    "DECODER_PROMPT_FILE",
     "DECODER_TEXT_FILE",
     "DECODER_TEXT_INPUT",
     "ENCODER_FILE",
@@ -49,6 +57,8 @@ DECODER_FILE = "decoder.onnx"
 ENCODER_FILE = "encoder.onnx"
 DECODER_INT8_FILE = "decoder.int8.onnx"
 DECODER_TEXT_FILE = "decoder_text.onnx"
+DECODER_IMAGE_FILE = "decoder_image.onnx"
+DECODER_PROMPT_FILE = "decoder_prompt.onnx"
 ENCODER_INT8_FILE = "encoder.int8.onnx"
 REPORT_FILE = "quantization_report.json"
 
@@ -64,6 +74,9 @@ DECODER_INPUTS = (
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 #: The extra last input of ``decoder_text.onnx``: a ``(1, D)`` float text/region embedding.
 DECODER_TEXT_INPUT = "text_embedding"
+#: Outputs of ``decoder_image.onnx`` and the extra last inputs of ``decoder_prompt.onnx``: the
+#: first decoder layer's projections of the image tokens, each float ``(H, He*We, d)``.
+DECODER_PROJECTION_INPUTS = ("image_keys", "image_values", "image_queries")
 ENCODER_IMAGE_INPUT = "image"  # uint8 (H, W, 3), with preprocessing in the graph
 ENCODER_TENSOR_INPUT = "images"  # float32 (1, 3, S, S), normalized and padded
 ENCODER_OUTPUT = "image_embeddings"

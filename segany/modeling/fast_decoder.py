@@ -230,30 +230,52 @@ def _projected_heads(linear: torch.nn.Linear, x: torch.Tensor, h: int, bias: boo
     return y.reshape(n, h, i // h).transpose(0, 1).contiguous()
 
 
+def first_layer_projections(
+    tr: TwoWayTransformer, src: torch.Tensor, pe: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The first layer's prompt-independent projections of shared image tokens ``src`` and
+    ``pe`` (both ``(1, N, C)``): ``k0``, ``v0``, ``q0`` of :class:`ImageProjections`, each
+    ``(H, N, d)``."""
+    first = tr.layers[0]
+    h = first.cross_attn_token_to_image.num_heads
+    src_pe = src + pe
+    return (
+        _projected_heads(first.cross_attn_token_to_image.k_proj, src_pe, h, True),
+        _projected_heads(first.cross_attn_token_to_image.v_proj, src, h, True),
+        _projected_heads(first.cross_attn_image_to_token.q_proj, src_pe, h, True),
+    )
+
+
+def pe_projections(
+    tr: TwoWayTransformer, pe: torch.Tensor
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...], torch.Tensor]:
+    """The projections of the positional encoding ``pe (1, N, C)`` alone (no bias) that the
+    later layers use: ``k_pe``, ``q_pe`` and ``k_pe_final`` of :class:`ImageProjections`.
+    They depend on the model only, not on the image."""
+    later = tr.layers[1:]
+    h = tr.layers[0].cross_attn_token_to_image.num_heads
+    return (
+        tuple(
+            _projected_heads(layer.cross_attn_token_to_image.k_proj, pe, h, False)
+            for layer in later
+        ),
+        tuple(
+            _projected_heads(layer.cross_attn_image_to_token.q_proj, pe, h, False)
+            for layer in later
+        ),
+        _projected_heads(tr.final_attn_token_to_image.k_proj, pe, h, False),
+    )
+
+
 def image_projections(tr: TwoWayTransformer, tokens: ImageTokens) -> ImageTokens:
     """``tokens`` with :class:`ImageProjections` attached (costs about one prompt's decode;
     pays off from the second prompt on the same image). ``tokens.src`` must be shared
     (batch 1)."""
     if tokens.src.shape[0] != 1:
         raise ValueError("image projections need image tokens shared by all prompts (batch 1)")
-    src, pe = tokens.src, tokens.pe
-    first, later = tr.layers[0], tr.layers[1:]
-    h = first.cross_attn_token_to_image.num_heads
-    src_pe = src + pe
-    proj = ImageProjections(
-        k0=_projected_heads(first.cross_attn_token_to_image.k_proj, src_pe, h, True),
-        v0=_projected_heads(first.cross_attn_token_to_image.v_proj, src, h, True),
-        q0=_projected_heads(first.cross_attn_image_to_token.q_proj, src_pe, h, True),
-        k_pe=tuple(
-            _projected_heads(layer.cross_attn_token_to_image.k_proj, pe, h, False)
-            for layer in later
-        ),
-        q_pe=tuple(
-            _projected_heads(layer.cross_attn_image_to_token.q_proj, pe, h, False)
-            for layer in later
-        ),
-        k_pe_final=_projected_heads(tr.final_attn_token_to_image.k_proj, pe, h, False),
-    )
+    k0, v0, q0 = first_layer_projections(tr, tokens.src, tokens.pe)
+    k_pe, q_pe, k_pe_final = pe_projections(tr, tokens.pe)
+    proj = ImageProjections(k0=k0, v0=v0, q0=q0, k_pe=k_pe, q_pe=q_pe, k_pe_final=k_pe_final)
     return tokens._replace(proj=proj)
 
 

@@ -269,12 +269,13 @@ class MaskDecoder(nn.Module):
         )
 
     def predict_masks_fast(
-        self, image: PreparedImage, sparse_prompt_embeddings: torch.Tensor
+        self, image: PreparedImage | ImageTokens, sparse_prompt_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`predict_masks` (all ``num_mask_tokens`` masks and IoUs) through the fast path
         whatever :attr:`backend` says: inference only, no gradients (the ONNX export traces
-        it)."""
-        tokens = self._fast_tokens(image)
+        it). ``image`` may also be the fast path's own :class:`ImageTokens` (with projections
+        computed elsewhere, as the split ONNX decoder takes them)."""
+        tokens = image if isinstance(image, ImageTokens) else self._fast_tokens(image)
         masks, iou_pred, _ = self._decode_fast(
             tokens, sparse_prompt_embeddings, slice(0, None), None, None
         )

@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ...formats import encode_coco_rle
+from ...io.onnx_manifest import DECODER_FILE, DECODER_IMAGE_FILE, DECODER_PROMPT_FILE, MANIFEST_NAME
 from ..store import InvalidInput, LeaseConflict, NotFound, Project, VersionConflict
 from ..store.media import clean_file_name
 from ..web.serve import ISOLATION_HEADERS, MIME_TYPES
@@ -57,6 +58,8 @@ PREFETCH_AHEAD = 3
 LEASE_TTL_S = 300.0
 #: The browser tool's pages (under ``static/app/``), served at these paths.
 PAGES = {"/": "index.html", "/metrics": "metrics.html"}
+#: The files of the model's ONNX decoder export under /api/model/ (the in-browser decoder).
+MODEL_FILES = (MANIFEST_NAME, DECODER_FILE, DECODER_IMAGE_FILE, DECODER_PROMPT_FILE)
 #: Swagger UI's files (npm ``swagger-ui-dist``, installed into ``static/vendor/swagger-ui/``).
 SWAGGER_DIR = "/static/vendor/swagger-ui"
 
@@ -545,12 +548,14 @@ def create_app(
 
     @app.get("/api/model/{name}")
     def model_file(name: str) -> FileResponse:
-        if name not in ("decoder.onnx", "manifest.json"):
-            raise _HTTPError(404, f"no model file {name!r}; allowed: decoder.onnx, manifest.json")
+        if name not in MODEL_FILES:
+            raise _HTTPError(404, f"no model file {name!r}; allowed: {', '.join(MODEL_FILES)}")
         try:
             folder = service.decoder_dir()
         except ModuleNotFoundError as e:
             raise _HTTPError(503, f"the ONNX export needs {e.name}: pip install onnx") from None
+        if not (folder / name).is_file():  # an export made before the file existed
+            raise _HTTPError(404, f"this model's ONNX export has no {name}; see {MANIFEST_NAME}")
         media = "application/octet-stream" if name.endswith(".onnx") else "application/json"
         return FileResponse(folder / name, media_type=media)
 

@@ -2,16 +2,19 @@
 //
 // Load as a module worker: new Worker("decoder-worker.js", {type: "module"}). It loads the
 // onnxruntime-web build from ./vendor/ (installed by `python -m segany.engine.web.build`, never
-// from a CDN) and segany's ONNX decoder export (decoder.onnx with the official SamOnnxModel
-// interface, described by the export folder's manifest.json).
+// from a CDN) and segany's ONNX decoder export, described by the export folder's manifest.json:
+// the split decoder when the export has it (decoder_image.onnx, run once per embedding, and
+// decoder_prompt.onnx, run per prompt without projecting the first layer's image tokens again),
+// else decoder.onnx (the official SamOnnxModel interface; also for `quantized` and `split: false`).
 //
 // Protocol (every request carries an `id`; every reply echoes it; a failed request answers
 // {type: "error", id, message}):
-//   {type: "init", id, manifestUrl, quantized?: false, numThreads?, warmup?: 150, sessionOptions?}
-//       -> {type: "ready", id, backend, quantized, numThreads, crossOriginIsolated, loadMs, warmupRuns,
-//           warmupMs, imgSize, embeddingShape, lowResSize, numMaskTokens}
+//   {type: "init", id, manifestUrl, quantized?: false, split?: true, numThreads?, warmup?: 150,
+//    sessionOptions?}
+//       -> {type: "ready", id, backend, quantized, split, numThreads, crossOriginIsolated, loadMs,
+//           warmupRuns, warmupMs, imgSize, embeddingShape, lowResSize, numMaskTokens}
 //   {type: "embedding", id, url | buffer, dtype: "float32" | "float16", originalSize: [H, W]}
-//       -> {type: "embedding", id, originalSize, inputSize, fetchMs}
+//       -> {type: "embedding", id, originalSize, inputSize, fetchMs, projectMs}
 //   {type: "decode", id, points: [[x, y], ...], labels: [1, 0, ...], box: [x0, y0, x1, y1] | null,
 //    maskInput: null | {previous: k} | Float32Array(L * L), multimask: true, output: "low" | "full"}
 //       -> {type: "result", id, scores: Float32Array(M), lowRes: Float32Array(M * L * L),
@@ -30,9 +33,12 @@
 
 import * as ort from "./vendor/ort.wasm.min.mjs";
 
-let session = null;
+let session = null; // the per-prompt decoder: decoder_prompt.onnx (split) or decoder.onnx
+let imageSession = null; // decoder_image.onnx (split only): the embedding's projections
 let model = null; // {imgSize, embeddingShape, lowResSize, numMaskTokens, returnSingleMask}
-let image = null; // {embedding: ort.Tensor, originalSize: [H, W], inputSize: [h, w]}
+let image = null; // {embedding: ort.Tensor, projections, originalSize: [H, W], inputSize: [h, w]}
+// The outputs a "low" decode fetches (the graph then skips its upscale to the original size).
+const LOW_OUTPUTS = ["iou_predictions", "low_res_masks"];
 let previous = null; // {lowRes: Float32Array, count: M}
 
 function preprocessShape(h, w, longSide) {
@@ -61,10 +67,11 @@ function toFloat32(buffer, dtype) {
   throw new Error(`embedding dtype must be "float32" or "float16"; got ${dtype}`);
 }
 
-function feeds(embedding, coords, labels, maskInput, hasMask, sizeHW) {
+function feeds(embedding, projections, coords, labels, maskInput, hasMask, sizeHW) {
   const n = labels.length;
   const [l0, l1] = model.lowResSize;
   return {
+    ...projections, // the split decoder's image_keys, image_values, image_queries
     image_embeddings: embedding,
     point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
     point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
@@ -88,16 +95,24 @@ async function init(msg) {
   ort.env.wasm.proxy = false; // already off the main thread
   const manifestUrl = new URL(msg.manifestUrl, self.location.href);
   const manifest = await (await fetch(manifestUrl)).json();
-  const key = msg.quantized ? "decoder_int8" : "decoder";
-  const entry = manifest.files && manifest.files[key];
-  if (!entry) throw new Error(`${manifestUrl} lists no ${key}${msg.quantized ? " (export with --quantize)" : ""}`);
-  const decoderUrl = new URL(entry.file, manifestUrl);
-  const bytes = new Uint8Array(await (await fetch(decoderUrl)).arrayBuffer());
-  session = await ort.InferenceSession.create(bytes, {
-    executionProviders: ["wasm"],
-    graphOptimizationLevel: "all",
-    ...(msg.sessionOptions || {}),
-  });
+  const files = manifest.files || {};
+  const split = !msg.quantized && msg.split !== false && Boolean(files.decoder_image)
+    && Boolean(files.decoder_prompt);
+  const key = msg.quantized ? "decoder_int8" : split ? "decoder_prompt" : "decoder";
+  if (!files[key]) throw new Error(`${manifestUrl} lists no ${key}${msg.quantized ? " (export with --quantize)" : ""}`);
+  const load = async (entry) => {
+    const url = new URL(entry.file, manifestUrl);
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`cannot fetch ${url}: HTTP ${response.status}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    return ort.InferenceSession.create(bytes, {
+      executionProviders: ["wasm"],
+      graphOptimizationLevel: "all",
+      ...(msg.sessionOptions || {}),
+    });
+  };
+  [session, imageSession] = await Promise.all([load(files[key]),
+                                               split ? load(files.decoder_image) : null]);
   model = {
     imgSize: manifest.img_size,
     embeddingShape: manifest.embedding_shape,
@@ -113,22 +128,25 @@ async function init(msg) {
   if (runs > 0) {
     const size = model.embeddingShape.reduce((a, b) => a * b, 1);
     const emb = new ort.Tensor("float32", new Float32Array(size), model.embeddingShape);
+    const proj = await project(emb);
     const [l0, l1] = model.lowResSize;
     const s = model.imgSize;
     const zeros = new Float32Array(l0 * l1);
-    // Both branches of the graph's last resize, with and without a mask input, 1 or 2 points.
+    // Both branches of the graph's last resize and "low" runs, with and without a mask input,
+    // 1 or 2 points.
     for (let i = 0; i < runs; i++) {
       const f = i % 4 < 2
-        ? feeds(emb, [s / 2, s / 3, 0, 0], [1, -1], zeros, 0, [s, s])
-        : feeds(emb, [s / 2, s / 3, s / 4, s / 5, 0, 0], [1, 0, -1], zeros, 0, [s + 2, s + 1]);
+        ? feeds(emb, proj, [s / 2, s / 3, 0, 0], [1, -1], zeros, 0, [s, s])
+        : feeds(emb, proj, [s / 2, s / 3, s / 4, s / 5, 0, 0], [1, 0, -1], zeros, 0, [s + 2, s + 1]);
       if (i % 2) f.has_mask_input = new ort.Tensor("float32", Float32Array.of(1), [1]);
-      await session.run(f);
+      await (i % 8 < 6 ? session.run(f, LOW_OUTPUTS) : session.run(f));
     }
   }
   return {
     type: "ready",
     backend: "wasm",
     quantized: Boolean(msg.quantized),
+    split,
     numThreads: ort.env.wasm.numThreads,
     crossOriginIsolated: self.crossOriginIsolated,
     loadMs,
@@ -139,6 +157,13 @@ async function init(msg) {
     lowResSize: model.lowResSize,
     numMaskTokens: model.numMaskTokens,
   };
+}
+
+/** The split decoder's per-image inputs for an embedding tensor ({} without the split). */
+async function project(embedding) {
+  if (!imageSession) return {};
+  const out = await imageSession.run({ image_embeddings: embedding });
+  return Object.fromEntries(imageSession.outputNames.map((name) => [name, out[name]]));
 }
 
 async function setEmbedding(msg) {
@@ -152,14 +177,13 @@ async function setEmbedding(msg) {
   }
   const [h, w] = msg.originalSize.map(Number);
   if (!(h > 0 && w > 0)) throw new Error(`originalSize must be [H, W] > 0; got ${msg.originalSize}`);
-  image = {
-    embedding: new ort.Tensor("float32", data, model.embeddingShape),
-    originalSize: [h, w],
-    inputSize: preprocessShape(h, w, model.imgSize),
-  };
+  const embedding = new ort.Tensor("float32", data, model.embeddingShape);
+  const t1 = performance.now();
+  const projections = await project(embedding);
+  image = { embedding, projections, originalSize: [h, w], inputSize: preprocessShape(h, w, model.imgSize) };
   previous = null;
   return { type: "embedding", originalSize: image.originalSize, inputSize: image.inputSize,
-           fetchMs: performance.now() - t0 };
+           fetchMs: t1 - t0, projectMs: performance.now() - t1 };
 }
 
 function promptInputs(msg) {
@@ -216,7 +240,8 @@ async function decode(msg) {
   }
   // "low": ask for the input frame's size, so the graph skips its last resize; masks unused.
   const size = full ? image.originalSize : image.inputSize;
-  const out = await session.run(feeds(image.embedding, coords, labs, mask, hasMask, size));
+  const inputs = feeds(image.embedding, image.projections, coords, labs, mask, hasMask, size);
+  const out = await (full ? session.run(inputs) : session.run(inputs, LOW_OUTPUTS));
   const count = out.iou_predictions.dims[1];
   const pick = count === model.numMaskTokens ? (msg.multimask === false ? [0, 1] : [1, count]) : [0, count];
   const [l0, l1] = model.lowResSize;

@@ -7,7 +7,7 @@
 
 import { DecoderClient } from "../decoder-client.js";
 import { api, track } from "./api.js";
-import { lowResToMask, logitsToMask, resampleMask } from "./layers.js";
+import { logitsToMask, paintLowRes, paintMask, resampleMask } from "./layers.js";
 import { rleToMask } from "./rle.js";
 
 export class Decoders {
@@ -107,10 +107,12 @@ export class Decoders {
     };
   }
 
-  /** Candidate k as an h x w display mask. */
-  displayMask(result, k, image, h, w) {
-    if (result.kind === "browser") return lowResToMask(result.raw, k, h, w);
-    return resampleMask(serverMask(result, k), image.height, image.width, h, w);
+  /** Paint candidate k into a display layer `canvas` over the image, in `rgb`. */
+  paintDisplay(canvas, result, k, image, rgb) {
+    if (result.kind === "browser") return paintLowRes(canvas, result.raw, k, rgb);
+    const { height: h, width: w } = canvas;
+    return paintMask(canvas, resampleMask(serverMask(result, k), image.height, image.width, h, w),
+                     rgb);
   }
 
   /** Candidate k at full size (H * W), exactly as SamPredictor.predict gives it. */

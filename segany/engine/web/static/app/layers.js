@@ -29,11 +29,12 @@ export function layerSize(H, W, maxSide) {
 }
 
 /**
- * Candidate `k` of a decode result as a Uint8Array(h * w) mask of an h x w layer over the
- * image: the valid block of the low-res logits bilinearly resampled (half-pixel centres, as
- * SAM's upscale composes) and thresholded at 0.
+ * Candidate `k` of a decode result as a mask of an h x w layer over the image: the valid block
+ * of the low-res logits bilinearly resampled (half-pixel centres, as SAM's upscale composes)
+ * and thresholded at 0. Writes `value` into `out` (h * w, zeros outside the mask: a new
+ * Uint8Array of 0/1 by default; a layer's Uint32 pixels to paint it at once) and returns it.
  */
-export function lowResToMask(result, k, h, w) {
+export function lowResToMask(result, k, h, w, out = new Uint8Array(h * w), value = 1) {
   const [L0, L1] = result.lowResSize;
   const [vh, vw] = result.lowResValid;
   const data = result.lowRes;
@@ -59,7 +60,7 @@ export function lowResToMask(result, k, h, w) {
     while (j < w && x0[j] < c) j++;
     start[c] = j;
   }
-  const mask = new Uint8Array(h * w);
+  const mask = out;
   let lastB = -1;
   let lastFy = -1;
   for (let i = 0; i < h; i++) {
@@ -83,11 +84,11 @@ export function lowResToMask(result, k, h, w) {
       const a1 = col[Math.min(c + 1, span - 1)];
       if (a0 <= 0 && a1 <= 0) continue;
       if (a0 > 0 && a1 > 0) {
-        mask.fill(1, row + j0, row + j1);
+        mask.fill(value, row + j0, row + j1);
         continue;
       }
       for (let j = j0; j < j1; j++) {
-        if (col[x0[j]] + (col[x1[j]] - col[x0[j]]) * fx[j] > 0) mask[row + j] = 1;
+        if (col[x0[j]] + (col[x1[j]] - col[x0[j]]) * fx[j] > 0) mask[row + j] = value;
       }
     }
   }
@@ -117,15 +118,44 @@ export function resampleMask(mask, H, W, h, w) {
   return out;
 }
 
+// One cleared pixel buffer per layer canvas, reused by every repaint of that canvas.
+const pixelBuffers = new WeakMap();
+
+function clearedPixels(canvas) {
+  const { width: w, height: h } = canvas;
+  let img = pixelBuffers.get(canvas);
+  if (!img || img.width !== w || img.height !== h) {
+    img = new ImageData(w, h);
+    pixelBuffers.set(canvas, img);
+  } else {
+    new Uint32Array(img.data.buffer).fill(0);
+  }
+  return img;
+}
+
+/** Opaque `rgb` as one little-endian RGBA pixel. */
+function packRgb(rgb) {
+  return ((255 << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0;
+}
+
 /** Replace a canvas's pixels with `mask` in `rgb` (opaque inside, clear outside). */
 export function paintMask(canvas, mask, rgb) {
-  const { width: w, height: h } = canvas;
-  const ctx = canvas.getContext("2d");
-  const img = new ImageData(w, h);
+  const img = clearedPixels(canvas);
   const px = new Uint32Array(img.data.buffer);
-  const packed = (255 << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]; // little-endian RGBA
-  if (mask) for (let i = 0; i < w * h; i++) if (mask[i]) px[i] = packed;
-  ctx.putImageData(img, 0, 0);
+  const packed = packRgb(rgb);
+  if (mask) for (let i = 0; i < px.length; i++) if (mask[i]) px[i] = packed;
+  canvas.getContext("2d").putImageData(img, 0, 0);
+}
+
+/**
+ * Replace a canvas's pixels with candidate `k` of a decode result (as `lowResToMask` computes
+ * it at the canvas's size) in `rgb`, written straight into the pixels: no mask array between.
+ */
+export function paintLowRes(canvas, result, k, rgb) {
+  const img = clearedPixels(canvas);
+  lowResToMask(result, k, canvas.height, canvas.width, new Uint32Array(img.data.buffer),
+               packRgb(rgb));
+  canvas.getContext("2d").putImageData(img, 0, 0);
 }
 
 /**

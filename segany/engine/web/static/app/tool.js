@@ -89,10 +89,13 @@ function rebuildWorking() {
     workLayer.canvas = new OffscreenCanvas(w, h);
   }
   const work = S.work;
-  let base = null;
-  if (work?.result) base = S.decoder.displayMask(work.result, work.selected, S.image, h, w);
-  else if (work?.edit) base = L.resampleMask(work.edit.base, S.image.height, S.image.width, h, w);
-  L.paintMask(workLayer.canvas, base, L.WORKING_RGB);
+  if (work?.result) {
+    S.decoder.paintDisplay(workLayer.canvas, work.result, work.selected, S.image, L.WORKING_RGB);
+  } else {
+    const base = work?.edit
+      ? L.resampleMask(work.edit.base, S.image.height, S.image.width, h, w) : null;
+    L.paintMask(workLayer.canvas, base, L.WORKING_RGB);
+  }
   if (work) L.drawStrokes(workLayer.canvas, work.strokes, w / S.image.width, L.WORKING_RGB);
   refreshUi();
 }
