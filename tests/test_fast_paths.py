@@ -243,6 +243,49 @@ def test_cached_image_projections_equal_plain_fast_path(depth):
         image_projections(tr, tokens._replace(src=tokens.src.expand(2, -1, -1)))
 
 
+@pytest.mark.parametrize("prompts, has_mask", [(1, 1.0), (1, 0.0), (4, None)])
+def test_mask_share_on_cached_projections_equals_plain_fast_path(prompts, has_mask):
+    """Projections cached with the no-mask embedding plus a mask prompt's share (the mask
+    features through the last 1x1 convolution folded into the first layer's projections) give
+    the transformer's result on the image tokens with the mask embedding; a scale of 0 is a
+    prompt without a mask; several prompts, each with its own mask, share one image's cache."""
+    from segany.modeling.fast_decoder import (
+        image_projections,
+        image_tokens,
+        mask_share,
+        two_way_transformer_fast,
+    )
+
+    model = randomize_(segany.build_sam_model(TINY), 12).eval()
+    g = torch.Generator().manual_seed(7)
+    pe, tr = model.prompt_encoder, model.mask_decoder.transformer
+    conv, no_mask = pe.mask_downscaling[-1], pe.no_mask_embed.weight[0]
+    coords = torch.rand(prompts, 3, 2, generator=g) * 128
+    sparse, _ = pe((coords, torch.ones(prompts, 3)), None, None)
+    emb = torch.randn(1, sparse.shape[-1], 16, 16, generator=g)
+    masks = 4 * torch.randn(prompts, 1, 64, 64, generator=g)
+    prompt = torch.cat([torch.randn(prompts, 4, sparse.shape[-1], generator=g), sparse], 1)
+    scale = None if has_mask is None else torch.tensor([has_mask])
+    with torch.no_grad():
+        features = pe.mask_downscaling[:-1](masks)
+        dense = conv(features)
+        if scale is not None:
+            dense = scale * dense + (1 - scale) * no_mask.reshape(1, -1, 1, 1)
+        tokens = image_tokens(emb, pe.get_dense_pe(), dense)  # one per prompt
+        ref_q, ref_k = two_way_transformer_fast(tr, tokens.src, tokens.pe, prompt)
+        plain = image_tokens(emb, pe.get_dense_pe(), no_mask.reshape(1, -1, 1, 1))
+        cached = image_projections(tr, plain)
+        share = mask_share(tr, conv, no_mask, features, scale)
+        q, k = two_way_transformer_fast(tr, tokens.src, tokens.pe, prompt, cached.proj, share)
+    torch.testing.assert_close(q, ref_q, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(k, ref_k, atol=1e-5, rtol=1e-5)
+    assert share.features.shape == (prompts, 256, features.shape[1])
+    with pytest.raises(ValueError, match="pass proj too"):
+        two_way_transformer_fast(tr, tokens.src, tokens.pe, prompt, None, share)
+    with pytest.raises(ValueError, match="one scale"):
+        mask_share(tr, conv, no_mask, features[:1].expand(2, -1, -1, -1), torch.ones(2))
+
+
 @pytest.mark.parametrize("min_iou", [None, "median"])
 def test_decode_chunks_do_not_change_results(tiny_model, min_iou):
     """decode run in chunks of 1, 3 or 64 prompts gives the same masks, IoUs and rows."""

@@ -27,11 +27,10 @@ once per embedding and gives the first transformer layer's projections of the im
 (with the no-mask embedding), ``image_keys``, ``image_values``, ``image_queries``, each
 ``(H, He*We, d)`` (heads, image tokens, head width); the prompt half takes the official inputs
 plus those three and gives the official outputs, without projecting the image tokens of the
-first layer again (see :mod:`segany.modeling.fast_decoder`). With a mask prompt the
-projections are corrected by the mask embedding's share, projected through the mask
-downscaling's last 1x1 convolution folded into the three projections (a ``16 -> I`` map per
-image token instead of ``C -> I``). The same function in real arithmetic; in fp32 the two halves
-agree with :class:`DecoderOnnxModel` to ~1e-5.
+first layer again. A mask prompt's change to the three is applied on the prompt tokens' side
+through the mask downscaling's last 1x1 convolution folded into them
+(:class:`segany.modeling.fast_decoder.MaskShare`). The same function in real arithmetic; in
+fp32 the two halves agree with :class:`DecoderOnnxModel` to ~1e-5.
 
 :class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
 with the attention backend the exporter selects (``"blocked"``: the reference in blocks of
@@ -49,6 +48,7 @@ from ..modeling.fast_decoder import (
     ImageProjections,
     first_layer_projections,
     image_tokens,
+    mask_share,
     pe_projections,
 )
 
@@ -181,36 +181,9 @@ class DecoderPromptOnnxModel(DecoderOnnxModel):
 
     def __init__(self, model: Sam, *, return_single_mask: bool = False) -> None:
         super().__init__(model, return_single_mask=return_single_mask)
-        tr = model.mask_decoder.transformer
-        first = tr.layers[0]
-        self.linears = (
-            first.cross_attn_token_to_image.k_proj,
-            first.cross_attn_token_to_image.v_proj,
-            first.cross_attn_image_to_token.q_proj,
-        )
-        self.heads = first.cross_attn_token_to_image.num_heads
-        conv = model.prompt_encoder.mask_downscaling[-1]  # 1x1: (C, c, 1, 1)
-        no_mask = model.prompt_encoder.no_mask_embed.weight[0]
         with torch.no_grad():
-            w_conv = conv.weight.flatten(1).float()  # (C, c)
-            shift = (conv.bias - no_mask).float()  # the mask embedding minus the no-mask one
-            # linear(src + mask share) = linear(src) + W (W_conv f + shift), f the mask features
-            fold_w = torch.cat([lin.weight.float() @ w_conv for lin in self.linears])  # (3I, c)
-            fold_b = torch.cat([lin.weight.float() @ shift for lin in self.linears])  # (3I,)
             pe = self.dense_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
-            k_pe, q_pe, k_pe_final = pe_projections(tr, pe)
-        self.register_buffer("fold_w", fold_w, persistent=False)
-        self.register_buffer("fold_b", fold_b, persistent=False)
-        self.pe_proj = (k_pe, q_pe, k_pe_final)
-
-    def _mask_share(self, features: torch.Tensor, has_mask_input: torch.Tensor):
-        """The three projections' change for a mask prompt (zero without one), each
-        ``(H, N, d)``."""
-        f = features.flatten(2)[0].t()  # (N, c)
-        share = torch.addmm(self.fold_b, f, self.fold_w.t()) * has_mask_input  # (N, 3I)
-        n = share.shape[0]
-        share = share.reshape(n, 3, self.heads, -1).permute(1, 2, 0, 3)  # (3, H, N, d)
-        return share[0], share[1], share[2]
+            self.pe_proj = pe_projections(model.mask_decoder.transformer, pe)
 
     @torch.no_grad()
     def forward(  # type: ignore[override]
@@ -229,18 +202,26 @@ class DecoderPromptOnnxModel(DecoderOnnxModel):
         sparse = self._embed_points(point_coords, point_labels)
         features = self._mask_features(mask_input)
         dense = self._dense(features, has_mask_input)
-        dk, dv, dq = self._mask_share(features, has_mask_input)
+        pe = self.prompt_encoder
+        share = mask_share(
+            self.mask_decoder.transformer,
+            pe.mask_downscaling[-1],
+            pe.no_mask_embed.weight[0],
+            features,
+            has_mask_input,
+        )
         k_pe, q_pe, k_pe_final = self.pe_proj
-        tokens = image_tokens(image_embeddings, self.dense_pe, dense)
         proj = ImageProjections(
-            k0=image_keys + dk,
-            v0=image_values + dv,
-            q0=image_queries + dq,
+            k0=image_keys,
+            v0=image_values,
+            q0=image_queries,
             k_pe=k_pe,
             q_pe=q_pe,
             k_pe_final=k_pe_final,
         )
-        low_res, iou = self.mask_decoder.predict_masks_fast(tokens._replace(proj=proj), sparse)
+        tokens = image_tokens(image_embeddings, self.dense_pe, dense)
+        tokens = tokens._replace(proj=proj, share=share)
+        low_res, iou = self.mask_decoder.predict_masks_fast(tokens, sparse)
         if self.return_single_mask:
             low_res, iou = self._select(low_res, iou, point_labels)
         return low_res, iou

@@ -21,6 +21,13 @@ projected once per image, so ``keys + pe`` is never materialized per prompt; the
 and the output-projection bias of the image -> token attention are folded into one GEMM
 (``sum_t p_t = 1`` per head, so adding ``b_o / H`` to every folded value adds ``b_o``).
 
+Cached projections are made with the no-mask embedding. A mask prompt changes the first layer's
+image tokens by the mask embedding minus the no-mask one, ``W_c f + s`` (``f`` the mask
+features before the mask downscaling's last 1x1 convolution ``W_c``, ``c`` = 16 channels), so
+each cached projection ``W`` changes by ``(W W_c) f + W s``: :class:`MaskShare` carries ``f``
+and the folded weights, and the change is applied on the prompt tokens' side (``q . (W W_c) f
+= (q W W_c) . f``: ``N x c`` per head instead of adding to the ``N x I`` projections).
+
 The two stride-2 transposed convolutions of the upscaler are per-pixel linear maps; they run as
 channels-last GEMMs (the second one fused with its GELU in one oneDNN kernel on CPU) and the
 pixel shuffle is applied once at the end, after the hypernetwork product, and only for the mask
@@ -196,18 +203,100 @@ class ImageProjections(NamedTuple):
     k_pe_final: torch.Tensor
 
 
+class MaskShare(NamedTuple):
+    """A mask prompt's change to the first layer's cached :class:`ImageProjections` (see the
+    module docstring), for prompts that share the image's projections.
+
+    ``features`` ``(B or 1, N, c)`` are the mask features ``f`` (zeros, or scaled by 0, for a
+    prompt without a mask); ``k_weight``, ``v_weight``, ``q_weight`` ``(H, d, c)`` the per-head
+    folded weights ``W W_c`` of the token -> image key and value and the image -> token query
+    projections; ``v_bias``, ``q_bias`` ``(H, d)`` their ``W s`` shares, already scaled like
+    ``features`` (the key's bias share is constant per query: the softmax drops it).
+    """
+
+    features: torch.Tensor
+    k_weight: torch.Tensor
+    v_weight: torch.Tensor
+    q_weight: torch.Tensor
+    v_bias: torch.Tensor
+    q_bias: torch.Tensor
+
+
+def mask_share(
+    tr: TwoWayTransformer,
+    conv: torch.nn.Conv2d,
+    no_mask: torch.Tensor,
+    features: torch.Tensor,
+    scale: torch.Tensor | None = None,
+) -> MaskShare:
+    """The :class:`MaskShare` of mask features for projections cached with the no-mask
+    embedding.
+
+    Args:
+        tr: the decoder's transformer. conv: the mask downscaling's last 1x1 convolution
+            ``(C, c, 1, 1)``. no_mask: the no-mask embedding ``(C,)``.
+        features: ``(B or 1, c, h, w)`` the mask downscaling's output before ``conv``.
+        scale: ``(B or 1,)`` 1 for a prompt with a mask, 0 without (default: all 1).
+    """
+    first = tr.layers[0]
+    h = first.cross_attn_token_to_image.num_heads
+    w_conv = conv.weight.flatten(1)  # (C, c)
+    shift = conv.bias - no_mask  # mask embedding - no-mask embedding = W_conv f + shift
+    f = features.flatten(2).transpose(1, 2)  # (B, N, c)
+    s = None if scale is None else scale.reshape(-1, 1)
+    if s is not None:
+        f = f * s[:, :, None]
+
+    def fold(linear: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+        w = linear.weight
+        return (w @ w_conv).reshape(h, -1, w_conv.shape[1]), (w @ shift).reshape(h, -1)
+
+    k_w, _ = fold(first.cross_attn_token_to_image.k_proj)
+    v_w, v_b = fold(first.cross_attn_token_to_image.v_proj)
+    q_w, q_b = fold(first.cross_attn_image_to_token.q_proj)
+    if s is not None:
+        if s.shape[0] != 1:
+            raise ValueError("a mask share's bias needs one scale for the batch; got several")
+        v_b, q_b = v_b * s, q_b * s
+    return MaskShare(f, k_w, v_w, q_w, v_b, q_b)
+
+
+def _share_scores(x: torch.Tensor, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``x_h . (W_h f_n)`` for per-head rows ``x (H, B*T, d)``, folded weights ``weight
+    (H, d, c)`` and ``features (B or 1, N, c)``: ``(H, B*T, N)``."""
+    y = x @ weight  # (H, B*T, c)
+    b = features.shape[0]
+    if b == 1:
+        return y @ features[0].t()
+    h, bt, c = y.shape
+    return (y.reshape(h, b, bt // b, c) @ features.transpose(1, 2)).reshape(h, bt, -1)
+
+
+def _share_mix(probs: torch.Tensor, weight: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """``sum_n p_n W_h f_n`` for per-head weights ``probs (H, B*T, N)``: ``(H, B*T, d)``."""
+    b = features.shape[0]
+    if b == 1:
+        mixed = probs @ features[0]  # (H, B*T, c)
+    else:
+        h, bt, n = probs.shape
+        mixed = (probs.reshape(h, b, bt // b, n) @ features).reshape(h, bt, -1)
+    return mixed @ weight.transpose(1, 2)
+
+
 class ImageTokens(NamedTuple):
     """Prompt-independent decoder inputs in channels-last layout, computed once per image.
 
     ``src`` ``(1 or B, N, C)`` is the image embedding plus the dense prompt embedding,
     ``pe`` ``(1, N, C)`` the positional encoding, ``size`` the ``(h, w)`` embedding grid,
-    ``proj`` optional cached :class:`ImageProjections` (only for a shared ``src``).
+    ``proj`` optional cached :class:`ImageProjections` (only for a shared ``src``, or for a
+    ``src`` with mask embeddings whose change to them ``share``, a :class:`MaskShare`, carries).
     """
 
     src: torch.Tensor
     pe: torch.Tensor
     size: tuple[int, int]
     proj: ImageProjections | None = None
+    share: MaskShare | None = None
 
 
 def image_tokens(
@@ -295,12 +384,17 @@ def _scores_against_shared(x: torch.Tensor, shared: torch.Tensor) -> torch.Tenso
 
 
 def attend_tokens_to_projected_image(
-    attn: Attention, q_in: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    attn: Attention,
+    q_in: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    share: MaskShare | None = None,
 ) -> torch.Tensor:
     """``attn(q_in, image + pe, image)`` given the image's projected keys and values.
 
     Args:
         q_in: ``(B, T, C)``. k, v: ``(H, N, d)`` shared by all prompts.
+        share: the mask prompts' change to ``k`` and ``v``, or ``None``.
     Returns:
         ``(B, T, C)``.
     """
@@ -308,7 +402,13 @@ def attend_tokens_to_projected_image(
     b, t, _ = q_in.shape
     d = k.shape[-1]
     q = _rows_by_head(attn.q_proj(q_in) * (1.0 / math.sqrt(d)), h)  # (H, B*T, d)
-    mixed = torch.bmm(torch.bmm(q, k.transpose(1, 2)).softmax(dim=-1), v)  # (H, B*T, d)
+    scores = torch.bmm(q, k.transpose(1, 2))  # (H, B*T, N)
+    if share is not None:
+        scores = scores + _share_scores(q, share.k_weight, share.features)
+    probs = scores.softmax(dim=-1)
+    mixed = torch.bmm(probs, v)  # (H, B*T, d)
+    if share is not None:
+        mixed = mixed + _share_mix(probs, share.v_weight, share.features) + share.v_bias[:, None]
     return attn.out_proj(mixed.transpose(0, 1).reshape(b, t, h * d))
 
 
@@ -333,13 +433,15 @@ def image_plus_attention_to_tokens(
     *,
     q_image: torch.Tensor | None = None,
     q_pe: torch.Tensor | None = None,
+    share: MaskShare | None = None,
 ) -> torch.Tensor:
     """``image + attn(image + pe, k_in, v_in)`` with projections cached per image.
 
     Args:
         image: ``(1 or B, N, C)`` image tokens (without PE).
         k_in, v_in: ``(B, T, C)`` prompt tokens.
-        q_image: ``(H, N, d)`` projected queries of ``image + pe`` (shared ``image``), or
+        q_image: ``(H, N, d)`` projected queries of ``image + pe`` (shared ``image``; with
+            ``share``, the mask prompts' change to them), or
         q_pe: ``(H, N, d)`` query projection of the PE alone (per-prompt ``image``).
     Returns:
         ``(B, N, C)``.
@@ -351,6 +453,11 @@ def image_plus_attention_to_tokens(
     k = k * (1.0 / math.sqrt(k.shape[-1] // h))
     if q_image is not None:
         scores = _scores_against_shared(k, q_image)  # (B, H*T, N)
+        if share is not None:
+            kh = _rows_by_head(k, h)  # (H, B*T, d)
+            extra = _share_scores(kh, share.q_weight, share.features)  # (H, B*T, N)
+            extra = extra + (kh * share.q_bias[:, None]).sum(-1, keepdim=True)
+            scores = scores + extra.reshape(h, b, t, n).transpose(0, 1).reshape(b, h * t, n)
     else:
         assert q_pe is not None
         kh = _heads(k, h)  # (B, H, T, d)
@@ -368,15 +475,20 @@ def two_way_transformer_fast(
     pe_tokens: torch.Tensor,
     point_embedding: torch.Tensor,
     proj: ImageProjections | None = None,
+    share: MaskShare | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same as ``TwoWayTransformer.forward`` with channels-last image tokens.
 
     Args:
         image_tokens: ``(B or 1, N, C)``; pe_tokens ``(1, N, C)``; point_embedding ``(B, T, C)``.
-        proj: :class:`ImageProjections` of ``image_tokens`` (batch 1), or ``None``.
+        proj: :class:`ImageProjections` of ``image_tokens`` (batch 1), or ``None``; with
+        share: the mask prompts' change to ``proj``'s first-layer projections (then
+            ``image_tokens`` are the tokens with the mask embedding, one per prompt or shared).
     Returns:
         tokens ``(B, T, C)``, image tokens ``(B, N, C)``.
     """
+    if share is not None and proj is None:
+        raise ValueError("a mask share changes cached projections: pass proj too")
     queries, keys, query_pe = point_embedding, image_tokens, point_embedding
     for i, layer in enumerate(tr.layers):
         queries = layer.attend_tokens(queries, query_pe)
@@ -387,7 +499,7 @@ def two_way_transformer_fast(
             queries = layer.norm2(queries + attend_tokens_to_image(t2i, q, k, keys))
         elif i == 0:
             queries = layer.norm2(
-                queries + attend_tokens_to_projected_image(t2i, q, proj.k0, proj.v0)
+                queries + attend_tokens_to_projected_image(t2i, q, proj.k0, proj.v0, share)
             )
         else:
             queries = layer.norm2(
@@ -398,7 +510,9 @@ def two_way_transformer_fast(
         if proj is None:
             keys = keys + attend_image_to_tokens(i2t, k, q, queries)
         elif i == 0:
-            keys = image_plus_attention_to_tokens(i2t, keys, q, queries, q_image=proj.q0)
+            keys = image_plus_attention_to_tokens(
+                i2t, keys, q, queries, q_image=proj.q0, share=share
+            )
         else:
             keys = image_plus_attention_to_tokens(i2t, keys, q, queries, q_pe=proj.q_pe[i - 1])
         keys = layer.norm4(keys)

@@ -307,11 +307,16 @@ class MaskDecoder(nn.Module):
             chunk = prompt_chunk(sparse.device) or b
         if b > chunk:
             per_prompt_src = tokens.src.shape[0] == b and b > 1
+            share = tokens.share
+            per_prompt_share = share is not None and share.features.shape[0] == b and b > 1
             parts = []
             for start in range(0, b, chunk):
                 part = tokens
                 if per_prompt_src:
-                    part = tokens._replace(src=tokens.src[start : start + chunk])
+                    part = part._replace(src=tokens.src[start : start + chunk])
+                if per_prompt_share:
+                    features = share.features[start : start + chunk]
+                    part = part._replace(share=share._replace(features=features))
                 part_sparse = sparse[start : start + chunk]
                 parts.append(self._decode_fast(part, part_sparse, sl, min_iou, chunk))
             masks = torch.cat([m for m, _, _ in parts])
@@ -323,7 +328,7 @@ class MaskDecoder(nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         prompt = torch.cat([output_tokens.unsqueeze(0).expand(b, -1, -1), sparse], dim=1)
         hs, keys = two_way_transformer_fast(
-            self.transformer, tokens.src, tokens.pe, prompt, tokens.proj
+            self.transformer, tokens.src, tokens.pe, prompt, tokens.proj, tokens.share
         )
         iou_pred = self.iou_prediction_head(hs[:, 0, :])[:, sl]
         rows = None
