@@ -15,7 +15,8 @@ the best mask drawn on a 1024x768 canvas:
 * ``full``: the masks upscaled to 1024x768 inside the graph and drawn at full size.
 
 By default the worker runs the export's split decoder (``decoder_image.onnx`` once per
-embedding, ``decoder_prompt.onnx`` per click); ``--no-split`` times ``decoder.onnx`` instead.
+embedding, ``decoder_prompt.onnx`` per click); ``--no-split`` times ``decoder.onnx`` instead,
+``--compare-split`` both, taking turns in four blocks of clicks each.
 ``--low-res-graph`` cuts ``decoder.onnx`` before its mask upscale (``low`` only, no split): what
 a low-res-only decoder export would give.
 
@@ -43,27 +44,40 @@ from common import machine as core_machine
 
 TIMEOUT_MS = 600_000
 
-PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, split, numThreads, sessionOptions,
-                 modes}) => {
+PAGE_SCRIPT = """async ({h, w, point, clicks, warmup, quantized, split, compare, numThreads,
+                 sessionOptions, modes}) => {
     const d = window.seganyDecoder;
-    const ready = await d.client.init({manifestUrl: "/model/manifest.json", warmup,
-                                       quantized, split, numThreads, sessionOptions});
-    const emb = await d.client.setEmbedding({url: "/emb.bin", dtype: "float32",
-                                             originalSize: [h, w]});
+    const options = {manifestUrl: "/model/manifest.json", warmup, quantized, numThreads,
+                     sessionOptions};
+    // With compare, the split decoder and decoder.onnx take turns in blocks of clicks (the
+    // worker loads and warms up the other one between blocks), so that a slow spell of the
+    // machine hits both; a second worker would not do: its idle threads spin.
+    const configs = compare ? [["", true], [" (decoder.onnx)", false]] : [["", split]];
+    const rounds = compare ? 4 : 1;
+    const per = Math.ceil(clicks / rounds);
     d.canvas.width = w;
     d.canvas.height = h;
-    const out = {ready, emb, modes: {}};
-    for (const mode of modes) out.modes[mode] = {click: [], worker: []};
-    // The modes take turns click by click, so a busy spell of the machine hits them alike.
-    for (let i = 0; i < clicks; i++) {
-        const p = [point[0] + ((i * 7) % 11) - 5, point[1] + ((i * 5) % 9) - 4];
-        for (const mode of modes) {
-            const t0 = performance.now();
-            const r = await d.client.decode({points: [p], labels: [1], multimask: true,
-                                             output: mode});
-            d.drawMask(d.canvas, r, d.bestIndex(r));
-            out.modes[mode].click.push(performance.now() - t0);
-            out.modes[mode].worker.push(r.decodeMs);
+    const out = {ready: null, modes: {}};
+    for (let round = 0; round < rounds; round++) {
+        for (const [suffix, s] of configs) {
+            const info = await d.client.init({...options, split: s});
+            out.ready = out.ready || info;
+            await d.client.setEmbedding({url: "/emb.bin", dtype: "float32",
+                                         originalSize: [h, w]});
+            // The modes take turns click by click.
+            for (let i = round * per; i < Math.min(clicks, (round + 1) * per); i++) {
+                const p = [point[0] + ((i * 7) % 11) - 5, point[1] + ((i * 5) % 9) - 4];
+                for (const mode of modes) {
+                    const key = mode + suffix;
+                    out.modes[key] = out.modes[key] || {click: [], worker: []};
+                    const t0 = performance.now();
+                    const r = await d.client.decode({points: [p], labels: [1], multimask: true,
+                                                     output: mode});
+                    d.drawMask(d.canvas, r, d.bestIndex(r));
+                    out.modes[key].click.push(performance.now() - t0);
+                    out.modes[key].worker.push(r.decodeMs);
+                }
+            }
         }
     }
     return out;
@@ -132,6 +146,7 @@ def run_browser(export_dir: Path, emb: np.ndarray, size, point, args) -> tuple[d
                 "warmup": args.warmup,
                 "quantized": args.int8,
                 "split": not (args.no_split or args.low_res_graph),
+                "compare": args.compare_split,
                 "numThreads": args.threads or None,
                 "sessionOptions": json.loads(args.session_options),
                 "modes": ["low"] if args.low_res_graph else ["low", "full"],
@@ -159,6 +174,11 @@ def main() -> None:
         action="store_true",
         help="decoder.onnx per click instead of the split decoder (decoder_image.onnx once per "
         "embedding, decoder_prompt.onnx per click)",
+    )
+    p.add_argument(
+        "--compare-split",
+        action="store_true",
+        help="also time decoder.onnx, in blocks of clicks in turn with the split decoder",
     )
     p.add_argument(
         "--low-res-graph",
@@ -232,8 +252,9 @@ def main() -> None:
     labels = {"low": "input frame, low-res logits drawn scaled", "full": "upscaled to 1024x768"}
     for mode, r in rows.items():
         c, wk = r["click_to_drawn"], r["worker_decode"]
+        base, _, other = mode.partition(" ")
         print(
-            f"| {labels[mode]} | {c['median_ms']:.1f} | {c['p95_ms']:.1f} | {c['first_ms']:.1f} | "
+            f"| {labels[base]}{' ' + other if other else ''} | {c['median_ms']:.1f} | {c['p95_ms']:.1f} | {c['first_ms']:.1f} | "
             f"{wk['median_ms']:.1f} |"
         )
     print(f"| native ONNX Runtime (Python), upscaled to 1024x768 | {native:.1f} | – | – | – |")
