@@ -210,15 +210,7 @@ class DecoderPromptOnnxModel(DecoderOnnxModel):
             features,
             has_mask_input,
         )
-        k_pe, q_pe, k_pe_final = self.pe_proj
-        proj = ImageProjections(
-            k0=image_keys,
-            v0=image_values,
-            q0=image_queries,
-            k_pe=k_pe,
-            q_pe=q_pe,
-            k_pe_final=k_pe_final,
-        )
+        proj = ImageProjections(image_keys, image_values, image_queries, *self.pe_proj)
         tokens = image_tokens(image_embeddings, self.dense_pe, dense)
         tokens = tokens._replace(proj=proj, share=share)
         low_res, iou = self.mask_decoder.predict_masks_fast(tokens, sparse)

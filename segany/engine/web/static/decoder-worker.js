@@ -96,6 +96,8 @@ async function init(msg) {
   const manifestUrl = new URL(msg.manifestUrl, self.location.href);
   const manifest = await (await fetch(manifestUrl)).json();
   const files = manifest.files || {};
+  image = null; // an embedding set for an earlier session (and its projections) is stale
+  previous = null;
   const split = !msg.quantized && msg.split !== false && Boolean(files.decoder_image)
     && Boolean(files.decoder_prompt);
   const key = msg.quantized ? "decoder_int8" : split ? "decoder_prompt" : "decoder";
