@@ -158,7 +158,7 @@ def test_split_decoder_agrees_with_the_official_graph(page, scene_case):
         "points": [[x, y], [min(w - 1.0, x + 40.0), y]],
         "labels": [1, 0],
         "maskInput": {"previous": 0},
-        "output": "full",
+        "output": "low",
     }
     got = pg.evaluate(
         """async ([first, second, h, w]) => {
@@ -175,7 +175,7 @@ def test_split_decoder_agrees_with_the_official_graph(page, scene_case):
                     const b = await c.decode(second);
                     out[split] = {split: ready.split, scores: Array.from(a.scores),
                                   lowRes: Array.from(a.lowRes), scores2: Array.from(b.scores),
-                                  masks2: Array.from(b.masks)};
+                                  lowRes2: Array.from(b.lowRes)};
                 } finally { c.terminate(); }
             }
             return out;
@@ -187,7 +187,7 @@ def test_split_decoder_agrees_with_the_official_graph(page, scene_case):
     np.testing.assert_allclose(split["scores"], official["scores"], atol=1e-4)
     np.testing.assert_allclose(split["lowRes"], official["lowRes"], atol=1e-3, rtol=1e-4)
     np.testing.assert_allclose(split["scores2"], official["scores2"], atol=1e-4)
-    _assert_masks_match(np.asarray(split["masks2"]), np.asarray(official["masks2"]))
+    np.testing.assert_allclose(split["lowRes2"], official["lowRes2"], atol=1e-3, rtol=1e-4)
 
 
 def test_click_matches_onnx_runtime_and_torch(page, export_dir, scene_case):
@@ -249,16 +249,17 @@ def test_a_low_res_only_graph_decodes_low(page, scene_case):
 
 
 def test_low_res_output_and_mask_feedback(page, export_dir, scene_case):
-    """``output: "low"`` gives the same scores and logits without the full-size masks, and a
-    second click fed the previous low-res logits matches ONNX Runtime with that mask input."""
+    """``output: "low"`` (the split decoder) gives the scores and logits of ``"full"``
+    (decoder.onnx) without the full-size masks, and a second click fed the previous low-res
+    logits matches ONNX Runtime with that mask input."""
     pg, _ = page
     scene, (x, y) = scene_case["scene"], scene_case["point"]
     h, w = scene.image.shape[:2]
     full = _decode(pg, {"points": [[x, y]], "labels": [1], "output": "full"})
     low = _decode(pg, {"points": [[x, y]], "labels": [1], "output": "low"})
     assert low["masks"] is None
-    np.testing.assert_array_equal(low["scores"], full["scores"])
-    np.testing.assert_array_equal(low["lowRes"], full["lowRes"])
+    np.testing.assert_allclose(low["scores"], full["scores"], atol=1e-5)
+    np.testing.assert_allclose(low["lowRes"], full["lowRes"], atol=1e-3, rtol=1e-4)
     assert low["lowResValid"] == [96.0, 128.0]  # the 192x256 input frame at 1/2 scale
 
     # drawMask puts the low-res mask where the full-size mask is (blocky at its edges).

@@ -30,7 +30,9 @@ from segany.io.embedding import model_fingerprint  # noqa: E402
 from segany.io.onnx_manifest import (  # noqa: E402
     DECODER_INPUTS,
     DECODER_OUTPUTS,
-    DECODER_PROJECTION_INPUTS,
+    DECODER_PROMPT_INPUTS,
+    DECODER_PROMPT_OUTPUTS,
+    DECODER_SPLIT_INPUTS,
 )
 from tests.helpers import (  # noqa: E402
     IOU_TOL,
@@ -114,17 +116,19 @@ def session(path: Path):
 
 
 class SplitDecoder:
-    """``decoder_image.onnx`` then ``decoder_prompt.onnx`` behind ``decoder.onnx``'s ``run``."""
+    """``decoder_image.onnx`` then ``decoder_prompt.onnx`` behind ``decoder.onnx``'s ``run``
+    (all outputs): ``[None, iou_predictions, low_res_masks]``, no upscaled masks."""
 
     def __init__(self, folder: Path) -> None:
         self.image = session(folder / "decoder_image.onnx")
         self.prompt = session(folder / "decoder_prompt.onnx")
 
     def run(self, output_names, feed: dict) -> list:
-        projections = self.image.run(None, {"image_embeddings": feed["image_embeddings"]})
-        return self.prompt.run(
-            output_names, {**feed, **dict(zip(DECODER_PROJECTION_INPUTS, projections, strict=True))}
-        )
+        assert output_names is None
+        split = self.image.run(None, {"image_embeddings": feed["image_embeddings"]})
+        feeds = {**feed, **dict(zip(DECODER_SPLIT_INPUTS, split, strict=True))}
+        iou, low_res = self.prompt.run(None, {n: feeds[n] for n in DECODER_PROMPT_INPUTS})
+        return [None, iou, low_res]
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -202,15 +206,23 @@ def test_export_writes_valid_graphs_and_manifest(tiny_export, tiny_model):
     shape = [attn.num_heads, 16 * 16, attn.internal_dim // attn.num_heads]
     image_half = files["decoder_image"]
     assert [i["name"] for i in image_half["inputs"]] == ["image_embeddings"]
-    assert [(o["name"], o["shape"]) for o in image_half["outputs"]] == [
-        (name, shape) for name in DECODER_PROJECTION_INPUTS
-    ]
+    assert (
+        [(o["name"], o["shape"]) for o in image_half["outputs"]]
+        == [
+            ("image_tokens", [1, 16 * 16, 32]),  # channels-last
+            *((name, shape) for name in DECODER_SPLIT_INPUTS[1:]),
+        ]
+    )
     prompt_half = files["decoder_prompt"]
     assert [i["name"] for i in prompt_half["inputs"]] == [
-        *DECODER_INPUTS,
-        *DECODER_PROJECTION_INPUTS,
+        "point_coords",
+        "point_labels",
+        "mask_input",
+        "has_mask_input",
+        *DECODER_SPLIT_INPUTS,
     ]
-    assert [o["name"] for o in prompt_half["outputs"]] == list(DECODER_OUTPUTS)
+    assert [o["name"] for o in prompt_half["outputs"]] == list(DECODER_PROMPT_OUTPUTS)
+    assert [o["shape"] for o in prompt_half["outputs"]] == [[1, 4], [1, 4, 64, 64]]
 
 
 def test_decoder_interface_equals_official(tiny_pair, tiny_export, tmp_path):
@@ -333,10 +345,13 @@ def compare_with_official(ours, official, official_session, feeds_for, single=Fa
                 with torch.no_grad():
                     b = [t.numpy() for t in module(*(torch.as_tensor(v) for v in feed.values()))]
             h, w = feed["orig_im_size"].astype(int)
-            assert a[0].shape == b[0].shape == (1, 1 if single else 4, h, w)
+            assert b[0].shape == (1, 1 if single else 4, h, w)
+            assert a[2].shape == b[2].shape
             np.testing.assert_allclose(a[1], b[1], atol=IOU_TOL, rtol=0)
             np.testing.assert_allclose(a[2], b[2], atol=1e-3, rtol=1e-3)
-            assert_masks_match(a[0], b[0])
+            if a[0] is not None:  # the split decoder gives no upscaled masks
+                assert a[0].shape == b[0].shape
+                assert_masks_match(a[0], b[0])
 
 
 @pytest.mark.slow

@@ -44,8 +44,10 @@ from ..io.onnx_manifest import (
     DECODER_INPUTS,
     DECODER_INT8_FILE,
     DECODER_OUTPUTS,
-    DECODER_PROJECTION_INPUTS,
     DECODER_PROMPT_FILE,
+    DECODER_PROMPT_INPUTS,
+    DECODER_PROMPT_OUTPUTS,
+    DECODER_SPLIT_INPUTS,
     DECODER_TEXT_FILE,
     DECODER_TEXT_INPUT,
     ENCODER_FILE,
@@ -162,13 +164,9 @@ def build_decoder(
     return_single_mask: bool = False,
     fast: bool = True,
     text: bool = False,
-    prompt_half: bool = False,
 ) -> onnx.ModelProto:
     """The decoder graph with the official interface (``model`` must be fp32 on the CPU); with
-    ``text`` the text flavour, which also takes ``text_embedding (1, D)`` last; with
-    ``prompt_half`` the prompt half of the split decoder (``decoder_prompt.onnx``), which also
-    takes :data:`~segany.io.onnx_manifest.DECODER_PROJECTION_INPUTS` last (from
-    :func:`build_decoder_image`)."""
+    ``text`` the text flavour, which also takes ``text_embedding (1, D)`` last."""
     pe = model.prompt_encoder
     c = pe.embed_dim
     he, we = pe.image_embedding_size
@@ -176,37 +174,16 @@ def build_decoder(
     img_size = model.image_encoder.img_size
     if low_h != low_w:
         raise ValueError(f"non-square low-res masks {low_h}x{low_w} are not supported")
-    if text and prompt_half:
-        raise ValueError("the split decoder has no text flavour: text or prompt_half, not both")
-    wrapper: torch.nn.Module
-    if prompt_half:
-        wrapper = DecoderPromptOnnxModel(model, return_single_mask=return_single_mask).eval()
-    else:
-        wrapper = DecoderOnnxModel(
-            model, return_single_mask=return_single_mask, fast=fast, text=text
-        ).eval()
-    args: tuple[torch.Tensor, ...] = (
-        torch.randn(1, c, he, we),
-        torch.randint(0, img_size, (1, 5, 2), dtype=torch.float),
-        torch.tensor([[1.0, 0.0, 2.0, 3.0, -1.0]]),
-        torch.randn(1, 1, low_h, low_w),
-        torch.tensor([1.0]),
-    )
+    wrapper = DecoderOnnxModel(
+        model, return_single_mask=return_single_mask, fast=fast, text=text
+    ).eval()
+    args: tuple[torch.Tensor, ...] = (torch.randn(1, c, he, we), *_prompt_args(model))
     names = list(DECODER_INPUTS[:5])
     inputs = list(DECODER_INPUTS)
-    shapes: dict[str, list[Any]] = {}
     if text:
         args = (*args, torch.randn(1, int(pe.text_embed_dim)))
         names.append(DECODER_TEXT_INPUT)
         inputs.append(DECODER_TEXT_INPUT)
-    if prompt_half:
-        projections = DecoderImageOnnxModel(model)(args[0])
-        args = (*args, *projections)
-        names.extend(DECODER_PROJECTION_INPUTS)
-        inputs.extend(DECODER_PROJECTION_INPUTS)
-        shapes.update(
-            (n, list(t.shape)) for n, t in zip(DECODER_PROJECTION_INPUTS, projections, strict=True)
-        )
     proto = _trace(
         wrapper,
         args,
@@ -221,64 +198,105 @@ def build_decoder(
     g = GraphBuilder("segany_post/")
     mask_postprocess_nodes(g, "low_res_masks", "orig_im_size", "masks", img_size, low_h)
     graph.node.extend(g.nodes)
-    shapes |= {
+    shapes = {
         "image_embeddings": [1, c, he, we],
-        "point_coords": [1, "num_points", 2],
-        "point_labels": [1, "num_points"],
-        "mask_input": [1, 1, low_h, low_w],
-        "has_mask_input": [1],
+        **_prompt_shapes(model, num_masks),
         "orig_im_size": [2],
         DECODER_TEXT_INPUT: [1, pe.text_embed_dim],
-    }
-    del graph.input[:]
-    graph.input.extend(value_info(n, TensorProto.FLOAT, shapes[n]) for n in inputs)
-    out_shapes = {
         "masks": [1, num_masks, "orig_height", "orig_width"],
-        "iou_predictions": [1, num_masks],
-        "low_res_masks": [1, num_masks, low_h, low_w],
     }
-    del graph.output[:]
-    graph.output.extend(value_info(n, TensorProto.FLOAT, out_shapes[n]) for n in DECODER_OUTPUTS)
-    del graph.value_info[:]
-    graph.name = (
-        "segany_decoder_text"
-        if text
-        else "segany_decoder_prompt"
-        if prompt_half
-        else "segany_decoder"
-    )
+    _set_io(graph, inputs, DECODER_OUTPUTS, shapes)
+    graph.name = "segany_decoder_text" if text else "segany_decoder"
     _set_metadata(proto, model, "decoder")
     return proto
 
 
+def _prompt_args(model: Sam) -> tuple[torch.Tensor, ...]:
+    """Example ``point_coords``, ``point_labels``, ``mask_input``, ``has_mask_input`` to trace
+    a decoder with: 5 points (a box among them), a mask."""
+    low_h, low_w = model.prompt_encoder.mask_input_size
+    return (
+        torch.randint(0, model.image_encoder.img_size, (1, 5, 2), dtype=torch.float),
+        torch.tensor([[1.0, 0.0, 2.0, 3.0, -1.0]]),
+        torch.randn(1, 1, low_h, low_w),
+        torch.tensor([1.0]),
+    )
+
+
+def _prompt_shapes(model: Sam, num_masks: int | None = None) -> dict[str, list[Any]]:
+    """The declared shapes of the decoder's prompt inputs and low-res outputs."""
+    low_h, low_w = model.prompt_encoder.mask_input_size
+    m = model.mask_decoder.num_mask_tokens if num_masks is None else num_masks
+    return {
+        "point_coords": [1, "num_points", 2],
+        "point_labels": [1, "num_points"],
+        "mask_input": [1, 1, low_h, low_w],
+        "has_mask_input": [1],
+        "iou_predictions": [1, m],
+        "low_res_masks": [1, m, low_h, low_w],
+    }
+
+
+def _set_io(graph: onnx.GraphProto, inputs, outputs, shapes: dict[str, list[Any]]) -> None:
+    """Declare ``graph``'s float inputs and outputs, in these orders, with ``shapes``."""
+    del graph.input[:]
+    graph.input.extend(value_info(n, TensorProto.FLOAT, shapes[n]) for n in inputs)
+    del graph.output[:]
+    graph.output.extend(value_info(n, TensorProto.FLOAT, shapes[n]) for n in outputs)
+    del graph.value_info[:]
+
+
 def build_decoder_image(model: Sam, *, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     """The image half of the split decoder (``decoder_image.onnx``): ``image_embeddings
-    (1, C, He, We)`` -> :data:`~segany.io.onnx_manifest.DECODER_PROJECTION_INPUTS`, each
-    ``(H, He*We, d)``, for :func:`build_decoder` with ``prompt_half``."""
+    (1, C, He, We)`` -> :data:`~segany.io.onnx_manifest.DECODER_SPLIT_INPUTS`, for
+    :func:`build_decoder_prompt`."""
     pe = model.prompt_encoder
     c = pe.embed_dim
     he, we = pe.image_embedding_size
     wrapper = DecoderImageOnnxModel(model).eval()
     emb = torch.randn(1, c, he, we)
-    shapes = [list(t.shape) for t in wrapper(emb)]
+    outputs = wrapper(emb)
     proto = _trace(
         wrapper,
         (emb,),
         opset,
         input_names=[DECODER_INPUTS[0]],
-        output_names=list(DECODER_PROJECTION_INPUTS),
+        output_names=list(DECODER_SPLIT_INPUTS),
     )
-    graph = proto.graph
-    del graph.input[:]
-    graph.input.append(value_info(DECODER_INPUTS[0], TensorProto.FLOAT, [1, c, he, we]))
-    del graph.output[:]
-    graph.output.extend(
-        value_info(n, TensorProto.FLOAT, s)
-        for n, s in zip(DECODER_PROJECTION_INPUTS, shapes, strict=True)
-    )
-    del graph.value_info[:]
-    graph.name = "segany_decoder_image"
+    shapes = {n: list(t.shape) for n, t in zip(DECODER_SPLIT_INPUTS, outputs, strict=True)}
+    shapes[DECODER_INPUTS[0]] = [1, c, he, we]
+    _set_io(proto.graph, DECODER_INPUTS[:1], DECODER_SPLIT_INPUTS, shapes)
+    proto.graph.name = "segany_decoder_image"
     _set_metadata(proto, model, "decoder_image")
+    return proto
+
+
+def build_decoder_prompt(
+    model: Sam, *, opset: int = DEFAULT_OPSET, return_single_mask: bool = False
+) -> onnx.ModelProto:
+    """The prompt half of the split decoder (``decoder_prompt.onnx``):
+    :data:`~segany.io.onnx_manifest.DECODER_PROMPT_INPUTS` (the official prompt inputs, then
+    :func:`build_decoder_image`'s outputs) ->
+    :data:`~segany.io.onnx_manifest.DECODER_PROMPT_OUTPUTS` (``decoder.onnx``'s
+    ``iou_predictions`` and ``low_res_masks``)."""
+    c = model.prompt_encoder.embed_dim
+    he, we = model.prompt_encoder.image_embedding_size
+    wrapper = DecoderPromptOnnxModel(model, return_single_mask=return_single_mask).eval()
+    split = DecoderImageOnnxModel(model)(torch.randn(1, c, he, we))
+    proto = _trace(
+        wrapper,
+        (*_prompt_args(model), *split),
+        opset,
+        input_names=list(DECODER_PROMPT_INPUTS),
+        output_names=["low_res_masks", "iou_predictions"],
+        dynamic_axes={"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}},
+    )
+    squeeze_unit_gathers(proto)
+    shapes = _prompt_shapes(model, 1 if return_single_mask else None)
+    shapes.update((n, list(t.shape)) for n, t in zip(DECODER_SPLIT_INPUTS, split, strict=True))
+    _set_io(proto.graph, DECODER_PROMPT_INPUTS, DECODER_PROMPT_OUTPUTS, shapes)
+    proto.graph.name = "segany_decoder_prompt"
+    _set_metadata(proto, model, "decoder_prompt")
     return proto
 
 
@@ -413,9 +431,7 @@ def export_onnx(
             (
                 "decoder_prompt",
                 DECODER_PROMPT_FILE,
-                build_decoder(
-                    m, opset=opset, return_single_mask=return_single_mask, prompt_half=True
-                ),
+                build_decoder_prompt(m, opset=opset, return_single_mask=return_single_mask),
             ),
         ):
             onnx.checker.check_model(proto)

@@ -23,14 +23,16 @@ into the prompt tokens, see :mod:`segany.modeling.fast_decoder`) or the referenc
 
 :class:`DecoderImageOnnxModel` and :class:`DecoderPromptOnnxModel` are the same decoder split
 in two for a client that decodes many prompts per image (the browser tool): the image half runs
-once per embedding and gives the first transformer layer's projections of the image tokens
-(with the no-mask embedding), ``image_keys``, ``image_values``, ``image_queries``, each
-``(H, He*We, d)`` (heads, image tokens, head width); the prompt half takes the official inputs
-plus those three and gives the official outputs, without projecting the image tokens of the
-first layer again. A mask prompt's change to the three is applied on the prompt tokens' side
-through the mask downscaling's last 1x1 convolution folded into them
-(:class:`segany.modeling.fast_decoder.MaskShare`). The same function in real arithmetic; in
-fp32 the two halves agree with :class:`DecoderOnnxModel` to ~1e-5.
+once per embedding and gives the image tokens with the no-mask embedding, channels-last
+(``image_tokens (1, He*We, C)``), and the first transformer layer's projections of them
+(``image_keys``, ``image_values``, ``image_queries``, each ``(H, He*We, d)``: heads, image
+tokens, head width); the prompt half takes the official prompt inputs (``point_coords``,
+``point_labels``, ``mask_input``, ``has_mask_input``) plus those four and gives
+``iou_predictions`` and ``low_res_masks`` (no upscale: a client that wants the masks at the
+original size runs ``decoder.onnx``), without projecting the first layer's image tokens again.
+A mask prompt's change to the four is applied through the mask downscaling's last 1x1
+convolution (:class:`segany.modeling.fast_decoder.MaskShare`). The same function in real
+arithmetic; in fp32 the two halves agree with :class:`DecoderOnnxModel` to ~1e-5.
 
 :class:`EncoderOnnxModel` is the image encoder on a normalized, padded ``(1, 3, S, S)`` input
 with the attention backend the exporter selects (``"blocked"``: the reference in blocks of
@@ -46,6 +48,7 @@ from torch import nn
 from ..modeling import Sam
 from ..modeling.fast_decoder import (
     ImageProjections,
+    ImageTokens,
     first_layer_projections,
     image_tokens,
     mask_share,
@@ -89,19 +92,14 @@ class DecoderOnnxModel(nn.Module):
         return emb
 
     def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        return self._dense(self._mask_features(mask_input), has_mask_input)
+        has = has_mask_input.reshape(1, 1, 1, 1)
+        dense = self.prompt_encoder.mask_downscaling[-1](self._mask_features(mask_input))
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return has * dense + (1 - has) * no_mask
 
     def _mask_features(self, mask_input: torch.Tensor) -> torch.Tensor:
         """The mask downscaling up to its last 1x1 convolution: ``(1, c, He, We)``."""
         return self.prompt_encoder.mask_downscaling[:-1](mask_input)
-
-    def _dense(self, features: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
-        """The dense prompt embedding ``(1, C, He, We)``: the mask's (through the last 1x1
-        convolution) when ``has_mask_input`` is 1, else the no-mask embedding."""
-        has = has_mask_input.reshape(1, 1, 1, 1)
-        dense = self.prompt_encoder.mask_downscaling[-1](features)
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return has * dense + (1 - has) * no_mask
 
     # ------------------------------------------------------------------ masks
     def _select(
@@ -152,15 +150,11 @@ class DecoderOnnxModel(nn.Module):
         return low_res, iou
 
 
-def _no_mask_tokens(model: Sam, image_embeddings: torch.Tensor, dense_pe: torch.Tensor):
-    """The fast path's image tokens of ``image_embeddings`` with the no-mask embedding."""
-    no_mask = model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-    return image_tokens(image_embeddings, dense_pe, no_mask)
-
-
 class DecoderImageOnnxModel(nn.Module):
     """The image half of the split decoder: ``image_embeddings (1, C, He, We)`` ->
-    ``image_keys``, ``image_values``, ``image_queries`` ``(H, He*We, d)``."""
+    ``image_tokens (1, He*We, C)`` (channels-last, with the no-mask embedding) and their
+    first-layer projections ``image_keys``, ``image_values``, ``image_queries``
+    ``(H, He*We, d)``."""
 
     def __init__(self, model: Sam) -> None:
         super().__init__()
@@ -171,48 +165,58 @@ class DecoderImageOnnxModel(nn.Module):
 
     @torch.no_grad()
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        tokens = _no_mask_tokens(self.model, image_embeddings, self.dense_pe)
-        return first_layer_projections(self.model.mask_decoder.transformer, tokens.src, tokens.pe)
+        no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        tokens = image_tokens(image_embeddings, self.dense_pe, no_mask)
+        tr = self.model.mask_decoder.transformer
+        return (tokens.src, *first_layer_projections(tr, tokens.src, tokens.pe))
 
 
 class DecoderPromptOnnxModel(DecoderOnnxModel):
-    """The prompt half of the split decoder: :class:`DecoderOnnxModel`'s inputs plus the image
-    half's ``image_keys``, ``image_values``, ``image_queries``; the same outputs."""
+    """The prompt half of the split decoder: the official prompt inputs (``point_coords``,
+    ``point_labels``, ``mask_input``, ``has_mask_input``) and the image half's outputs ->
+    low-res mask logits and IoU predictions, as :class:`DecoderOnnxModel` computes them."""
 
     def __init__(self, model: Sam, *, return_single_mask: bool = False) -> None:
         super().__init__(model, return_single_mask=return_single_mask)
         with torch.no_grad():
             pe = self.dense_pe.flatten(2).transpose(1, 2).contiguous()  # (1, N, C)
             self.pe_proj = pe_projections(model.mask_decoder.transformer, pe)
+        self.register_buffer("pe_tokens", pe, persistent=False)
 
     @torch.no_grad()
     def forward(  # type: ignore[override]
         self,
-        image_embeddings: torch.Tensor,
         point_coords: torch.Tensor,
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
+        image_tokens: torch.Tensor,
         image_keys: torch.Tensor,
         image_values: torch.Tensor,
         image_queries: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Low-res mask logits ``(1, M, 4He, 4We)`` and IoU predictions ``(1, M)``, as
-        :meth:`DecoderOnnxModel.forward` gives them."""
+        """Low-res mask logits ``(1, M, 4He, 4We)`` and IoU predictions ``(1, M)``."""
         sparse = self._embed_points(point_coords, point_labels)
-        features = self._mask_features(mask_input)
-        dense = self._dense(features, has_mask_input)
         pe = self.prompt_encoder
+        conv, no_mask = pe.mask_downscaling[-1], pe.no_mask_embed.weight[0]
         share = mask_share(
             self.mask_decoder.transformer,
-            pe.mask_downscaling[-1],
-            pe.no_mask_embed.weight[0],
-            features,
+            conv,
+            no_mask,
+            self._mask_features(mask_input),
             has_mask_input,
         )
-        proj = ImageProjections(image_keys, image_values, image_queries, *self.pe_proj)
-        tokens = image_tokens(image_embeddings, self.dense_pe, dense)
-        tokens = tokens._replace(proj=proj, share=share)
+        # the tokens with the mask embedding: + W_conv f + (bias - no-mask), f scaled by has
+        src = torch.addmm(image_tokens[0], share.features[0], conv.weight.flatten(1).t())
+        src = (src + (conv.bias - no_mask) * has_mask_input)[None]
+        h, w = self.prompt_encoder.image_embedding_size
+        tokens = ImageTokens(
+            src=src,
+            pe=self.pe_tokens,
+            size=(h, w),
+            proj=ImageProjections(image_keys, image_values, image_queries, *self.pe_proj),
+            share=share,
+        )
         low_res, iou = self.mask_decoder.predict_masks_fast(tokens, sparse)
         if self.return_single_mask:
             low_res, iou = self._select(low_res, iou, point_labels)

@@ -13,9 +13,9 @@ fingerprint, sizes, pixel statistics, mask threshold), the export options and, u
 the text/region embedding whose token is prepended to the point tokens (``decoder.onnx`` keeps
 exactly the official interface). ``decoder_image.onnx`` and ``decoder_prompt.onnx`` are the
 decoder split in two for clients that decode many prompts per image (the browser tool): the
-image half maps ``image_embeddings`` to :data:`DECODER_PROJECTION_INPUTS` once per image, the
-prompt half takes the official inputs plus those and gives the official outputs
-(:mod:`segany.export.onnx_model`).
+image half maps ``image_embeddings`` to :data:`DECODER_SPLIT_INPUTS` once per image, the prompt
+half takes :data:`DECODER_PROMPT_INPUTS` and gives :data:`DECODER_PROMPT_OUTPUTS`, the low-res
+outputs of the official decoder (:mod:`segany.export.onnx_model`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,10 @@ __all__ = [
     "DECODER_INPUTS",
     "DECODER_INT8_FILE",
     "DECODER_OUTPUTS",
-    "DECODER_PROJECTION_INPUTS",
     "DECODER_PROMPT_FILE",
+    "DECODER_PROMPT_INPUTS",
+    "DECODER_PROMPT_OUTPUTS",
+    "DECODER_SPLIT_INPUTS",
     "DECODER_TEXT_FILE",
     "DECODER_TEXT_INPUT",
     "ENCODER_FILE",
@@ -74,9 +76,14 @@ DECODER_INPUTS = (
 DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 #: The extra last input of ``decoder_text.onnx``: a ``(1, D)`` float text/region embedding.
 DECODER_TEXT_INPUT = "text_embedding"
-#: Outputs of ``decoder_image.onnx`` and the extra last inputs of ``decoder_prompt.onnx``: the
-#: first decoder layer's projections of the image tokens, each float ``(H, He*We, d)``.
-DECODER_PROJECTION_INPUTS = ("image_keys", "image_values", "image_queries")
+#: Outputs of ``decoder_image.onnx``, the last inputs of ``decoder_prompt.onnx``: the image
+#: tokens with the no-mask embedding, float ``(1, He*We, C)`` channels-last, and the first
+#: decoder layer's projections of them, each float ``(H, He*We, d)``.
+DECODER_SPLIT_INPUTS = ("image_tokens", "image_keys", "image_values", "image_queries")
+#: Inputs of ``decoder_prompt.onnx``: the official prompt inputs, then the image half's outputs.
+DECODER_PROMPT_INPUTS = (*DECODER_INPUTS[1:5], *DECODER_SPLIT_INPUTS)
+#: Outputs of ``decoder_prompt.onnx``: ``decoder.onnx``'s, without the upscaled ``masks``.
+DECODER_PROMPT_OUTPUTS = DECODER_OUTPUTS[1:]
 ENCODER_IMAGE_INPUT = "image"  # uint8 (H, W, 3), with preprocessing in the graph
 ENCODER_TENSOR_INPUT = "images"  # float32 (1, 3, S, S), normalized and padded
 ENCODER_OUTPUT = "image_embeddings"

@@ -3,9 +3,10 @@
 // Load as a module worker: new Worker("decoder-worker.js", {type: "module"}). It loads the
 // onnxruntime-web build from ./vendor/ (installed by `python -m segany.engine.web.build`, never
 // from a CDN) and segany's ONNX decoder export, described by the export folder's manifest.json:
-// the split decoder when the export has it (decoder_image.onnx, run once per embedding, and
-// decoder_prompt.onnx, run per prompt without projecting the first layer's image tokens again),
-// else decoder.onnx (the official SamOnnxModel interface; also for `quantized` and `split: false`).
+// for "low" decodes the split decoder when the export has it (decoder_image.onnx, run once per
+// embedding, and decoder_prompt.onnx, run per prompt without projecting the first layer's image
+// tokens again), else decoder.onnx (the official SamOnnxModel interface; also with `quantized`
+// or `split: false`); "full" decodes always run decoder.onnx (or decoder.int8.onnx).
 //
 // Protocol (every request carries an `id`; every reply echoes it; a failed request answers
 // {type: "error", id, message}):
@@ -33,11 +34,12 @@
 
 import * as ort from "./vendor/ort.wasm.min.mjs";
 
-let session = null; // the per-prompt decoder: decoder_prompt.onnx (split) or decoder.onnx
-let imageSession = null; // decoder_image.onnx (split only): the embedding's projections
+let session = null; // the "low" decoder: decoder_prompt.onnx (split) or decoder.onnx
+let fullSession = null; // the "full" decoder: decoder.onnx (the same session without the split)
+let imageSession = null; // decoder_image.onnx (split only): the embedding's tokens, projected
 let model = null; // {imgSize, embeddingShape, lowResSize, numMaskTokens, returnSingleMask}
-let image = null; // {embedding: ort.Tensor, projections, originalSize: [H, W], inputSize: [h, w]}
-// The outputs a "low" decode fetches (the graph then skips its upscale to the original size).
+let image = null; // {embedding: ort.Tensor, split (image half's outputs), originalSize, inputSize}
+// The outputs a "low" decode fetches (decoder.onnx's upscaled masks are not copied out).
 const LOW_OUTPUTS = ["iou_predictions", "low_res_masks"];
 let previous = null; // {lowRes: Float32Array, count: M}
 
@@ -67,20 +69,21 @@ function toFloat32(buffer, dtype) {
   throw new Error(`embedding dtype must be "float32" or "float16"; got ${dtype}`);
 }
 
-function feeds(embedding, projections, coords, labels, maskInput, hasMask, sizeHW) {
+/** The inputs of `target` (a session) for a prompt on an embedding and its split outputs. */
+function feeds(target, embedding, split, coords, labels, maskInput, hasMask, sizeHW) {
   const n = labels.length;
   const [l0, l1] = model.lowResSize;
-  return {
-    ...projections, // the split decoder's image_keys, image_values, image_queries
+  const all = {
+    ...split, // the image half's image_tokens, image_keys, image_values, image_queries
     image_embeddings: embedding,
     point_coords: new ort.Tensor("float32", Float32Array.from(coords), [1, n, 2]),
     point_labels: new ort.Tensor("float32", Float32Array.from(labels), [1, n]),
     mask_input: new ort.Tensor("float32", maskInput, [1, 1, l0, l1]),
     has_mask_input: new ort.Tensor("float32", Float32Array.of(hasMask), [1]),
-    // a low-res-only graph has no orig_im_size input
-    ...(session.inputNames.includes("orig_im_size")
-      ? { orig_im_size: new ort.Tensor("float32", Float32Array.from(sizeHW), [2]) } : {}),
+    orig_im_size: new ort.Tensor("float32", Float32Array.from(sizeHW), [2]),
   };
+  // the prompt half has no image_embeddings and orig_im_size, a low-res-only graph no orig_im_size
+  return Object.fromEntries(target.inputNames.map((name) => [name, all[name]]));
 }
 
 async function init(msg) {
@@ -96,11 +99,11 @@ async function init(msg) {
   const manifestUrl = new URL(msg.manifestUrl, self.location.href);
   const manifest = await (await fetch(manifestUrl)).json();
   const files = manifest.files || {};
-  image = null; // an embedding set for an earlier session (and its projections) is stale
+  image = null; // an embedding set for earlier sessions (and its split outputs) is stale
   previous = null;
   const split = !msg.quantized && msg.split !== false && Boolean(files.decoder_image)
     && Boolean(files.decoder_prompt);
-  const key = msg.quantized ? "decoder_int8" : split ? "decoder_prompt" : "decoder";
+  const key = msg.quantized ? "decoder_int8" : "decoder";
   if (!files[key]) throw new Error(`${manifestUrl} lists no ${key}${msg.quantized ? " (export with --quantize)" : ""}`);
   const load = async (entry) => {
     const url = new URL(entry.file, manifestUrl);
@@ -113,8 +116,12 @@ async function init(msg) {
       ...(msg.sessionOptions || {}),
     });
   };
-  [session, imageSession] = await Promise.all([load(files[key]),
-                                               split ? load(files.decoder_image) : null]);
+  [fullSession, session, imageSession] = await Promise.all([
+    load(files[key]),
+    split ? load(files.decoder_prompt) : null,
+    split ? load(files.decoder_image) : null,
+  ]);
+  session = session || fullSession;
   model = {
     imgSize: manifest.img_size,
     embeddingShape: manifest.embedding_shape,
@@ -134,14 +141,16 @@ async function init(msg) {
     const [l0, l1] = model.lowResSize;
     const s = model.imgSize;
     const zeros = new Float32Array(l0 * l1);
-    // Both branches of the graph's last resize and "low" runs, with and without a mask input,
-    // 1 or 2 points.
+    // With and without a mask input, 1 or 2 points; decoder.onnx (every run without the split,
+    // one in eight with it) through both branches of its last resize.
     for (let i = 0; i < runs; i++) {
+      const target = i % 8 === 7 ? fullSession : session;
       const f = i % 4 < 2
-        ? feeds(emb, proj, [s / 2, s / 3, 0, 0], [1, -1], zeros, 0, [s, s])
-        : feeds(emb, proj, [s / 2, s / 3, s / 4, s / 5, 0, 0], [1, 0, -1], zeros, 0, [s + 2, s + 1]);
+        ? feeds(target, emb, proj, [s / 2, s / 3, 0, 0], [1, -1], zeros, 0, [s, s])
+        : feeds(target, emb, proj, [s / 2, s / 3, s / 4, s / 5, 0, 0], [1, 0, -1], zeros, 0,
+                [s + 2, s + 1]);
       if (i % 2) f.has_mask_input = new ort.Tensor("float32", Float32Array.of(1), [1]);
-      await (i % 8 < 6 ? session.run(f, LOW_OUTPUTS) : session.run(f));
+      await (target === fullSession ? target.run(f) : target.run(f, LOW_OUTPUTS));
     }
   }
   return {
@@ -181,8 +190,8 @@ async function setEmbedding(msg) {
   if (!(h > 0 && w > 0)) throw new Error(`originalSize must be [H, W] > 0; got ${msg.originalSize}`);
   const embedding = new ort.Tensor("float32", data, model.embeddingShape);
   const t1 = performance.now();
-  const projections = await project(embedding);
-  image = { embedding, projections, originalSize: [h, w], inputSize: preprocessShape(h, w, model.imgSize) };
+  const split = await project(embedding);
+  image = { embedding, split, originalSize: [h, w], inputSize: preprocessShape(h, w, model.imgSize) };
   previous = null;
   return { type: "embedding", originalSize: image.originalSize, inputSize: image.inputSize,
            fetchMs: t1 - t0, projectMs: performance.now() - t1 };
@@ -237,13 +246,14 @@ async function decode(msg) {
   const t0 = performance.now();
   const { coords, labs, mask, hasMask } = promptInputs(msg);
   const full = (msg.output || "low") === "full";
-  if (full && !session.outputNames.includes("masks")) {
+  if (full && !fullSession.outputNames.includes("masks")) {
     throw new Error('this decoder has no "masks" output (a low-res-only graph): use output "low"');
   }
   // "low": ask for the input frame's size, so the graph skips its last resize; masks unused.
   const size = full ? image.originalSize : image.inputSize;
-  const inputs = feeds(image.embedding, image.projections, coords, labs, mask, hasMask, size);
-  const out = await (full ? session.run(inputs) : session.run(inputs, LOW_OUTPUTS));
+  const target = full ? fullSession : session;
+  const inputs = feeds(target, image.embedding, image.split, coords, labs, mask, hasMask, size);
+  const out = await (full ? target.run(inputs) : target.run(inputs, LOW_OUTPUTS));
   const count = out.iou_predictions.dims[1];
   const pick = count === model.numMaskTokens ? (msg.multimask === false ? [0, 1] : [1, count]) : [0, count];
   const [l0, l1] = model.lowResSize;
