@@ -50,10 +50,10 @@ from ..modeling.fast_decoder import (
     ImageProjections,
     ImageTokens,
     first_layer_projections,
-    image_tokens,
     mask_share,
     pe_projections,
 )
+from ..modeling.fast_decoder import image_tokens as channels_last_tokens
 
 
 class DecoderOnnxModel(nn.Module):
@@ -166,7 +166,7 @@ class DecoderImageOnnxModel(nn.Module):
     @torch.no_grad()
     def forward(self, image_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
         no_mask = self.model.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        tokens = image_tokens(image_embeddings, self.dense_pe, no_mask)
+        tokens = channels_last_tokens(image_embeddings, self.dense_pe, no_mask)
         tr = self.model.mask_decoder.transformer
         return (tokens.src, *first_layer_projections(tr, tokens.src, tokens.pe))
 
