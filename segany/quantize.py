@@ -21,9 +21,17 @@ no VNNI the weights are quantized to 7 bits (``[-63, 63]``; ``2 * 255 * 63 < 327
 saturation possible), as segany's ONNX int8 export does; with VNNI (int32 accumulation in one
 instruction) they use the full ``[-127, 127]``.
 
+**Memory.** The int8 weights are a quarter of the fp32 ones, but the fp32 values must stay for
+the way back. Once packed, the linear layers' fp32 weights move to one unlinked temporary file
+(in ``tempfile.gettempdir()``, i.e. ``$TMPDIR``) mapped back into the same Parameters: the state
+dict and its values are unchanged, but the pages are file-backed and not resident until something
+reads them (``state_dict()`` consumers, the way back), so an int8 model holds less memory than
+the fp32 one. :func:`dequantize_encoder` copies them back into ordinary memory. Where the file
+cannot be written the weights simply stay in memory (``offload=False`` asks for that).
+
 **Engines**, measured on the vit_b encoder (docs/benchmarks.md, "int8 on CPU"): ``x86`` on AVX2
 CPUs (within 1 % of ``onednn`` on an AMD EPYC Zen 2, the fastest on an Intel CPU capped at AVX2),
-``fbgemm`` on AVX512 CPUs. The engine is chosen per CPU class (:func:`cpu_class`) when the weights
+``fbgemm`` on Intel AVX512 CPUs, ``x86`` on AMD AVX512 CPUs (Zen 4: 1.4x faster than fbgemm). The engine is chosen per CPU class (:func:`cpu_class`) when the weights
 are packed; the process-wide ``torch.backends.quantized.engine`` is restored afterwards.
 """
 
@@ -32,9 +40,11 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import tempfile
 import warnings
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,6 +63,13 @@ ENGINE_BY_CLASS = {
     "avx2": "x86",
     "other": "qnnpack",
 }
+#: Where one vendor's CPUs of a class measured another engine fastest: on an AMD EPYC Zen 4
+#: (AVX512-BF16, VNNI) vit_b's int8 encoder took 3.75 s on x86 against 5.30 s on fbgemm.
+ENGINE_BY_VENDOR_CLASS = {
+    ("AuthenticAMD", "avx512-bf16"): "x86",
+    ("AuthenticAMD", "avx512-vnni"): "x86",
+    ("AuthenticAMD", "avx512"): "x86",
+}
 _VNNI_CLASSES = ("amx", "avx512-bf16", "avx512-vnni", "avx-vnni")
 
 
@@ -70,6 +87,11 @@ def _cpuinfo_field(name: str) -> str | None:
 
 def _cpu_flags() -> set[str]:
     return set((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor id (``"GenuineIntel"``, ``"AuthenticAMD"``, ...; ``""`` if unknown)."""
+    return _cpuinfo_field("vendor_id") or ""
 
 
 def cpu_model_name() -> str:
@@ -110,10 +132,10 @@ def cpu_class() -> str:
 
 
 def int8_scheme(cls: str | None = None) -> tuple[str, int]:
-    """``(engine, weight_qmax)`` for a CPU class (default: this CPU's): the quantized engine and
-    the largest int8 weight magnitude (127 with VNNI, 63 without; see the module docstring)."""
+    """``(engine, weight_qmax)`` for a CPU class (default: this CPU's) on this CPU's vendor: the
+    quantized engine and the largest int8 weight magnitude (127 with VNNI, 63 without; see the module docstring)."""
     cls = cpu_class() if cls is None else cls
-    engine = ENGINE_BY_CLASS[cls]
+    engine = ENGINE_BY_VENDOR_CLASS.get((cpu_vendor(), cls), ENGINE_BY_CLASS[cls])
     if engine not in torch.backends.quantized.supported_engines:
         engine = "qnnpack" if "qnnpack" in torch.backends.quantized.supported_engines else engine
     return engine, 127 if cls in _VNNI_CLASSES else 63
@@ -149,6 +171,8 @@ class Int8Linear(nn.Module):
         self.qmax = qmax
         self._packed: Any = None
         self._packed_key: tuple[int, ...] | None = None
+        #: True while ``weight`` lives in the mapped temporary file (module docstring, Memory)
+        self.offloaded = False
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, engine: str, qmax: int) -> Int8Linear:
@@ -156,7 +180,12 @@ class Int8Linear(nn.Module):
         return cls(linear.weight, linear.bias, engine=engine, qmax=qmax)
 
     def to_linear(self) -> nn.Linear:
-        """The plain ``nn.Linear`` with this layer's Parameters (the fp32 layer, bit-exact)."""
+        """The plain ``nn.Linear`` with this layer's Parameters (the fp32 layer, bit-exact; an
+        offloaded weight is copied back into ordinary memory first)."""
+        if self.offloaded:
+            with torch.no_grad():
+                self.weight.data = self.weight.data.clone()
+            self.offloaded = False
         linear = nn.Linear.__new__(nn.Linear)
         nn.Module.__init__(linear)
         linear.in_features, linear.out_features = self.in_features, self.out_features
@@ -216,6 +245,7 @@ class Int8Linear(nn.Module):
         state = self.__dict__.copy()  # the packed weights are rebuilt, not pickled or copied
         state["_packed"] = None
         state["_packed_key"] = None
+        state["offloaded"] = False  # a copy's weights are ordinary tensors
         return state
 
 
@@ -230,12 +260,49 @@ def _swap(root: nn.Module, make: Any, kind: type[nn.Module]) -> int:
     return count
 
 
-def quantize_encoder(model: nn.Module, cls: str | None = None) -> nn.Module:
+def _offload_weights(layers: list[Int8Linear]) -> bool:
+    """Move the fp32 ``weight`` of each layer into one unlinked, memory-mapped temporary file
+    (same Parameter objects, same values; see the module docstring). Layers already offloaded
+    are skipped. Returns False, changing nothing, when the file cannot be written."""
+    todo = [layer for layer in layers if not layer.offloaded]
+    if not todo:
+        return True
+    try:
+        with tempfile.TemporaryFile(prefix="segany-int8-") as f:
+            for layer in todo:
+                f.write(layer.weight.detach().contiguous().numpy())
+            f.flush()
+            maps, offset = [], 0
+            for layer in todo:  # one mapping each, so each weight keeps a storage of its own
+                shape = tuple(layer.weight.shape)
+                maps.append(np.memmap(f, np.float32, "r+", offset=offset, shape=shape))
+                offset += 4 * layer.weight.numel()
+    except (OSError, ValueError) as e:
+        warnings.warn(f"int8: fp32 weights kept in memory (temporary file failed: {e})",
+                      RuntimeWarning, stacklevel=3)  # fmt: skip
+        return False
+    with torch.no_grad():  # the mappings outlive the (already unlinked) file's descriptor
+        for layer, mapped in zip(todo, maps, strict=True):
+            layer.weight.data = torch.from_numpy(mapped)
+            layer.offloaded = True
+            layer._packed_key = layer._key()  # same values: the packed copy stays valid
+    return True
+
+
+def is_offloaded(model: nn.Module) -> bool:
+    """True when ``model``'s int8 layers hold their fp32 weights in the mapped file."""
+    return any(isinstance(m, Int8Linear) and m.offloaded for m in model.image_encoder.modules())
+
+
+def quantize_encoder(
+    model: nn.Module, cls: str | None = None, *, offload: bool = True
+) -> nn.Module:
     """Run ``model.image_encoder``'s linear layers in int8 (in place; see the module docstring).
 
     ``model`` is a :class:`segany.modeling.Sam` in fp32 on the CPU; ``cls`` a CPU class
-    (default: this CPU's) deciding the engine and weight range. Already-int8 layers are left as
-    they are. Returns ``model``.
+    (default: this CPU's) deciding the engine and weight range; ``offload`` moves the layers'
+    fp32 weights to a mapped temporary file so they are not resident (module docstring, Memory).
+    Already-int8 layers are left as they are. Returns ``model``.
     """
     encoder = model.image_encoder
     weight = encoder.patch_embed.proj.weight
@@ -250,14 +317,18 @@ def quantize_encoder(model: nn.Module, cls: str | None = None) -> nn.Module:
         return Int8Linear.from_linear(linear, engine=engine, qmax=qmax)  # type: ignore[arg-type]
 
     _swap(encoder, make, nn.Linear)
-    for layer in encoder.modules():  # pack now, so the first image does not pay for it
-        if isinstance(layer, Int8Linear):
-            layer.packed_weight()
+    layers = [layer for layer in encoder.modules() if isinstance(layer, Int8Linear)]
+    for layer in layers:  # pack now, so the first image does not pay for it
+        layer.packed_weight()
+    if offload:
+        _offload_weights(layers)
     return model
 
 
 def dequantize_encoder(model: nn.Module) -> nn.Module:
-    """Undo :func:`quantize_encoder` (in place): the fp32 layers, bit-exact. Returns ``model``."""
+    """Undo :func:`quantize_encoder` (in place): the fp32 layers, bit-exact, their weights in
+    ordinary memory again. Returns ``model``."""
+
     _swap(model.image_encoder, lambda layer: layer.to_linear(), Int8Linear)
     return model
 

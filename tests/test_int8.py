@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from segany.quantize import (
     Int8Linear,
     cpu_class,
     int8_scheme,
+    is_offloaded,
     is_quantized,
     quantize_encoder,
     reference_linear,
@@ -114,6 +116,53 @@ def test_state_dict_unchanged_and_round_trip_bit_exact(bundled):
         assert torch.equal(int8.image_encoder(x), fresh.image_encoder(x))
 
 
+def _mapping_of(tensor: torch.Tensor) -> tuple[str, int]:
+    """The ``/proc/self/maps`` line holding ``tensor``'s data: (pathname, inode)."""
+    address = tensor.data_ptr()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split(maxsplit=5)
+            lo, hi = (int(a, 16) for a in fields[0].split("-"))
+            if lo <= address < hi:
+                return (fields[5].strip() if len(fields) > 5 else ""), int(fields[4])
+    raise AssertionError("no mapping holds the tensor")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="needs Linux /proc")
+def test_int8_weights_leave_memory_and_come_back(bundled, monkeypatch):
+    """The int8 model's fp32 weights live in a mapped (file-backed, not anonymous) temporary
+    file: same values, not resident; the way back and copies hold them in ordinary memory;
+    where the file cannot be written they stay in memory, with a warning."""
+    model = copy.deepcopy(bundled)
+    qkv = model.image_encoder.blocks[0].attn.qkv
+    weight, values = qkv.weight, qkv.weight.detach().clone()
+    assert _mapping_of(weight)[1] == 0  # anonymous memory
+    segany.set_precision(model, "int8")
+    assert is_offloaded(model) and model.image_encoder.blocks[0].attn.qkv.weight is weight
+    path, inode = _mapping_of(weight)
+    assert inode != 0 and "(deleted)" in path  # an unlinked file
+    assert torch.equal(weight, values)
+    assert weight.untyped_storage().nbytes() == 4 * weight.numel()  # a storage of its own
+    assert not is_offloaded(copy.deepcopy(model))
+    segany.set_precision(model, "fp32")
+    assert not is_offloaded(model) and _mapping_of(weight)[1] == 0
+    assert torch.equal(model.image_encoder.blocks[0].attn.qkv.weight, values)
+
+    def no_file(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("segany.quantize.tempfile.TemporaryFile", no_file)
+    with pytest.warns(RuntimeWarning, match="kept in memory.*No space left"):
+        segany.set_precision(model, "int8")
+    assert is_quantized(model) and not is_offloaded(model)
+    x = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    monkeypatch.undo()
+    offloaded = _int8(bundled)
+    assert is_offloaded(offloaded)  # offloaded or not, the same int8 model
+    with torch.inference_mode():
+        assert torch.equal(model.image_encoder(x), offloaded.image_encoder(x))
+
+
 def test_int8_linear_agrees_with_its_reference():
     """7-bit weights agree with the fake-quantized reference on any x86 CPU; the scheme this
     CPU uses does too (8-bit weights only where VNNI cannot saturate)."""
@@ -153,8 +202,13 @@ def test_cpu_classes(monkeypatch):
     assert int8_scheme()[1] == 63  # no VNNI: 7-bit weights
     assert scheme_name("int8") == "int8/x86/w7"
     monkeypatch.setenv(CPU_CLASS_ENV, "avx512-vnni")
+    monkeypatch.setattr("segany.quantize.cpu_vendor", lambda: "GenuineIntel")
     assert int8_scheme() == ("fbgemm", 127)
     assert scheme_name("int8") == "int8/fbgemm/w8" and scheme_name("bf16") == "bf16"
+    monkeypatch.setattr("segany.quantize.cpu_vendor", lambda: "AuthenticAMD")
+    assert int8_scheme() == ("x86", 127)  # fbgemm measured slower on AMD's AVX512
+    assert int8_scheme("avx2") == ("x86", 63)
+    monkeypatch.undo()
     monkeypatch.setenv(CPU_CLASS_ENV, "pentium")
     with pytest.raises(ValueError, match="SEGANY_CPU_CLASS must be one of"):
         cpu_class()
